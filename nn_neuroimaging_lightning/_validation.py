@@ -1,0 +1,60 @@
+"""Argument checks shared by every constructor: errors name the argument, the value and what is allowed."""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Iterable, Sequence
+
+
+def check_int(name: str, value: Any, minimum: int | None = None, maximum: int | None = None) -> int:
+    """Return ``value`` if it is an int within ``[minimum, maximum]``, else raise naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"`{name}` must be an int, got {value!r} ({type(value).__name__}).")
+    if (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
+        raise ValueError(f"`{name}` must be an int in {_range(minimum, maximum)}, got {value!r}.")
+    return value
+
+
+def check_float(
+    name: str,
+    value: Any,
+    minimum: float | None = None,
+    maximum: float | None = None,
+    *,
+    strict_min: bool = False,
+) -> float:
+    """Return ``float(value)`` if it is a finite real within range, else raise naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"`{name}` must be a number, got {value!r} ({type(value).__name__}).")
+    value = float(value)
+    too_low = minimum is not None and (value <= minimum if strict_min else value < minimum)
+    if not math.isfinite(value) or too_low or (maximum is not None and value > maximum):
+        lo = "(" if strict_min else "["
+        raise ValueError(f"`{name}` must be a finite number in {_range(minimum, maximum, lo)}, got {value!r}.")
+    return value
+
+
+def check_choice(name: str, value: Any, allowed: Iterable[Any]) -> Any:
+    """Return ``value`` if it is one of ``allowed``, else raise listing them."""
+    allowed = tuple(allowed)
+    if value not in allowed:
+        raise ValueError(f"`{name}` must be one of {allowed!r}, got {value!r}.")
+    return value
+
+
+def check_choices(name: str, values: Any, allowed: Sequence[str]) -> tuple[str, ...]:
+    """Normalise a string or a sequence of strings to a tuple, each one of ``allowed``."""
+    if isinstance(values, str):
+        values = (values,)
+    if not isinstance(values, (list, tuple)) or not all(isinstance(v, str) for v in values):
+        raise TypeError(f"`{name}` must be a string or a sequence of strings from {tuple(allowed)!r}, got {values!r}.")
+    bad = [v for v in values if v not in allowed]
+    if bad:
+        raise ValueError(f"`{name}` got unknown value(s) {bad!r}; allowed: {tuple(allowed)!r}.")
+    return tuple(values)
+
+
+def _range(minimum: Any, maximum: Any, lo: str = "[") -> str:
+    left = "-inf" if minimum is None else repr(minimum)
+    right = "inf" if maximum is None else repr(maximum)
+    return f"{lo}{left}, {right}]"

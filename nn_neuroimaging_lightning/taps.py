@@ -1,0 +1,418 @@
+"""Forward-hook manager: which modules to watch, how their outputs are reduced, where samples go.
+
+Three pieces, each usable without Lightning (``Monitor`` and the callbacks build on them):
+
+* :func:`select_layers` — the default selection (leaf modules that own parameters, normalisation
+  layers excluded unless asked for), selection by name glob, ``re:`` regex or module type, and an
+  error listing the available names when a selection matches nothing.
+* :class:`LayerTaps` — forward hooks that reduce each tapped output to a small tensor on its own
+  device and collect the reductions of one model forward. Hooks are removed by :meth:`detach`,
+  which the callbacks call in ``finally``/``teardown``/``on_exception``.
+* :class:`RingBuffer` — a preallocated ``(layers, window)`` tensor written at a device-side index,
+  plus host-side rings of the same length for the phase, global step and wall-clock time.
+
+Per-step cost per tapped layer of the activity reduction is one aten op
+(``linalg_vector_norm`` with ``ord=1``); dividing by the element count and writing the samples
+of all layers into the ring is done once per forward for all layers together.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+import time
+from contextlib import contextmanager
+from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+LayerSelector = Union[None, str, type, Sequence[Union[str, type]]]
+
+#: Normalisation layers own parameters but rescale rather than compute; left out by default.
+NORM_TYPES: Tuple[type, ...] = (
+    nn.modules.batchnorm._NormBase,
+    nn.LayerNorm,
+    nn.GroupNorm,
+    nn.LocalResponseNorm,
+)
+if hasattr(nn, "RMSNorm"):
+    NORM_TYPES = NORM_TYPES + (nn.RMSNorm,)
+
+
+def _is_default_layer(module: nn.Module) -> bool:
+    has_own_params = any(True for _ in module.parameters(recurse=False))
+    is_leaf = not any(True for _ in module.children())
+    return has_own_params and is_leaf and not isinstance(module, NORM_TYPES)
+
+
+def _matches(name: str, module: nn.Module, pattern: Union[str, type]) -> bool:
+    if isinstance(pattern, type):
+        return isinstance(module, pattern)
+    if pattern.startswith("re:"):
+        return re.fullmatch(pattern[3:], name) is not None
+    return fnmatch.fnmatchcase(name, pattern)
+
+
+def select_layers(model: nn.Module, layers: LayerSelector = None, *, argument: str = "layers") -> Dict[str, nn.Module]:
+    """Choose the modules to tap.
+
+    Args:
+        model: the root module (a ``LightningModule`` or any ``nn.Module``).
+        layers: ``None`` for every leaf module that owns parameters (normalisation layers
+            excluded); a name glob (``"model.conv*"``), a regex prefixed with ``re:``
+            (``"re:.*fc[0-9]"``), a module type (``nn.Conv2d``), or a sequence of these (union).
+        argument: the argument name used in error messages.
+
+    Returns:
+        ``{qualified_name: module}`` in registration order.
+
+    Raises:
+        TypeError: ``layers`` is not one of the forms above.
+        ValueError: the selection matches no module; the message lists the available names.
+
+    Example::
+
+        >>> net = nn.Sequential(nn.Linear(4, 4), nn.BatchNorm1d(4), nn.ReLU(), nn.Linear(4, 2))
+        >>> list(select_layers(net))
+        ['0', '3']
+        >>> list(select_layers(net, nn.BatchNorm1d))
+        ['1']
+    """
+    named = [(n, m) for n, m in model.named_modules() if n]
+    if layers is None:
+        chosen = {n: m for n, m in named if _is_default_layer(m)}
+        if not chosen:
+            raise ValueError(
+                f"`{argument}`=None selects leaf modules with parameters, but {type(model).__name__} has none; "
+                f"pass names or types. Available modules: {_listing(named)}."
+            )
+        return chosen
+    patterns = [layers] if isinstance(layers, (str, type)) else layers
+    if not isinstance(patterns, (list, tuple)) or not all(isinstance(p, (str, type)) for p in patterns):
+        raise TypeError(
+            f"`{argument}` must be None, a name glob, a 're:' regex, a module type or a list of these, got {layers!r}."
+        )
+    for p in patterns:
+        if isinstance(p, str) and p.startswith("re:"):
+            try:
+                re.compile(p[3:])
+            except re.error as err:
+                raise ValueError(f"`{argument}` has an invalid regex {p!r}: {err}.") from None
+    chosen = {n: m for n, m in named if any(_matches(n, m, p) for p in patterns)}
+    if not chosen:
+        raise ValueError(f"`{argument}`={layers!r} matches no module. Available modules: {_listing(named)}.")
+    return chosen
+
+
+def _listing(named: Sequence[Tuple[str, nn.Module]], limit: int = 60) -> str:
+    items = [f"{n} ({type(m).__name__})" for n, m in named]
+    more = f", ... ({len(items) - limit} more)" if len(items) > limit else ""
+    return ", ".join(items[:limit]) + more if items else "<none>"
+
+
+def first_tensor(output: Any, selector: Optional[Callable[[Any], Tensor]] = None) -> Optional[Tensor]:
+    """The tensor to analyse from a module's output.
+
+    Tuple/list outputs (LSTM, attention) give their first tensor (searched depth-first), dict
+    outputs their first tensor value, unless ``selector(output)`` is given.
+    """
+    if selector is not None:
+        output = selector(output)
+    if isinstance(output, Tensor):
+        return output
+    if isinstance(output, Mapping):
+        output = list(output.values())
+    if isinstance(output, (list, tuple)):
+        for item in output:
+            found = first_tensor(item)
+            if found is not None:
+                return found
+    return None
+
+
+def mean_abs_reduction(t: Tensor) -> Tuple[Tensor, int]:
+    """The activity reduction of one call: ``(sum |a|, numel)``; the division happens per forward.
+
+    One aten op on the activation (``linalg_vector_norm``, ord 1, accumulated in float32).
+    """
+    return torch.linalg.vector_norm(t, 1, dtype=torch.float32), t.numel()
+
+
+class LayerTaps:
+    """Forward hooks on selected modules that reduce outputs and collect them per model forward.
+
+    Args:
+        modules: ``{name: module}`` as returned by :func:`select_layers`.
+        reduce: ``reduce(tensor) -> Any`` applied to each call's output tensor under ``no_grad``.
+        selector: picks the tensor from tuple/dict outputs (default: the first tensor).
+
+    The reductions of the calls since the last :meth:`take` are kept per layer; a module called
+    several times in one forward therefore contributes all its calls, and the owner averages them.
+    Modules that never fire are listed by :meth:`silent`.
+
+    Example::
+
+        >>> net = nn.Sequential(nn.Linear(3, 3), nn.ReLU(), nn.Linear(3, 1))
+        >>> taps = LayerTaps(select_layers(net), reduce=lambda t: t.abs().mean())
+        >>> with taps.attached():
+        ...     _ = net(torch.ones(2, 3))
+        >>> [len(calls) for calls in taps.take()]
+        [1, 1]
+        >>> taps.hook_count(net)
+        0
+    """
+
+    def __init__(
+        self,
+        modules: Mapping[str, nn.Module],
+        reduce: Callable[[Tensor], Any],
+        selector: Optional[Callable[[Any], Tensor]] = None,
+    ) -> None:
+        self.names: List[str] = list(modules)
+        self.modules: List[nn.Module] = list(modules.values())
+        self.reduce = reduce
+        self.selector = selector
+        self.enabled = True
+        self.dirty = False
+        self.fire_counts = [0] * len(self.names)
+        self._pending: List[List[Any]] = [[] for _ in self.names]
+        self._first_seen: List[int] = []
+        self._handles: List[Any] = []
+        self._root_handle: Any = None
+
+    # -- hook lifecycle -------------------------------------------------------------------------
+    @property
+    def attached_to(self) -> bool:
+        return bool(self._handles)
+
+    def attach(self, root: Optional[nn.Module] = None, on_forward_end: Optional[Callable[[], None]] = None) -> None:
+        """Register the hooks (idempotent). ``on_forward_end`` runs after each ``root`` forward."""
+        if self._handles:
+            return
+        for i, module in enumerate(self.modules):
+            self._handles.append(module.register_forward_hook(self._make_hook(i)))
+        if root is not None and on_forward_end is not None:
+            self._root_handle = root.register_forward_hook(lambda *_: on_forward_end() if self.enabled else None)
+
+    def detach(self) -> None:
+        """Remove every hook this object registered (idempotent, safe in ``finally``)."""
+        handles, self._handles = self._handles, []
+        for h in handles:
+            h.remove()
+        if self._root_handle is not None:
+            self._root_handle.remove()
+            self._root_handle = None
+
+    @contextmanager
+    def attached(self, root: Optional[nn.Module] = None, on_forward_end: Optional[Callable[[], None]] = None) -> Iterator["LayerTaps"]:
+        self.attach(root, on_forward_end)
+        try:
+            yield self
+        finally:
+            self.detach()
+
+    @contextmanager
+    def paused(self) -> Iterator[None]:
+        """Ignore forwards inside the block (our own evaluations, e.g. zeta lesions)."""
+        previous, self.enabled = self.enabled, False
+        try:
+            yield
+        finally:
+            self.enabled = previous
+
+    @staticmethod
+    def hook_count(model: nn.Module) -> int:
+        """Forward hooks currently registered anywhere in ``model`` (for tests and diagnostics)."""
+        return sum(len(m._forward_hooks) for m in model.modules())
+
+    def _make_hook(self, index: int) -> Callable[..., None]:
+        def hook(module: nn.Module, inputs: Any, output: Any) -> None:
+            if not self.enabled:
+                return
+            t = first_tensor(output, self.selector)
+            if t is None:
+                return
+            with torch.no_grad():
+                value = self.reduce(t)
+            if not self.fire_counts[index]:
+                self._first_seen.append(index)
+            self.fire_counts[index] += 1
+            self._pending[index].append(value)
+            self.dirty = True
+
+        return hook
+
+    # -- collection -----------------------------------------------------------------------------
+    def take(self) -> List[List[Any]]:
+        """The reductions collected since the last call, per layer (empty list: did not fire)."""
+        pending, self._pending = self._pending, [[] for _ in self.names]
+        self.dirty = False
+        return pending
+
+    def discard(self) -> None:
+        self.take()
+
+    def forward_order(self) -> List[int]:
+        """Layer indices in the order they first fired, then the silent ones in selection order."""
+        seen = list(self._first_seen)
+        return seen + [i for i in range(len(self.names)) if i not in seen]
+
+    def silent(self) -> List[str]:
+        """Names of tapped modules that have never fired."""
+        return [n for n, c in zip(self.names, self.fire_counts) if c == 0]
+
+
+class ActivityTaps(LayerTaps):
+    """:class:`LayerTaps` for the EEG signal ``s_t = mean |a|``: one ``(layers,)`` sample per forward.
+
+    A layer called ``k`` times in one forward contributes the mean of its ``k`` per-call means; a
+    layer that did not fire in a forward repeats its previous value (0 before its first call).
+    """
+
+    def __init__(self, modules: Mapping[str, nn.Module], selector: Optional[Callable[[Any], Tensor]] = None) -> None:
+        super().__init__(modules, mean_abs_reduction, selector)
+        self._inv_numel_cache: Dict[Tuple[int, ...], Tensor] = {}
+        self._last: Optional[Tensor] = None
+
+    def sample(self) -> Optional[Tensor]:
+        """Combine the collected calls into one ``(layers,)`` float32 sample, or ``None``."""
+        calls = self.take()
+        if not any(calls):
+            return None
+        if all(len(c) == 1 for c in calls):
+            norms = torch.stack([c[0][0] for c in calls])  # (layers,)
+            return norms * self._inv_numel(tuple(c[0][1] for c in calls), norms.device)
+        values = []
+        for i, c in enumerate(calls):
+            if c:
+                values.append(sum(n / k for n, k in c) / len(c))
+            elif self._last is not None:
+                values.append(self._last[i])
+            else:
+                values.append(torch.zeros((), dtype=torch.float32, device=next(x for cc in calls for x, _ in cc).device))
+        self._last = torch.stack(values)
+        return self._last
+
+    def _inv_numel(self, numels: Tuple[int, ...], device: torch.device) -> Tensor:
+        key = numels + (hash(str(device)),)
+        cached = self._inv_numel_cache.get(key)
+        if cached is None:
+            if len(self._inv_numel_cache) > 64:  # bounded: batch sizes are few
+                self._inv_numel_cache.clear()
+            cached = torch.tensor([1.0 / max(n, 1) for n in numels], dtype=torch.float32, device=device)
+            self._inv_numel_cache[key] = cached
+        return cached
+
+
+class RingBuffer:
+    """A preallocated ``(rows, window)`` ring of samples with host-side metadata of the same length.
+
+    The sample tensor lives on the device of the first pushed sample and is written with
+    ``index_copy_`` at a device-side write index (a Python index that changes every step would
+    make ``torch.compile`` recompile). Phase code, global step and wall-clock time of each sample
+    are kept in numpy rings; their position is tracked on the host without reading the device.
+
+    Example::
+
+        >>> ring = RingBuffer(rows=2, window=3)
+        >>> for t in range(4):
+        ...     ring.push(torch.tensor([t, 10.0 * t]), phase=0, step=t)
+        >>> ring.ordered()
+        tensor([[ 1.,  2.,  3.],
+                [10., 20., 30.]])
+        >>> ring.steps().tolist()
+        [1, 2, 3]
+    """
+
+    def __init__(self, rows: int, window: int) -> None:
+        self.rows = rows
+        self.window = window
+        self.values: Optional[Tensor] = None  # (rows, window)
+        self.index: Optional[Tensor] = None  # (1,) int64, device-side write position
+        self.pos = 0  # host mirror of the write position
+        self.count = 0  # samples held, <= window
+        self.total = 0  # samples ever pushed
+        self.phase = np.zeros(window, dtype=np.int8)
+        self.step = np.zeros(window, dtype=np.int64)
+        self.time = np.zeros(window, dtype=np.float64)
+
+    def _allocate(self, device: torch.device) -> None:
+        self.values = torch.zeros(self.rows, self.window, dtype=torch.float32, device=device)
+        self.index = torch.full((1,), self.pos, dtype=torch.long, device=device)
+
+    def push(self, sample: Tensor, phase: int, step: int, wall_time: Optional[float] = None) -> None:
+        """Append one ``(rows,)`` sample (no host synchronisation)."""
+        if self.values is None:
+            self._allocate(sample.device)
+        elif sample.device != self.values.device:
+            # e.g. restored from a checkpoint on CPU, now running on an accelerator: move once.
+            self.values = self.values.to(sample.device)
+            self.index = self.index.to(sample.device)
+        self.values.index_copy_(1, self.index, sample.reshape(self.rows, 1).to(self.values.dtype))
+        self.index.add_(1).remainder_(self.window)
+        self.phase[self.pos] = phase
+        self.step[self.pos] = step
+        self.time[self.pos] = time.time() if wall_time is None else wall_time
+        self.pos = (self.pos + 1) % self.window
+        self.count = min(self.count + 1, self.window)
+        self.total += 1
+
+    def _order(self, last: Optional[int] = None) -> np.ndarray:
+        n = self.count if last is None else min(last, self.count)
+        return (np.arange(self.pos - n, self.pos) % self.window).astype(np.int64)
+
+    def ordered(self, last: Optional[int] = None) -> Tensor:
+        """The held samples, oldest first: ``(rows, n)`` with ``n <= window``."""
+        if self.values is None:
+            return torch.zeros(self.rows, 0)
+        idx = torch.from_numpy(self._order(last)).to(self.values.device, non_blocking=True)
+        return self.values.index_select(1, idx)
+
+    def phases(self, last: Optional[int] = None) -> np.ndarray:
+        return self.phase[self._order(last)]
+
+    def steps(self, last: Optional[int] = None) -> np.ndarray:
+        return self.step[self._order(last)]
+
+    def times(self, last: Optional[int] = None) -> np.ndarray:
+        return self.time[self._order(last)]
+
+    def relabel(self, back: int, phase: int) -> None:
+        """Change the phase code of the sample ``back`` positions before the newest (0 = newest)."""
+        if back < self.count:
+            self.phase[(self.pos - 1 - back) % self.window] = phase
+
+    def nbytes(self) -> int:
+        tensor_bytes = 0 if self.values is None else self.values.numel() * self.values.element_size() + 8
+        return tensor_bytes + self.phase.nbytes + self.step.nbytes + self.time.nbytes
+
+    def state_dict(self) -> Dict[str, Any]:
+        values = torch.zeros(self.rows, self.window) if self.values is None else self.values.detach().cpu().clone()
+        return {
+            "values": values,
+            "pos": self.pos,
+            "count": self.count,
+            "total": self.total,
+            "phase": torch.from_numpy(self.phase.copy()),
+            "step": torch.from_numpy(self.step.copy()),
+            "time": torch.from_numpy(self.time.copy()),
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        values = state.get("values")
+        if values is None or tuple(values.shape) != (self.rows, self.window):
+            raise ValueError(
+                f"ring buffer state has shape {None if values is None else tuple(values.shape)}, "
+                f"expected {(self.rows, self.window)}: the tapped layers or `window` changed."
+            )
+        self.pos = int(state.get("pos", 0)) % self.window
+        self.count = int(state.get("count", 0))
+        self.total = int(state.get("total", self.count))
+        device = self.values.device if self.values is not None else torch.device("cpu")
+        self._allocate(device)
+        self.values.copy_(values)
+        for key in ("phase", "step", "time"):
+            if key in state:
+                getattr(self, key)[:] = state[key].numpy()
