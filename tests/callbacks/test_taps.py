@@ -1,0 +1,165 @@
+"""Tap selection, hook bookkeeping and the ring buffer, without a Trainer."""
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from nn_neuroimaging_lightning.taps import ActivityTaps, LayerTaps, RingBuffer, first_tensor, select_layers
+
+
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3)
+        self.bn = nn.BatchNorm2d(4)
+        self.act = nn.ReLU()
+        self.lstm = nn.LSTM(4, 5, batch_first=True)
+        self.fc = nn.Linear(5, 2)
+        self.unused = nn.Linear(2, 2)
+
+    def forward(self, x):
+        h = self.act(self.bn(self.conv(x)))  # (B, 4, H, W)
+        seq = h.flatten(2).transpose(1, 2)  # (B, HW, 4)
+        out, _ = self.lstm(seq)
+        return self.fc(out[:, -1])
+
+
+class Shared(nn.Module):
+    """One Linear applied three times per forward."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(3, 3)
+        self.head = nn.Linear(3, 1)
+
+    def forward(self, x):
+        return self.head(self.fc(self.fc(self.fc(x))))
+
+
+def test_default_selection_is_leaf_modules_with_parameters_without_norms():
+    assert list(select_layers(Net())) == ["conv", "lstm", "fc", "unused"]
+
+
+@pytest.mark.parametrize(
+    ("selector", "expected"),
+    [
+        ("fc", ["fc"]),
+        ("*n*", ["conv", "bn", "unused"]),
+        ("re:(conv|fc)", ["conv", "fc"]),
+        (nn.BatchNorm2d, ["bn"]),
+        (["conv", nn.LSTM], ["conv", "lstm"]),
+    ],
+)
+def test_selection_by_glob_regex_and_type(selector, expected):
+    assert list(select_layers(Net(), selector)) == expected
+
+
+def test_selection_matching_nothing_lists_available_names():
+    with pytest.raises(ValueError, match=r"`layers`='nope\*' matches no module\. Available modules: conv \(Conv2d\), bn \(BatchNorm2d\)"):
+        select_layers(Net(), "nope*")
+    with pytest.raises(TypeError, match="`layers` must be None"):
+        select_layers(Net(), 3)
+    with pytest.raises(ValueError, match="invalid regex"):
+        select_layers(Net(), "re:(")
+
+
+def test_first_tensor_of_tuple_and_dict_outputs():
+    a, b = torch.ones(2), torch.zeros(2)
+    assert first_tensor((a, (b,))) is a
+    assert first_tensor({"x": None, "y": b}) is b
+    assert first_tensor(((None,), [b, a])) is b
+    assert first_tensor((a, b), selector=lambda o: o[1]) is b
+    assert first_tensor("text") is None
+
+
+def test_activity_is_mean_abs_and_lstm_tuple_output_is_tapped():
+    torch.manual_seed(0)
+    net = Net()
+    taps = ActivityTaps(select_layers(net, ["conv", "lstm", "fc"]))
+    seen = {}
+    hooks = [getattr(net, n).register_forward_hook(lambda m, i, o, n=n: seen.__setitem__(n, first_tensor(o).detach().abs().mean())) for n in ("conv", "lstm", "fc")]
+    with taps.attached():
+        net(torch.randn(2, 3, 6, 6))
+        sample = taps.sample()
+    for h in hooks:
+        h.remove()
+    expected = torch.stack([seen["conv"], seen["lstm"], seen["fc"]])
+    torch.testing.assert_close(sample, expected)
+    assert LayerTaps.hook_count(net) == 0
+
+
+def test_module_called_several_times_gives_one_sample_mean_of_calls():
+    torch.manual_seed(0)
+    net = Shared()
+    calls = []
+    h = net.fc.register_forward_hook(lambda m, i, o: calls.append(o.detach().abs().mean()))
+    taps = ActivityTaps(select_layers(net))
+    with taps.attached():
+        net(torch.randn(4, 3))
+        sample = taps.sample()
+    h.remove()
+    assert len(calls) == 3 and taps.fire_counts == [3, 1]
+    torch.testing.assert_close(sample[0], torch.stack(calls).mean())
+
+
+def test_never_firing_module_is_reported_not_fatal():
+    net = Net()
+    taps = ActivityTaps(select_layers(net))
+    with taps.attached():
+        net(torch.randn(1, 3, 5, 5))
+        sample = taps.sample()
+    assert taps.silent() == ["unused"]
+    assert sample.shape == (4,) and sample[3] == 0
+    assert [taps.names[i] for i in taps.forward_order()] == ["conv", "lstm", "fc", "unused"]
+
+
+def test_root_forward_end_commits_one_sample_per_forward_and_pause():
+    net = Shared()
+    taps = ActivityTaps(select_layers(net))
+    samples = []
+    with taps.attached(root=net, on_forward_end=lambda: samples.append(taps.sample())):
+        for _ in range(3):
+            net(torch.randn(2, 3))
+        with taps.paused():
+            net(torch.randn(2, 3))
+    assert len(samples) == 3 and LayerTaps.hook_count(net) == 0
+    assert not taps.dirty
+
+
+def test_hooks_removed_when_forward_raises():
+    net = Shared()
+    taps = ActivityTaps(select_layers(net))
+    with pytest.raises(RuntimeError):
+        with taps.attached(root=net, on_forward_end=lambda: None):
+            net(torch.randn(2, 7))  # wrong width
+    assert LayerTaps.hook_count(net) == 0
+
+
+def test_ring_buffer_order_and_wraparound():
+    ring = RingBuffer(rows=2, window=4)
+    assert ring.ordered().shape == (2, 0)
+    for t in range(1, 7):
+        ring.push(torch.tensor([float(t), -float(t)]), phase=t % 3, step=10 * t)
+    assert ring.count == 4 and ring.total == 6
+    assert ring.ordered().tolist() == [[3.0, 4.0, 5.0, 6.0], [-3.0, -4.0, -5.0, -6.0]]
+    assert ring.steps().tolist() == [30, 40, 50, 60]
+    assert ring.phases().tolist() == [0, 1, 2, 0]
+    assert ring.ordered(last=2).tolist() == [[5.0, 6.0], [-5.0, -6.0]]
+    assert int(ring.index) == ring.pos == 2  # the device index mirrors the host position
+    ring.relabel(0, 6)
+    assert ring.phases(last=1).tolist() == [6]
+
+
+def test_ring_buffer_state_round_trip_and_shape_check():
+    ring = RingBuffer(rows=3, window=5)
+    for t in range(7):
+        ring.push(torch.arange(3.0) + t, phase=1, step=t)
+    other = RingBuffer(rows=3, window=5)
+    other.load_state_dict(ring.state_dict())
+    assert torch.equal(other.ordered(), ring.ordered())
+    other.push(torch.full((3,), 100.0), phase=2, step=7)
+    assert other.ordered()[:, -1].tolist() == [100.0] * 3 and other.steps()[-2:].tolist() == [6, 7]
+    with pytest.raises(ValueError, match="expected \\(2, 5\\)"):
+        RingBuffer(rows=2, window=5).load_state_dict(ring.state_dict())
+    assert np.all(other.times() > 0)
