@@ -1,0 +1,218 @@
+import math
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from scipy.stats import spearmanr
+
+from nn_neuroimaging_lightning.functional.consistency import (
+    _agreement_compute,
+    _agreement_update,
+    _coherence_compute,
+    _coherence_update,
+    _spearman_compute,
+    _spearman_update,
+    agreement,
+    coherence,
+    consistency,
+    joint_anomalies,
+    spearman,
+)
+
+
+def _b(*values):
+    return torch.tensor(values, dtype=torch.bool)
+
+
+# ------------------------------------------------------------------ spearman
+
+
+@pytest.mark.parametrize(
+    ("x", "y"),
+    [
+        ([0.1, 0.5, 0.3, 0.9], [1.0, 3.0, 2.0, 8.0]),
+        ([1.0, 2.0, 2.0, 3.0, 5.0], [5.0, 1.0, 1.0, 2.0, 2.0]),  # ties on both sides
+        ([3.0, 3.0, 1.0], [1.0, 2.0, 3.0]),
+        ([1.0, 2.0, 3.0, 4.0, 5.0, 6.0], [6.0, 5.0, 4.0, 3.0, 2.0, 1.0]),
+        ([0.0, float("inf"), -float("inf"), 1.0], [1.0, 2.0, 0.0, 3.0]),
+    ],
+)
+def test_spearman_matches_scipy(x, y):
+    expected = spearmanr(x, y).statistic
+    got = spearman(torch.tensor(x, dtype=torch.float64), torch.tensor(y, dtype=torch.float64))
+    assert got.dtype == torch.float64
+    assert got.item() == pytest.approx(expected, abs=1e-12)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.integers(3, 12).flatmap(
+        lambda n: st.tuples(
+            st.lists(st.integers(-3, 3), min_size=n, max_size=n),  # small range: many ties
+            st.lists(st.floats(-1e3, 1e3, allow_nan=False), min_size=n, max_size=n),
+        )
+    )
+)
+def test_spearman_matches_scipy_property(xy):
+    x, y = (np.asarray(v, dtype=np.float64) for v in xy)
+    got = spearman(torch.from_numpy(x), torch.from_numpy(y)).item()
+    if np.all(x == x[0]) or np.all(y == y[0]):
+        assert math.isnan(got)
+    else:
+        assert got == pytest.approx(spearmanr(x, y).statistic, abs=1e-9)
+
+
+def test_spearman_batched_rows_equal_single():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(4, 7, generator=g)
+    y = torch.randn(4, 7, generator=g)
+    rho = spearman(x, y)
+    assert rho.shape == (4,)
+    for i in range(4):
+        assert rho[i].item() == pytest.approx(spearmanr(x[i].numpy(), y[i].numpy()).statistic, abs=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("x", "y"),
+    [
+        ([1.0, 2.0], [2.0, 1.0]),  # fewer than three layers
+        ([1.0], [1.0]),
+        ([], []),
+        ([1.0, 1.0, 1.0], [1.0, 2.0, 3.0]),  # constant series
+        ([1.0, float("nan"), 3.0], [1.0, 2.0, 3.0]),
+    ],
+)
+def test_spearman_undefined_is_nan(x, y):
+    assert torch.isnan(spearman(torch.tensor(x), torch.tensor(y)))
+
+
+def test_spearman_update_compute_skips_undefined():
+    x = torch.tensor([[1.0, 2.0, 3.0], [1.0, 2.0, 3.0], [1.0, 1.0, 1.0]])
+    y = torch.tensor([[1.0, 2.0, 3.0], [3.0, 1.0, 2.0], [1.0, 2.0, 3.0]])
+    rho_sum, n = _spearman_update(x, y)
+    assert n.item() == 2
+    assert _spearman_compute(rho_sum, n).item() == pytest.approx((1.0 - 0.5) / 2)
+    assert torch.isnan(_spearman_compute(torch.tensor(0.0), torch.tensor(0)))
+
+
+# ------------------------------------------------------------------ agreement / coherence
+
+
+@pytest.mark.parametrize(
+    ("eeg", "fmri", "expected"),
+    [
+        (_b(True, False, True), _b(True, False, True), 1.0),  # perfect agreement
+        (_b(True, False, True), _b(False, True, False), 0.0),  # none
+        (_b(True, False, False, True), _b(True, False, True, False), 0.5),
+        (_b(False, False), _b(False, False), 1.0),
+        (_b(), _b(), 1.0),  # no window: nothing disagrees
+    ],
+)
+def test_agreement_known_values(eeg, fmri, expected):
+    assert agreement(eeg, fmri).item() == pytest.approx(expected)
+
+
+def test_agreement_update_compute_pools_counts():
+    a1, n1 = _agreement_update(_b(True, False), _b(True, True))
+    a2, n2 = _agreement_update(_b(False, False, True), _b(False, False, True))
+    assert (a1.item(), n1.item(), a2.item(), n2.item()) == (1, 2, 3, 3)
+    assert _agreement_compute(a1 + a2, n1 + n2).item() == pytest.approx(4 / 5)
+
+
+@pytest.mark.parametrize(
+    ("eeg", "fmri", "expected"),
+    [
+        (_b(True, True, True), _b(False, True, False), 1 / 3),  # one layer shared of 3 flagged
+        (_b(True, False, False), _b(False, False, True), 0.0),
+        (_b(True, False, True), _b(True, False, True), 1.0),
+        (_b(False, False, False), _b(False, False, False), 1.0),  # both flag none
+        (_b(True, True, False, False), _b(False, True, True, False), 1 / 3),
+    ],
+)
+def test_coherence_known_values(eeg, fmri, expected):
+    assert coherence(eeg, fmri).item() == pytest.approx(expected)
+    i, u = _coherence_update(eeg, fmri)
+    assert _coherence_compute(i, u).item() == pytest.approx(expected)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(0, 10).flatmap(lambda n: st.tuples(st.lists(st.booleans(), min_size=n, max_size=n),
+                                                       st.lists(st.booleans(), min_size=n, max_size=n))))
+def test_coherence_and_joint_against_sets(flags):
+    e, f = flags
+    set_e = {i for i, v in enumerate(e) if v}
+    set_f = {i for i, v in enumerate(f) if v}
+    expected = len(set_e & set_f) / len(set_e | set_f) if set_e | set_f else 1.0
+    te, tf = torch.tensor(e, dtype=torch.bool), torch.tensor(f, dtype=torch.bool)
+    assert coherence(te, tf).item() == pytest.approx(expected)
+    joint = joint_anomalies(te, tf)
+    assert {i for i, v in enumerate(joint.tolist()) if v} == set_e & set_f
+    expected_agree = sum(a == b for a, b in zip(e, f)) / len(e) if e else 1.0
+    assert agreement(te, tf).item() == pytest.approx(expected_agree)
+
+
+def test_joint_anomalies_known():
+    out = joint_anomalies(_b(True, True, False, False), _b(False, True, True, False))
+    assert out.dtype == torch.bool
+    assert out.tolist() == [False, True, False, False]
+
+
+# ------------------------------------------------------------------ consistency
+
+
+@pytest.mark.parametrize(
+    ("rho", "agree", "coh", "expected"),
+    [
+        (1.0, 1.0, 1.0, 1.0),
+        (-1.0, 0.0, 0.0, 0.0),
+        (0.0, 0.5, 1 / 3, (0.5 + 0.5 + 1 / 3) / 3),
+        (0.4, 0.9, 0.2, (0.7 + 0.9 + 0.2) / 3),
+        (float("nan"), 1.0, 1.0, (0.5 + 1.0 + 1.0) / 3),  # rho undefined -> rho' = 0.5
+    ],
+)
+def test_consistency_known_values(rho, agree, coh, expected):
+    assert consistency(torch.tensor(rho), torch.tensor(agree), torch.tensor(coh)).item() == pytest.approx(expected)
+    assert consistency(rho, agree, coh).item() == pytest.approx(expected)
+
+
+def test_consistency_with_fewer_than_three_layers_uses_neutral_rho():
+    rho = spearman(torch.tensor([1.0, 2.0]), torch.tensor([2.0, 1.0]))
+    score = consistency(rho, agreement(_b(True, False), _b(True, False)), coherence(_b(True, False), _b(True, False)))
+    assert score.item() == pytest.approx((0.5 + 1.0 + 1.0) / 3)
+
+
+_any_float = st.floats(allow_nan=True, allow_infinity=True, width=32)
+
+
+@settings(max_examples=100, deadline=None)
+@given(_any_float, _any_float, _any_float)
+def test_consistency_always_in_unit_interval(rho, agree, coh):
+    out = consistency(torch.tensor(rho), torch.tensor(agree), torch.tensor(coh))
+    assert torch.isfinite(out)
+    assert 0.0 <= out.item() <= 1.0
+
+
+def test_consistency_broadcasts_and_keeps_dtype():
+    out = consistency(torch.tensor([1.0, -1.0], dtype=torch.float64), 1.0, torch.tensor(0.0))
+    assert out.dtype == torch.float64
+    assert out.tolist() == pytest.approx([2 / 3, 1 / 3])
+
+
+# ------------------------------------------------------------------ bad input
+
+
+def test_bad_input():
+    with pytest.raises(TypeError, match="`eeg_flags` must be a bool tensor"):
+        agreement(torch.tensor([1, 0]), _b(True, False))
+    with pytest.raises(ValueError, match="`eeg_layers` and `fmri_layers` must have the same shape"):
+        coherence(_b(True), _b(True, False))
+    with pytest.raises(TypeError, match="`fmri_layers` must be a torch.Tensor"):
+        joint_anomalies(_b(True), [True])
+    with pytest.raises(ValueError, match="`x` and `y` must have the same shape"):
+        spearman(torch.ones(3), torch.ones(4))
+    with pytest.raises(TypeError, match="real-valued"):
+        spearman(_b(True, False, True), torch.ones(3))
+    with pytest.raises(TypeError, match="`agreement` must be a tensor or a real number"):
+        consistency(0.0, "high", 1.0)
