@@ -30,6 +30,20 @@ from torch import Tensor, nn
 
 LayerSelector = Union[None, str, type, Sequence[Union[str, type]]]
 
+# Depth of `suspended()` blocks: while > 0 no tap of any owner records (our own evaluations, e.g.
+# zeta lesion forwards, must not show up in any callback's signal).
+_SUSPEND_DEPTH = [0]
+
+
+@contextmanager
+def suspended() -> Iterator[None]:
+    """Make every :class:`LayerTaps` ignore the forwards run inside the block."""
+    _SUSPEND_DEPTH[0] += 1
+    try:
+        yield
+    finally:
+        _SUSPEND_DEPTH[0] -= 1
+
 #: Normalisation layers own parameters but rescale rather than compute; left out by default.
 NORM_TYPES: Tuple[type, ...] = (
     nn.modules.batchnorm._NormBase,
@@ -194,7 +208,7 @@ class LayerTaps:
         for i, module in enumerate(self.modules):
             self._handles.append(module.register_forward_hook(self._make_hook(i)))
         if root is not None and on_forward_end is not None:
-            self._root_handle = root.register_forward_hook(lambda *_: on_forward_end() if self.enabled else None)
+            self._root_handle = root.register_forward_hook(lambda *_: on_forward_end() if self.enabled and not _SUSPEND_DEPTH[0] else None)
 
     def detach(self) -> None:
         """Remove every hook this object registered (idempotent, safe in ``finally``)."""
@@ -229,7 +243,7 @@ class LayerTaps:
 
     def _make_hook(self, index: int) -> Callable[..., None]:
         def hook(module: nn.Module, inputs: Any, output: Any) -> None:
-            if not self.enabled:
+            if not self.enabled or _SUSPEND_DEPTH[0]:
                 return
             t = first_tensor(output, self.selector)
             if t is None:

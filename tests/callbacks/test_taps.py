@@ -163,3 +163,17 @@ def test_ring_buffer_state_round_trip_and_shape_check():
     with pytest.raises(ValueError, match="expected \\(2, 5\\)"):
         RingBuffer(rows=2, window=5).load_state_dict(ring.state_dict())
     assert np.all(other.times() > 0)
+
+
+def test_global_suspension_silences_every_owner():
+    from nn_neuroimaging_lightning.taps import suspended
+
+    net = Shared()
+    a, b = ActivityTaps(select_layers(net)), LayerTaps(select_layers(net), reduce=lambda t: t.sum())
+    commits = []
+    with a.attached(root=net, on_forward_end=lambda: commits.append(1)), b.attached():
+        with suspended():
+            net(torch.randn(2, 3))
+        assert not a.dirty and not b.dirty and commits == []
+        net(torch.randn(2, 3))
+    assert a.fire_counts == [3, 1] and b.fire_counts == [3, 1] and commits == [1]
