@@ -86,6 +86,17 @@ class MonitorCallback(Callback):
         self._log_dir: Optional[str] = None
         self._is_global_zero = True
 
+    @classmethod
+    def from_config(cls, config: Any, **overrides: Any) -> "MonitorCallback":
+        """Build the callback from a YAML file, a mapping or a DictConfig.
+
+        Keys map one-to-one to the constructor's keyword arguments (see
+        :mod:`nn_neuroimaging_lightning.config`); ``overrides`` win, e.g. callables.
+        """
+        from nn_neuroimaging_lightning import config as C
+
+        return C.build(cls, config, **overrides)
+
     @property
     def events(self) -> List[AnomalyEvent]:
         """The most recent anomaly events (bounded by ``max_events``), oldest first."""
@@ -143,3 +154,4 @@ class MonitorCallback(Callback):
         self._events.clear()
         for e in state_dict.get("events", []):
             self._events.append(AnomalyEvent(**e))
+

@@ -1,0 +1,199 @@
+"""Structured configs (omegaconf dataclasses) mapping one-to-one to the callbacks' keyword arguments.
+
+YAML is read only through omegaconf. Every key of a config is a constructor argument of the same
+name; arguments that cannot be written in YAML (callables such as ``output_selector`` or
+``value_fn``) have no key and are passed in Python. An unknown key or a value of the wrong type
+raises a ``ValueError`` that names the key, the value and the allowed keys or type.
+
+Example::
+
+    >>> from nn_neuroimaging_lightning import NNEEGCallback
+    >>> eeg = NNEEGCallback.from_config({"window": 256, "stop_on": ["non_finite"]})
+    >>> eeg.window, eeg.stop_on
+    (256, ('non_finite',))
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Mapping, Optional, Type, Union
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+
+@dataclass
+class EEGConfig:
+    """Keyword arguments of :class:`~nn_neuroimaging_lightning.NNEEGCallback`."""
+
+    layers: Any = None  # null, a glob / "re:" regex string, or a list of them
+    window: int = 128
+    fs: float = 200.0
+    nperseg: int = 64
+    noverlap: Optional[int] = None
+    bands: Optional[Dict[str, List[float]]] = None
+    state_window: int = 16
+    stop_on: List[str] = field(default_factory=list)
+    explosion_z: float = 8.0
+    collapse_ratio: float = 1e-3
+    spectral_shift_threshold: float = 0.5
+    state_confidence: float = 0.95
+    min_history: int = 16
+    idle_threshold: float = 0.25
+    idle_max_samples: int = 32
+    analysis_every_n_steps: Optional[int] = None
+    panels: bool = True
+    max_events: int = 1000
+
+
+#: Constructor arguments that have no YAML form, per callback class name.
+PYTHON_ONLY: Dict[str, tuple] = {
+    "NNEEGCallback": ("output_selector",),
+    "NNfMRICallback": ("value_fn", "output_selector", "label_selector"),
+    "CrossModalCallback": (),
+}
+
+_REGISTRY: Dict[str, Type[Any]] = {"NNEEGCallback": EEGConfig}
+
+
+def register(callback_name: str, config_cls: Type[Any]) -> None:
+    """Associate a callback class name with its structured config."""
+    _REGISTRY[callback_name] = config_cls
+
+
+def config_class(callback_cls: type) -> Type[Any]:
+    try:
+        return _REGISTRY[callback_cls.__name__]
+    except KeyError:
+        raise TypeError(f"no structured config for {callback_cls.__name__}; known: {sorted(_REGISTRY)}.") from None
+
+
+def _describe(config_cls: Type[Any]) -> str:
+    return ", ".join(f"{f.name}: {getattr(f.type, '__name__', None) or str(f.type).replace('typing.', '')}" for f in dataclasses.fields(config_cls))
+
+
+def load(config_cls: Type[Any], source: Union[str, os.PathLike, Mapping[str, Any], DictConfig], where: str = "") -> Dict[str, Any]:
+    """Validate ``source`` (a YAML path, a mapping or a DictConfig) against ``config_cls``.
+
+    Returns:
+        The keyword arguments, as plain Python containers, including defaults.
+
+    Raises:
+        FileNotFoundError: ``source`` is a path that does not exist.
+        ValueError: an unknown key or a value of the wrong type, naming the key, the value and
+            what is allowed.
+    """
+    if isinstance(source, (str, os.PathLike)):
+        where = where or str(source)
+        if not os.path.isfile(source):
+            raise FileNotFoundError(f"config file {str(source)!r} does not exist.")
+        data = OmegaConf.load(source)
+    elif isinstance(source, (Mapping, DictConfig)):
+        data = source if isinstance(source, DictConfig) else OmegaConf.create(dict(source))
+    else:
+        raise TypeError(f"`config` must be a YAML path, a mapping or a DictConfig, got {type(source).__name__}.")
+    if data is None:
+        data = OmegaConf.create({})
+    if not isinstance(data, DictConfig):
+        raise ValueError(f"config {where or ''} must be a mapping of keys to values, got {type(data).__name__}.")
+    schema = OmegaConf.structured(config_cls)
+    allowed = [f.name for f in dataclasses.fields(config_cls)]
+    for key in data.keys():
+        if key not in allowed:
+            raise ValueError(
+                f"unknown config key `{key}` (value {OmegaConf.to_container(data)[key]!r}){' in ' + where if where else ''} "
+                f"for {config_cls.__name__}; allowed keys: {', '.join(allowed)}."
+            )
+    try:
+        merged = OmegaConf.merge(schema, data)
+    except OmegaConfBaseException as err:
+        key = getattr(err, "full_key", None) or getattr(err, "key", None) or "?"
+        raw = OmegaConf.to_container(data)
+        value = raw.get(str(key).split(".")[0], "?") if isinstance(raw, dict) else "?"
+        raise ValueError(
+            f"config key `{key}` has value {value!r} of the wrong type{' in ' + where if where else ''}: "
+            f"{str(err).splitlines()[0]}. Allowed types: {_describe(config_cls)}."
+        ) from None
+    return OmegaConf.to_container(merged, resolve=True)  # type: ignore[return-value]
+
+
+def build(callback_cls: type, source: Union[str, os.PathLike, Mapping[str, Any], DictConfig], **overrides: Any) -> Any:
+    """Construct ``callback_cls`` from a config; ``overrides`` (e.g. callables) win."""
+    kwargs = load(config_class(callback_cls), source)
+    kwargs.update(overrides)
+    return callback_cls(**kwargs)
+
+
+@dataclass
+class DemoTrainerConfig:
+    """The ``trainer`` section of the demo config (a subset of ``lightning.Trainer`` arguments)."""
+
+    max_epochs: int = 3
+    log_every_n_steps: int = 10
+    enable_progress_bar: bool = True
+    accelerator: str = "cpu"
+    devices: int = 1
+    limit_train_batches: Optional[int] = None
+    limit_val_batches: Optional[int] = None
+
+
+@dataclass
+class DemoDataConfig:
+    """The ``data`` section: arguments of :class:`~nn_neuroimaging_lightning.demo.DemoDataModule`."""
+
+    data_dir: Optional[str] = None
+    batch_size: int = 64
+    n_train: Optional[int] = None
+    n_val: Optional[int] = None
+    num_workers: int = 0
+
+
+@dataclass
+class DemoModelConfig:
+    """The ``model`` section: arguments of :class:`~nn_neuroimaging_lightning.demo.DemoClassifier`."""
+
+    lr: float = 1e-3
+
+
+@dataclass
+class DemoConfig:
+    """The whole demo job. ``eeg``, ``fmri`` and ``cross_modal`` hold the callbacks' own configs."""
+
+    seed: int = 0
+    log_dir: str = "runs"
+    name: str = "demo"
+    trainer: DemoTrainerConfig = field(default_factory=DemoTrainerConfig)
+    data: DemoDataConfig = field(default_factory=DemoDataConfig)
+    model: DemoModelConfig = field(default_factory=DemoModelConfig)
+    eeg: Dict[str, Any] = field(default_factory=dict)
+    fmri: Dict[str, Any] = field(default_factory=dict)
+    cross_modal: Dict[str, Any] = field(default_factory=dict)
+
+
+def load_demo(source: Union[None, str, os.PathLike, Mapping[str, Any]] = None, overrides: Optional[Mapping[str, Any]] = None) -> Dict[str, Any]:
+    """The demo config: defaults, then ``source`` (YAML path or mapping), then dotted ``overrides``.
+
+    Each callback section is validated against that callback's structured config here, so a
+    typo in ``eeg.windw`` fails before training starts.
+    """
+    merged = OmegaConf.structured(DemoConfig)
+    where = str(source) if isinstance(source, (str, os.PathLike)) else "demo config"
+    if source is not None:
+        if isinstance(source, (str, os.PathLike)) and not os.path.isfile(source):
+            raise FileNotFoundError(f"`--config` file {str(source)!r} does not exist.")
+        data = OmegaConf.load(source) if isinstance(source, (str, os.PathLike)) else OmegaConf.create(dict(source))
+        try:
+            merged = OmegaConf.merge(merged, data)
+        except OmegaConfBaseException as err:
+            key = getattr(err, "full_key", None) or getattr(err, "key", None) or "?"
+            allowed = ", ".join(f.name for f in dataclasses.fields(DemoConfig))
+            raise ValueError(f"demo config key `{key}` in {where}: {str(err).splitlines()[0]}. Top-level keys: {allowed}.") from None
+    for dotted, value in dict(overrides or {}).items():
+        OmegaConf.update(merged, dotted, value, merge=True)
+    cfg = OmegaConf.to_container(merged, resolve=True)
+    for section, name in (("eeg", "NNEEGCallback"), ("fmri", "NNfMRICallback"), ("cross_modal", "CrossModalCallback")):
+        if name in _REGISTRY:
+            cfg[section] = load(_REGISTRY[name], cfg[section] or {}, where=f"{where} section `{section}`")
+    return cfg
