@@ -25,5 +25,10 @@ test: $(STAMP)
 benchmarks: $(STAMP)
 	$(BIN)/python benchmarks/run_all.py
 
+# PNGs of the TensorBoard panels of a 2-epoch demo run into docs/ (headless Chromium, Debian package).
+screenshots: $(STAMP)
+	test -x /usr/bin/chromium || (apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y chromium)
+	$(BIN)/python scripts/screenshots.py $(ARGS)
+
 clean:
 	rm -rf $(VENV) runs build *.egg-info

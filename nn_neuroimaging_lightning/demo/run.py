@@ -34,7 +34,9 @@ def run_demo(config: Optional[str] = None, overrides: Optional[Mapping[str, Any]
 
     cfg = C.load_demo(config, overrides)
     pl.seed_everything(cfg["seed"], workers=True, verbose=False)
-    datamodule = DemoDataModule(seed=cfg["seed"], **cfg["data"])
+    # Unset sizes keep the data module's own defaults (synthetic: 6400/2048; CIFAR: the full set).
+    data_args = {k: v for k, v in cfg["data"].items() if v is not None or k == "data_dir"}
+    datamodule = DemoDataModule(seed=cfg["seed"], **data_args)
     model = DemoClassifier(**cfg["model"])
     callbacks = build_callbacks(cfg)
     logger = TensorBoardLogger(save_dir=cfg["log_dir"], name=cfg["name"])
