@@ -48,6 +48,38 @@ class EEGConfig:
     max_events: int = 1000
 
 
+@dataclass
+class FMRIConfig:
+    """Keyword arguments of :class:`~nn_neuroimaging_lightning.NNfMRICallback`."""
+
+    layers: Any = None  # null, a glob / "re:" regex string, or a list of them
+    grid: List[int] = field(default_factory=lambda: [8, 8, 4])
+    lam: float = 0.1
+    eps: float = 1e-6
+    check_every_n_steps: Optional[int] = None
+    min_history: int = 2
+    zeta_every_n_epochs: int = 1
+    zeta_layers: Any = None
+    zeta_budget: int = 256
+    probe_size: int = 64
+    baseline: str = "zero"
+    metric: str = "auto"
+    antithetic: bool = True
+    truncation_tol: Optional[float] = None
+    confidence: float = 0.95
+    zeta_max_batch: int = 1024
+    tractography: bool = True
+    top_k: int = 5
+    dead_ratio: float = 0.05
+    saturation_ratio: float = 20.0
+    zeta_concentration: float = 0.9
+    stop_on: List[str] = field(default_factory=list)
+    panels: bool = True
+    max_events: int = 1000
+    flag_history: int = 128
+    seed: int = 0
+
+
 #: Constructor arguments that have no YAML form, per callback class name.
 PYTHON_ONLY: Dict[str, tuple] = {
     "NNEEGCallback": ("output_selector",),
@@ -55,7 +87,23 @@ PYTHON_ONLY: Dict[str, tuple] = {
     "CrossModalCallback": (),
 }
 
-_REGISTRY: Dict[str, Type[Any]] = {"NNEEGCallback": EEGConfig}
+@dataclass
+class CrossModalConfig:
+    """Keyword arguments of :class:`~nn_neuroimaging_lightning.CrossModalCallback`."""
+
+    band: str = "gamma"
+    history: int = 32
+    joint_window: int = 50
+    stop_on: List[str] = field(default_factory=list)
+    panels: bool = True
+    max_events: int = 1000
+
+
+_REGISTRY: Dict[str, Type[Any]] = {
+    "NNEEGCallback": EEGConfig,
+    "NNfMRICallback": FMRIConfig,
+    "CrossModalCallback": CrossModalConfig,
+}
 
 
 def register(callback_name: str, config_cls: Type[Any]) -> None:

@@ -1,0 +1,848 @@
+"""NN-fMRI: micro-region densities, Shapley "zeta" impact of region lesions, tractography, anomalies."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any, Callable, Deque, Dict, FrozenSet, List, Mapping, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+from lightning.pytorch import LightningModule, Trainer
+from lightning.pytorch.utilities import rank_zero_warn
+from torch import Tensor, nn
+
+from nn_neuroimaging_lightning import _validation as V
+from nn_neuroimaging_lightning.callbacks._base import AnomalyEvent, MonitorCallback
+from nn_neuroimaging_lightning.functional.grid import (
+    DEFAULT_EPS,
+    DEFAULT_GRID,
+    DEFAULT_LAMBDA,
+    _as_grid_tuple,
+    _check_lam_eps,
+    _partition,
+    grid_partition,
+    region_density,
+    region_sums,
+    resolve_grid,
+)
+from nn_neuroimaging_lightning.functional.tractography import critical_pathways, path_strength, pathway_efficiency
+from nn_neuroimaging_lightning.functional.tractography import tractography as trace_module
+from nn_neuroimaging_lightning.functional.shapley import ZetaResult, _zeta_from_stats, shapley_zeta
+from nn_neuroimaging_lightning.lesion import BASELINES, METRICS, LesionGame, isolated_evaluation, split_batch
+from nn_neuroimaging_lightning.taps import LayerSelector, LayerTaps, first_tensor, select_layers
+
+#: Anomaly kinds NN-fMRI can raise; ``stop_on`` takes any of them.
+FMRI_ANOMALY_KINDS: Tuple[str, ...] = ("dead_region", "saturated_region", "zeta_concentration")
+
+#: Default zeta budget: value rows (probe forwards) per layer and evaluation. It is raised, per
+#: layer, to the minimum that gives two samples (``2 + 4 (R - 1)`` rows with antithetic pairs), so
+#: that a confidence interval exists; see the class docstring for the cost.
+DEFAULT_ZETA_BUDGET: int = 256
+
+_ACTIVATION_OF = ((nn.ReLU, "relu"), (nn.Sigmoid, "sigmoid"), (nn.Tanh, "tanh"))
+
+
+@dataclass
+class TractInfo:
+    """Tractography between two consecutive tapped layers ``source -> target``.
+
+    Attributes:
+        source: name of the upstream tapped layer (its output grid gives the source regions).
+        target: name of the downstream weighted module (its output grid gives the target regions).
+        matrix: ``(n_source, n_target)`` connection strengths (CPU), ``None`` when not traced.
+        traced: whether ``matrix`` holds strengths.
+        reason: why not, when not traced.
+        mapping: how the source grid meets ``target``'s input: ``"exact"`` (same shape),
+            ``"reshaped"`` (same units in memory order, e.g. after a flatten), ``"proportional"``
+            (a pooling in between: the same grid laid proportionally over the pooled map, an
+            approximation) or ``""``.
+        activation: the nonlinearity assumed after ``target`` (the next module if it is a
+            ReLU/Sigmoid/Tanh, else ``identity``).
+        pathways: the ``top_k`` strongest ``(source_region, target_region, strength)``.
+        efficiency: pathway efficiency, 1 − normalised entropy of the strength distribution.
+    """
+
+    source: str
+    target: str
+    matrix: Optional[Tensor]
+    traced: bool
+    reason: str = ""
+    mapping: str = ""
+    activation: str = "identity"
+    pathways: List[Tuple[int, int, float]] = field(default_factory=list)
+    efficiency: float = float("nan")
+
+
+class NNfMRICallback(MonitorCallback):
+    r"""Watch where in each layer activity and impact live, like fMRI voxels in a brain.
+
+    **Densities (every training step).** Each tapped layer's output is split into micro-regions
+    (grid ``(g_h, g_w, g_c)`` over ``(H, W, C)``, ``(g_t, g_d)`` over tokens × hidden, ``(g_c,)`` over
+    features). Per step, one forward hook reduces the output to per-region sums of ``|a|``, ``a``
+    and ``a^2`` on its device (no host sync) and adds them to a window. Every
+    ``check_every_n_steps`` steps (default: the trainer's ``log_every_n_steps``) the window's
+    density :math:`\phi(g) = \overline{|a|}_g + \lambda \log(\sigma^2_g + \epsilon)` is available
+    as :attr:`density`, and each region's mean ``|a|`` is compared with its running baseline (an
+    exponential average over earlier windows): a region that had been active and falls below
+    ``dead_ratio`` × baseline is a ``dead_region``, one above ``saturation_ratio`` × baseline a
+    ``saturated_region``.
+
+    **Zeta (on a schedule).** At the end of every ``zeta_every_n_epochs``-th validation epoch of a
+    fit (never in the sanity check; and at the end of ``trainer.validate``), or, when the trainer
+    has no validation loop, at the end of every ``zeta_every_n_epochs``-th training epoch, the
+    Shapley value of every region of each ``zeta_layers`` layer is estimated on a fixed probe batch
+    (the first ``probe_size`` samples of the first validation batch seen, else of the first training
+    batch; cloned once to CPU, re-taken after a resume): the value of a coalition is the model's
+    performance with every other region lesioned (see :mod:`nn_neuroimaging_lightning.lesion`).
+    Permutations come from a ``torch.Generator`` seeded with ``seed + epoch``; under DDP every rank
+    evaluates its share and the sufficient statistics are summed across ranks, so every rank holds
+    the same scores. A layer whose zeta mass concentrates (``max|zeta| / sum|zeta|`` above
+    ``zeta_concentration``) raises ``zeta_concentration``.
+
+    **Tractography (same schedule).** One forward on the probe captures each tapped module's input
+    and output; for consecutive tapped layers ``A -> B`` with ``B`` an ``nn.Linear``/``nn.Conv2d``
+    the connection strengths between ``A``'s regions and ``B``'s regions are computed
+    (:func:`~nn_neuroimaging_lightning.functional.tractography.tractography`). ``A``'s grid meets
+    ``B``'s input exactly when the shapes agree or when only a reshape separates them; across a
+    pooling the same grid is laid proportionally over the pooled map (``mapping="proportional"``,
+    an approximation, said so in the panel); anything else is reported as not traced.
+
+    Every evaluation runs in eval mode under ``no_grad`` with silenced taps and forked RNG
+    streams, and restores the modules' modes and buffers: a run's losses and weights are the same
+    with and without this callback.
+
+    Cost: a zeta evaluation is about ``zeta_budget`` (or ``2 + 4 (R - 1)``, whichever is larger)
+    probe forwards per zeta layer. Lower ``zeta_budget``, restrict ``zeta_layers`` or raise
+    ``zeta_every_n_epochs`` on large models.
+
+    Args:
+        layers: modules to tap (see :func:`~nn_neuroimaging_lightning.taps.select_layers`).
+        grid: ``(g_h, g_w, g_c)``; see :func:`~nn_neuroimaging_lightning.functional.grid.resolve_grid`.
+            A grid larger than a layer is clamped, with one warning.
+        lam: ``lambda`` of the density's log-variance term.
+        eps: variance floor of the density.
+        check_every_n_steps: training steps per density window / anomaly check (``None``: the
+            trainer's ``log_every_n_steps``).
+        min_history: density windows in a region's baseline before it is judged.
+        zeta_every_n_epochs: epochs between zeta evaluations.
+        zeta_layers: layers whose regions are scored (``None``: the tapped layers; same forms as
+            ``layers``).
+        zeta_budget: value rows (probe forwards) per layer and evaluation.
+        probe_size: samples of the probe batch.
+        baseline: lesion baseline, ``"zero"`` or ``"mean"`` (the region's mean over the probe).
+        metric: ``"auto"`` (minus cross-entropy for integer labels, else minus MSE),
+            ``"cross_entropy"``, ``"mse"`` or ``"accuracy"``.
+        value_fn: ``value_fn(module, batch) -> per-sample values`` overriding ``metric``
+            (Python only).
+        antithetic: pair each permutation with its reverse.
+        truncation_tol: relative truncation band of the estimator (``None``: none).
+        confidence: level of the zeta intervals.
+        zeta_max_batch: most samples in one lesion forward (memory cap).
+        tractography: compute tractography at each zeta evaluation.
+        top_k: critical pathways and top regions reported.
+        dead_ratio: a region below this fraction of its baseline mean ``|a|`` is dead.
+        saturation_ratio: a region above this multiple of its baseline is saturated.
+        zeta_concentration: ``max|zeta| / sum|zeta|`` above which a layer is flagged.
+        stop_on: anomaly kinds that set ``trainer.should_stop`` when they occur.
+        output_selector: picks the tensor from tuple/dict outputs (Python only).
+        label_selector: ``label_selector(batch) -> targets`` for the probe (Python only).
+        panels: write TensorBoard panels when a ``TensorBoardLogger`` is present.
+        max_events: anomaly events kept in memory.
+        flag_history: checks kept in :attr:`flag_history`.
+        seed: seed of the zeta permutations (plus the epoch).
+
+    Raises:
+        ValueError: an argument is out of range or not one of the allowed values.
+        TypeError: an argument has the wrong type.
+
+    Example::
+
+        >>> fmri = NNfMRICallback(grid=(4, 4, 2), zeta_budget=64)
+        >>> fmri.grid, fmri.zeta_budget
+        ((4, 4, 2), 64)
+    """
+
+    source = "nn_fmri"
+
+    def __init__(
+        self,
+        layers: LayerSelector = None,
+        *,
+        grid: Sequence[int] = DEFAULT_GRID,
+        lam: float = DEFAULT_LAMBDA,
+        eps: float = DEFAULT_EPS,
+        check_every_n_steps: Optional[int] = None,
+        min_history: int = 2,
+        zeta_every_n_epochs: int = 1,
+        zeta_layers: LayerSelector = None,
+        zeta_budget: int = DEFAULT_ZETA_BUDGET,
+        probe_size: int = 64,
+        baseline: str = "zero",
+        metric: str = "auto",
+        value_fn: Optional[Callable[[nn.Module, Any], Tensor]] = None,
+        antithetic: bool = True,
+        truncation_tol: Optional[float] = None,
+        confidence: float = 0.95,
+        zeta_max_batch: int = 1024,
+        tractography: bool = True,
+        top_k: int = 5,
+        dead_ratio: float = 0.05,
+        saturation_ratio: float = 20.0,
+        zeta_concentration: float = 0.9,
+        stop_on: Sequence[str] = (),
+        output_selector: Optional[Callable[[Any], Tensor]] = None,
+        label_selector: Optional[Callable[[Any], Tensor]] = None,
+        panels: bool = True,
+        max_events: int = 1000,
+        flag_history: int = 128,
+        seed: int = 0,
+    ) -> None:
+        super().__init__(max_events=V.check_int("max_events", max_events, 1))
+        self.layer_selection = layers
+        self.grid = _as_grid_tuple(list(grid) if isinstance(grid, (list, tuple)) else grid)
+        _check_lam_eps(lam, eps)
+        self.lam, self.eps = float(lam), float(eps)
+        if check_every_n_steps is not None:
+            V.check_int("check_every_n_steps", check_every_n_steps, 1)
+        self.check_every_n_steps = check_every_n_steps
+        self.min_history = V.check_int("min_history", min_history, 1)
+        self.zeta_every_n_epochs = V.check_int("zeta_every_n_epochs", zeta_every_n_epochs, 1)
+        self.zeta_selection = zeta_layers
+        self.zeta_budget = V.check_int("zeta_budget", zeta_budget, 4)
+        self.probe_size = V.check_int("probe_size", probe_size, 1)
+        self.baseline = V.check_choice("baseline", baseline, BASELINES)
+        self.metric = V.check_choice("metric", metric, METRICS)
+        if value_fn is not None and not callable(value_fn):
+            raise TypeError(f"`value_fn` must be callable(module, batch) -> per-sample values or None, got {value_fn!r}.")
+        self.value_fn = value_fn
+        if not isinstance(antithetic, bool):
+            raise TypeError(f"`antithetic` must be a bool, got {antithetic!r}.")
+        self.antithetic = antithetic
+        if truncation_tol is not None:
+            V.check_float("truncation_tol", truncation_tol, 0.0)
+        self.truncation_tol = truncation_tol
+        self.confidence = V.check_float("confidence", confidence, 0.0, 1.0, strict_min=True)
+        if self.confidence >= 1.0:
+            raise ValueError(f"`confidence` must be a number in (0, 1), got {confidence!r}.")
+        self.zeta_max_batch = V.check_int("zeta_max_batch", zeta_max_batch, 1)
+        self.tractography = bool(tractography)
+        self.top_k = V.check_int("top_k", top_k, 1)
+        self.dead_ratio = V.check_float("dead_ratio", dead_ratio, 0.0, 1.0)
+        self.saturation_ratio = V.check_float("saturation_ratio", saturation_ratio, 1.0, strict_min=True)
+        self.zeta_concentration = V.check_float("zeta_concentration", zeta_concentration, 0.0, 1.0, strict_min=True)
+        self.stop_on = V.check_choices("stop_on", stop_on, FMRI_ANOMALY_KINDS)
+        for name, fn in (("output_selector", output_selector), ("label_selector", label_selector)):
+            if fn is not None and not callable(fn):
+                raise TypeError(f"`{name}` must be callable or None, got {fn!r}.")
+        self.output_selector = output_selector
+        self.label_selector = label_selector
+        self.panels = bool(panels)
+        self.flag_history: Deque[Tuple[int, FrozenSet[str]]] = deque(maxlen=V.check_int("flag_history", flag_history, 1))
+        self.seed = V.check_int("seed", seed, 0)
+
+        self._taps: Optional[LayerTaps] = None
+        self._modules: Dict[str, nn.Module] = {}
+        self._zeta_names: List[str] = []
+        # per tapped layer (index-aligned with self._taps.names)
+        self._acc: List[Optional[Tensor]] = []  # (R, 3) window sums of |a|, a, a^2
+        self._acc_n: List[int] = []  # samples in the window
+        self._shape: List[Optional[Tuple[int, ...]]] = []  # unit shape
+        self._grid_of: List[Optional[Tuple[int, ...]]] = []  # resolved grid
+        self._last: List[Optional[Tuple[Tensor, int]]] = []  # latest completed window (sums, n)
+        self._base: List[Optional[Tensor]] = []  # (R,) baseline mean |a|
+        self._windows: List[int] = []
+        self._flag_state: List[Optional[Tensor]] = []  # (2, R) bool host: dead, saturated
+        self._unsupported: set = set()
+        self._warned_clamp: set = set()
+        self._warned_budget: set = set()
+        self._zeta: Dict[str, ZetaResult] = {}
+        self.zeta_max: Dict[str, float] = {}
+        self._zeta_flagged: FrozenSet[str] = frozenset()
+        self._density_flagged: FrozenSet[str] = frozenset()
+        self.tracts: Dict[Tuple[str, str], TractInfo] = {}
+        self.path_strength: Dict[Tuple[str, ...], Tuple[float, List[int]]] = {}
+        self._probe: Optional[Tuple[Tensor, Optional[Tensor]]] = None
+        self._probe_from_val = False
+        self._listeners: List[Callable[[Trainer, LightningModule], None]] = []
+        self._pending_state: Optional[Dict[str, Any]] = None
+        self._train_batches = 0
+        self._zeta_epoch: Optional[int] = None
+        self.zeta_evaluations = 0
+        self._self_time_ns = 0
+        self._self_time_steps = 0
+        self._zeta_time_s = 0.0
+        self._stopped_by: Optional[str] = None
+
+    # ------------------------------------------------------------------ public read-only surface
+    @property
+    def state_key(self) -> str:
+        return self._generate_state_key(layers=repr(self.layer_selection), grid=self.grid)
+
+    @property
+    def layers(self) -> List[str]:
+        """Names of the tapped modules, in forward order (selection order before the first forward)."""
+        if self._taps is None:
+            return []
+        return [self._taps.names[i] for i in self._taps.forward_order()]
+
+    @property
+    def zeta_layers(self) -> List[str]:
+        """Names of the layers whose regions are scored."""
+        return list(self._zeta_names)
+
+    @property
+    def density(self) -> Dict[str, Tensor]:
+        """Grid-shaped ``phi`` per layer over the current window (or the last one if it is empty)."""
+        out: Dict[str, Tensor] = {}
+        if self._taps is None:
+            return out
+        for i, name in enumerate(self._taps.names):
+            sums, n = self._window(i)
+            if sums is None:
+                continue
+            sizes = self._sizes(i, sums.device)
+            out[name] = region_density(sums, sizes * n, self.lam, self.eps).reshape(self._grid_of[i])
+        return out
+
+    @property
+    def zeta(self) -> Dict[str, ZetaResult]:
+        """Latest zeta per layer: ``.scores .ci_low .ci_high .significant`` grid-shaped (CPU)."""
+        return dict(self._zeta)
+
+    @property
+    def flagged_layers(self) -> FrozenSet[str]:
+        """Layers flagged by the latest check (spatial density anomalies or zeta concentration)."""
+        return self._density_flagged | self._zeta_flagged
+
+    @property
+    def self_time(self) -> Dict[str, float]:
+        """Time spent in this callback: per-step hooks (ns per training step) and zeta (s in total)."""
+        steps = max(self._self_time_steps, 1)
+        return {"self_time_ns_per_step": self._self_time_ns / steps, "steps": self._self_time_steps,
+                "zeta_seconds": self._zeta_time_s, "zeta_evaluations": self.zeta_evaluations}
+
+    def add_listener(self, fn: Callable[[Trainer, LightningModule], None]) -> None:
+        """Call ``fn(trainer, pl_module)`` after each zeta evaluation (e.g. the cross-modal callback)."""
+        if not callable(fn):
+            raise TypeError(f"`fn` must be callable(trainer, pl_module), got {fn!r}.")
+        if fn not in self._listeners:
+            self._listeners.append(fn)
+
+    # ------------------------------------------------------------------ set-up and teardown
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        self._remember_trainer(trainer)
+        if self._taps is None:
+            self._modules = select_layers(pl_module, self.layer_selection)
+            zeta = self._modules if self.zeta_selection is None else select_layers(pl_module, self.zeta_selection, argument="zeta_layers")
+            self._zeta_names = list(zeta)
+            self._modules_all = {**self._modules, **zeta}
+            self._taps = LayerTaps(self._modules, reduce=self._reduce, selector=self.output_selector)
+            n = len(self._modules)
+            self._acc, self._acc_n, self._shape, self._grid_of = [None] * n, [0] * n, [None] * n, [None] * n
+            self._last, self._base, self._windows, self._flag_state = [None] * n, [None] * n, [0] * n, [None] * n
+        if self._pending_state is not None:
+            self._apply_state(self._pending_state)
+            self._pending_state = None
+        self._taps.enabled = False  # densities are taken on training batches only
+        self._taps.attach()
+
+    def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        self._finish(trainer)
+
+    def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
+        self._finish(trainer)
+
+    def _finish(self, trainer: Trainer) -> None:
+        if self._taps is not None:
+            self._taps.detach()
+            self._taps.discard()
+            self._taps.enabled = False
+        writer = self._tensorboard(trainer) if self.panels else None
+        if writer is not None:
+            writer.flush()
+
+    # ------------------------------------------------------------------ per step
+    def _reduce(self, t: Tensor) -> Optional[Tuple[Tensor, Tuple[int, ...]]]:
+        t0 = time.perf_counter_ns()
+        if not 2 <= t.dim() <= 4 or t.is_complex():
+            return None
+        shape = tuple(t.shape)
+        index, _, g = _partition(shape, self.grid, t.device)
+        sums = region_sums(t, index, math.prod(g))  # (R, 3)
+        self._self_time_ns += time.perf_counter_ns() - t0
+        return sums, shape
+
+    def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int) -> None:
+        if self._probe is None:
+            self._take_probe(batch, from_val=False)
+        if self._taps is not None:
+            self._taps.enabled = True
+
+    def on_validation_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
+        if not self._probe_from_val:
+            self._take_probe(batch, from_val=True)
+
+    def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
+        t0 = time.perf_counter_ns()
+        if self._taps is None:
+            return
+        self._taps.enabled = False
+        self._train_batches += 1
+        new_clamped = []
+        for i, calls in enumerate(self._taps.take()):
+            for call in calls:
+                if call is None:
+                    self._unsupported.add(self._taps.names[i])
+                    continue
+                sums, shape = call
+                if self._shape[i] != shape[1:]:
+                    g, clamped = resolve_grid(shape, self.grid)
+                    if clamped and self._taps.names[i] not in self._warned_clamp:
+                        new_clamped.append((self._taps.names[i], shape, g))
+                    self._shape[i], self._grid_of[i] = shape[1:], g
+                    self._acc[i], self._acc_n[i] = None, 0
+                    self._base[i], self._windows[i], self._flag_state[i] = None, 0, None
+                if self._acc[i] is None:
+                    self._acc[i] = sums.clone()
+                else:
+                    self._acc[i] += sums
+                self._acc_n[i] += shape[0]
+        self._warn_clamped(new_clamped)
+        every = self.check_every_n_steps or max(trainer.log_every_n_steps, 1)
+        if self._train_batches % every == 0:
+            self._check(trainer, pl_module)
+        self._self_time_ns += time.perf_counter_ns() - t0
+        self._self_time_steps += 1
+
+    def _warn_clamped(self, items: List[Tuple[str, Tuple[int, ...], Tuple[int, ...]]]) -> None:
+        if not items:
+            return
+        for name, _, _ in items:
+            self._warned_clamp.add(name)
+        listing = "; ".join(f"`{n}` output {s} -> grid {g}" for n, s, g in items)
+        rank_zero_warn(f"NNfMRICallback: `grid`={self.grid} is larger than some layers and was clamped: {listing}.")
+
+    def _window(self, i: int) -> Tuple[Optional[Tensor], int]:
+        if self._acc[i] is not None and self._acc_n[i] > 0:
+            return self._acc[i], self._acc_n[i]
+        if self._last[i] is not None:
+            return self._last[i]
+        return None, 0
+
+    def _sizes(self, i: int, device: torch.device) -> Tensor:
+        return _partition((1,) + tuple(self._shape[i]), self._grid_of[i], device)[1]
+
+    # ------------------------------------------------------------------ spatial anomalies
+    def _check(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """Close the density window: judge every region against its baseline (host sync here only)."""
+        names = self._taps.names
+        events: List[AnomalyEvent] = []
+        flagged = set()
+        step = trainer.global_step
+        for i, name in enumerate(names):
+            if self._acc[i] is None or self._acc_n[i] == 0:
+                if self._flag_state[i] is not None and self._flag_state[i].any():
+                    flagged.add(name)
+                continue
+            sums, n = self._acc[i], self._acc_n[i]
+            mean_abs = sums[:, 0] / (self._sizes(i, sums.device) * n)  # (R,)
+            base = self._base[i]
+            if base is None:
+                self._base[i], self._windows[i] = mean_abs.clone(), 1
+            else:
+                if self._windows[i] >= self.min_history:
+                    floor = torch.clamp(base.max() * 1e-6, min=1e-30)
+                    active = base > floor
+                    ratio = mean_abs / torch.where(active, base, torch.ones_like(base))
+                    dead = active & (ratio < self.dead_ratio)
+                    sat = active & (ratio > self.saturation_ratio)
+                    host = torch.stack([dead.float(), sat.float(), ratio, mean_abs, base]).cpu().numpy()
+                    state = host[:2] > 0.5  # (2, R)
+                    prev = self._flag_state[i] if self._flag_state[i] is not None else np.zeros_like(state)
+                    events += self._region_events(step, name, i, state & ~prev, host)
+                    self._flag_state[i] = state
+                    if state.any():
+                        flagged.add(name)
+                    keep = ~(dead | sat)
+                    self._base[i] = torch.where(keep, 0.9 * base + 0.1 * mean_abs, base)
+                else:
+                    self._base[i] = 0.5 * base + 0.5 * mean_abs
+                self._windows[i] += 1
+            self._last[i] = (sums, n)
+            self._acc[i], self._acc_n[i] = None, 0
+        self._density_flagged = frozenset(flagged)
+        self._push_flags(step)
+        self._log(pl_module, "nn_fmri/anomaly", float(bool(self.flagged_layers)))
+        self._record(events)
+        self._maybe_stop(trainer, events)
+
+    def _region_events(self, step: int, name: str, i: int, new: np.ndarray, host: np.ndarray) -> List[AnomalyEvent]:
+        out = []
+        for row, kind in ((0, "dead_region"), (1, "saturated_region")):
+            regions = np.nonzero(new[row])[0]
+            if not len(regions):
+                continue
+            ratios = host[2, regions]
+            worst = regions[int(np.argmin(ratios) if row == 0 else np.argmax(ratios))]
+            coords = ", ".join(self._coords(self._grid_of[i], int(r)) for r in regions[:10])
+            more = f" (+{len(regions) - 10} more)" if len(regions) > 10 else ""
+            out.append(AnomalyEvent(step, "train", name, kind, float(host[2, worst]), self.source,
+                                    detail=f"{len(regions)} region(s) {coords}{more}; mean|a| / baseline of the worst = {host[2, worst]:.3g}"))
+        return out
+
+    def _push_flags(self, step: int) -> None:
+        self.flag_history.append((step, self.flagged_layers))
+
+    @staticmethod
+    def _coords(grid: Tuple[int, ...], region: int) -> str:
+        axes = {3: ("h", "w", "c"), 2: ("t", "d"), 1: ("c",)}[len(grid)]
+        idx = np.unravel_index(region, grid)
+        return "(" + ", ".join(f"{a}={int(v)}" for a, v in zip(axes, idx)) + ")"
+
+    def _maybe_stop(self, trainer: Trainer, events: List[AnomalyEvent]) -> None:
+        if not self.stop_on:
+            return
+        hit = next((e for e in events if e.kind in self.stop_on), None)
+        if self._reduce_decision(trainer, hit is not None) and not trainer.should_stop:
+            trainer.should_stop = True
+            self._stopped_by = hit.kind if hit is not None else "another rank"
+            rank_zero_warn(f"NNfMRICallback stopped the run at step {trainer.global_step}: {self._stopped_by}" + (f" in `{hit.layer}`." if hit else "."))
+
+    # ------------------------------------------------------------------ probe batch
+    def _take_probe(self, batch: Any, from_val: bool) -> None:
+        try:
+            x, y = split_batch(batch, self.label_selector)
+        except TypeError:
+            return
+        k = min(self.probe_size, x.shape[0]) if x.dim() else 0
+        if k == 0:
+            return
+        x = x[:k].detach().to("cpu", copy=True)
+        if y is not None:
+            y = y[:k].detach().to("cpu", copy=True) if y.dim() and y.shape[0] >= k else y.detach().to("cpu", copy=True)
+        self._probe = (x, y)
+        self._probe_from_val = from_val
+
+    def _shared_probe(self, trainer: Trainer, pl_module: LightningModule) -> Optional[Tuple[Tensor, Optional[Tensor]]]:
+        probe = self._probe
+        if trainer.world_size > 1:
+            # Every rank must play the same game: rank 0's probe wins.
+            probe = trainer.strategy.broadcast(probe, src=0)
+        if probe is None:
+            return None
+        x, y = probe
+        dev = pl_module.device
+        return x.to(dev), (None if y is None else y.to(dev))
+
+    # ------------------------------------------------------------------ zeta schedule
+    def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if trainer.sanity_checking or self._taps is None:
+            return
+        if trainer.state.fn == "fit" and (trainer.current_epoch + 1) % self.zeta_every_n_epochs:
+            return
+        self._evaluate(trainer, pl_module)
+
+    def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if self._taps is None:
+            return
+        has_val = bool(trainer.num_val_batches) and sum(trainer.num_val_batches) > 0
+        if not has_val and self._zeta_epoch != trainer.current_epoch and (trainer.current_epoch + 1) % self.zeta_every_n_epochs == 0:
+            self._evaluate(trainer, pl_module)
+        self._write_density_panels(trainer)
+
+    def _evaluate(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        t0 = time.perf_counter()
+        probe = self._shared_probe(trainer, pl_module)
+        if probe is None:
+            rank_zero_warn("NNfMRICallback: no probe batch has been seen yet (batches must be tensors or (inputs, targets, ...)); zeta skipped.")
+            return
+        self._zeta_epoch = trainer.current_epoch
+        events = self.compute_zeta(pl_module, probe, epoch=trainer.current_epoch, trainer=trainer)
+        if self.tractography:
+            self.compute_tractography(pl_module, probe[0])
+        self.zeta_evaluations += 1
+        self._zeta_time_s += time.perf_counter() - t0
+        on_step = False
+        for name in self._zeta_names:
+            if name in self.zeta_max:
+                self._log(pl_module, f"nn_fmri/{name}/zeta_max", self.zeta_max[name], on_step=on_step, on_epoch=True)
+        self._push_flags(trainer.global_step)
+        self._log(pl_module, "nn_fmri/anomaly", float(bool(self.flagged_layers)), on_step=on_step, on_epoch=True)
+        self._record(events)
+        self._write_zeta_panels(trainer)
+        for fn in list(self._listeners):
+            fn(trainer, pl_module)
+        self._maybe_stop(trainer, events)
+
+    def compute_zeta(self, pl_module: nn.Module, probe: Tuple[Tensor, Optional[Tensor]], epoch: int = 0,
+                     trainer: Optional[Trainer] = None) -> List[AnomalyEvent]:
+        """Estimate zeta for every zeta layer on ``probe`` (``(inputs, targets)``); fills :attr:`zeta`.
+
+        Returns the ``zeta_concentration`` events (not yet recorded).
+        """
+        world = trainer.world_size if trainer is not None else 1
+        rank = trainer.global_rank if trainer is not None else 0
+        step = trainer.global_step if trainer is not None else 0
+        x, y = probe
+        events: List[AnomalyEvent] = []
+        flagged = set()
+        group = 2 if self.antithetic else 1
+        for name in self._zeta_names:
+            module = self._modules_all[name]
+            game = LesionGame(pl_module, module, x, y, self.grid, self.baseline, self.metric, self.value_fn,
+                              self.output_selector, self.zeta_max_batch)
+            if game.clamped and name not in self._warned_clamp:
+                self._warn_clamped([(name, (x.shape[0],) + game.unit_shape, game.grid)])
+            r = game.n_regions
+            budget = self.zeta_budget
+            need = 2 + 2 * group * max(r - 1, 1)
+            if budget < need:
+                if name not in self._warned_budget:
+                    self._warned_budget.add(name)
+                    rank_zero_warn(f"NNfMRICallback: `zeta_budget`={self.zeta_budget} gives fewer than 2 samples for `{name}` ({r} regions); using {need} rows.")
+                budget = need
+            generator = torch.Generator().manual_seed(self.seed + int(epoch))
+            with game.session():
+                res = shapley_zeta(game, r, budget=budget, batch_size=game.rows_per_call, antithetic=self.antithetic,
+                                   truncation_tol=self.truncation_tol, generator=generator, confidence=self.confidence,
+                                   rank=rank, world_size=world)
+            stats = torch.cat([res.stat_sum, res.stat_sum_sq,
+                               torch.tensor([res.stat_count, res.n_permutations, res.n_evaluations], dtype=res.stat_sum.dtype)])
+            if world > 1:
+                dev = pl_module.device if hasattr(pl_module, "device") else torch.device("cpu")
+                stats = trainer.strategy.reduce(stats.to(dev), reduce_op="sum").cpu()
+            count, n_perm, n_eval = (int(round(float(v))) for v in stats[2 * r:])
+            merged = _zeta_from_stats(stats[:r], stats[r:2 * r], count, self.confidence, n_perm, n_eval)
+            self._zeta[name] = merged.reshape(game.grid)
+            scores = merged.scores
+            self.zeta_max[name] = float(scores.max())
+            total = float(scores.abs().sum())
+            if r > 1 and total > 0:
+                conc = float(scores.abs().max()) / total
+                if conc > self.zeta_concentration:
+                    flagged.add(name)
+                    top = int(scores.abs().argmax())
+                    events.append(AnomalyEvent(step, "validate", name, "zeta_concentration", conc, self.source,
+                                               detail=f"max|zeta|/sum|zeta| = {conc:.3g} at region {self._coords(game.grid, top)}"))
+        self._zeta_flagged = frozenset(flagged)
+        return events
+
+    # ------------------------------------------------------------------ tractography
+    def compute_tractography(self, pl_module: nn.Module, inputs: Tensor) -> Dict[Tuple[str, str], TractInfo]:
+        """One isolated forward on ``inputs``; connection matrices between consecutive tapped layers."""
+        names = self._taps.names
+        captured: Dict[str, Tuple[Optional[Tensor], Tensor]] = {}
+        order: List[str] = []
+        leaf_calls: List[nn.Module] = []
+        handles = []
+
+        def tap(name: str) -> Callable[..., None]:
+            def hook(module: nn.Module, args: Any, output: Any) -> None:
+                if name in captured:
+                    return
+                out = first_tensor(output, self.output_selector)
+                if out is None:
+                    return
+                inp = args[0] if args and isinstance(args[0], Tensor) else None
+                captured[name] = (None if inp is None else inp.detach(), out.detach())
+                order.append(name)
+            return hook
+
+        try:
+            for name in names:
+                handles.append(self._modules[name].register_forward_hook(tap(name)))
+            for m in pl_module.modules():
+                if not any(True for _ in m.children()):
+                    handles.append(m.register_forward_hook(lambda mod, a, o: leaf_calls.append(mod)))
+            with isolated_evaluation(pl_module):
+                pl_module(inputs)
+        finally:
+            for h in handles:
+                h.remove()
+        tracts: Dict[Tuple[str, str], TractInfo] = {}
+        for a_name, b_name in zip(order, order[1:]):
+            tracts[(a_name, b_name)] = self._trace(a_name, b_name, captured, leaf_calls)
+        self.tracts = tracts
+        self.path_strength = self._chains(order, tracts)
+        return tracts
+
+    def _trace(self, a_name: str, b_name: str, captured: Mapping[str, Tuple[Optional[Tensor], Tensor]],
+               leaf_calls: List[nn.Module]) -> TractInfo:
+        module = self._modules[b_name]
+        out_a = captured[a_name][1]
+        in_b, out_b = captured[b_name]
+        kind = type(module).__name__
+        if not isinstance(module, (nn.Linear, nn.Conv2d)):
+            return TractInfo(a_name, b_name, None, False, f"{kind} has no known unit-to-unit mapping; only nn.Linear and nn.Conv2d are traced.")
+        if in_b is None or not 2 <= out_a.dim() <= 4 or not 2 <= out_b.dim() <= 4:
+            return TractInfo(a_name, b_name, None, False, "input or output of unsupported rank.")
+        grid_a, _ = resolve_grid(tuple(out_a.shape), self.grid)
+        src_a = grid_partition(tuple(out_a.shape), grid_a, in_b.device)
+        n_src = math.prod(grid_a)
+        if tuple(in_b.shape) == tuple(out_a.shape):
+            src, mapping = src_a, "exact"
+        elif in_b.shape[0] == out_a.shape[0] and in_b[0].numel() == out_a[0].numel():
+            src, mapping = src_a.reshape(tuple(in_b.shape[1:])), "reshaped"
+        elif in_b.dim() == 4 and out_a.dim() == 4 and in_b.shape[:2] == out_a.shape[:2]:
+            grid_b_in, _ = resolve_grid(tuple(in_b.shape), self.grid)
+            if grid_b_in != grid_a:
+                return TractInfo(a_name, b_name, None, False,
+                                 f"{b_name}'s input {tuple(in_b.shape)} is a pooled {tuple(out_a.shape)} too small for the grid {grid_a}.")
+            src, mapping = grid_partition(tuple(in_b.shape), grid_a, in_b.device), "proportional"
+        else:
+            return TractInfo(a_name, b_name, None, False,
+                             f"{b_name}'s input {tuple(in_b.shape)} has no known unit mapping to {a_name}'s output {tuple(out_a.shape)}.")
+        grid_b, _ = resolve_grid(tuple(out_b.shape), self.grid)
+        tgt = grid_partition(tuple(out_b.shape), grid_b, out_b.device)
+        activation = "identity"
+        for pos, m in enumerate(leaf_calls):
+            if m is module:
+                nxt = leaf_calls[pos + 1] if pos + 1 < len(leaf_calls) else None
+                activation = next((act for cls, act in _ACTIVATION_OF if isinstance(nxt, cls)), "identity")
+                break
+        res = trace_module(module, in_b, out_b, src, tgt, n_src, math.prod(grid_b), activation)
+        if not res.traced:
+            return TractInfo(a_name, b_name, None, False, res.reason, mapping, activation)
+        matrix = res.matrix.detach().cpu()
+        eff = float(pathway_efficiency(matrix)) if matrix.sum() > 0 else float("nan")
+        return TractInfo(a_name, b_name, matrix, True, "", mapping, activation, critical_pathways(matrix, self.top_k), eff)
+
+    @staticmethod
+    def _chains(order: List[str], tracts: Mapping[Tuple[str, str], TractInfo]) -> Dict[Tuple[str, ...], Tuple[float, List[int]]]:
+        """Strongest path along each maximal run of traced pairs that share their middle regions exactly."""
+        out: Dict[Tuple[str, ...], Tuple[float, List[int]]] = {}
+        run: List[TractInfo] = []
+
+        def close() -> None:
+            if run:
+                res = path_strength([t.matrix for t in run])
+                out[tuple([run[0].source] + [t.target for t in run])] = (float(res.strength), res.path.tolist())
+
+        for a, b in zip(order, order[1:]):
+            t = tracts[(a, b)]
+            if t.traced and t.mapping in ("exact", "reshaped") and (not run or run[-1].matrix.shape[1] == t.matrix.shape[0]):
+                run.append(t)
+            else:
+                close()
+                run = [t] if t.traced else []
+        close()
+        return out
+
+    # ------------------------------------------------------------------ panels
+    def _write_density_panels(self, trainer: Trainer) -> None:
+        writer = self._tensorboard(trainer) if self.panels else None
+        if writer is None:
+            return
+        from nn_neuroimaging_lightning.panels import figures as PF
+        from nn_neuroimaging_lightning.panels import tensorboard as P
+
+        step = trainer.global_step
+        for name, phi in self.density.items():
+            P.write_figure(writer, P.safe_tag("nn_fmri", name, "density"),
+                           PF.heatmap_figure(phi.detach().cpu().numpy(), f"{name}: density phi", colorbar_label="phi"), step)
+        writer.flush()
+
+    def _write_zeta_panels(self, trainer: Trainer) -> None:
+        writer = self._tensorboard(trainer) if self.panels else None
+        if writer is None:
+            return
+        from nn_neuroimaging_lightning.panels import figures as PF
+        from nn_neuroimaging_lightning.panels import tensorboard as P
+
+        step = trainer.global_step
+        for name, res in self._zeta.items():
+            scores = res.scores.numpy()
+            sig = res.significant.numpy()
+            P.write_figure(writer, P.safe_tag("nn_fmri", name, "zeta"),
+                           PF.heatmap_figure(scores, f"{name}: zeta (impact of each region)", "RdBu_r", sig, symmetric=True, colorbar_label="zeta"), step)
+            P.write_figure(writer, P.safe_tag("nn_fmri", name, "significance"),
+                           PF.heatmap_figure(sig.astype(float), f"{name}: significant regions (95 % CI excludes 0)", "Greys", colorbar_label="significant"), step)
+            writer.add_text(P.safe_tag("nn_fmri", name, "zeta_top"), self.zeta_table(name), step)
+        for (a, b), t in self.tracts.items():
+            tag = P.safe_tag("nn_fmri", "tract", f"{a}__{b}")
+            if t.traced:
+                title = f"C({a} -> {b})" + (" [proportional grid across pooling]" if t.mapping == "proportional" else "")
+                P.write_figure(writer, tag, PF.matrix_figure(t.matrix.numpy(), f"{a} region (source)", f"{b} region (target)", title), step)
+                rows = [(s, d, v) for s, d, v in t.pathways]
+                text = P.table_text(rows, ("source region", "target region", "strength")) + f"\n\nmapping: {t.mapping}; sigma: {t.activation}; efficiency: {t.efficiency:.4g}"
+            else:
+                text = f"not traced: {t.reason}"
+            writer.add_text(tag + "/pathways", text, step)
+        if self.path_strength:
+            rows = [(" -> ".join(k), v[0], str(v[1])) for k, v in self.path_strength.items()]
+            writer.add_text("nn_fmri/path_strength", P.table_text(rows, ("layers", "strength", "regions")), step)
+        self._write_density_panels(trainer)
+
+    def zeta_table(self, name: str) -> str:
+        """Markdown table of the ``top_k`` regions of a layer by zeta, with grid coordinates."""
+        from nn_neuroimaging_lightning.panels import tensorboard as P
+
+        res = self._zeta[name]
+        grid = tuple(res.scores.shape)
+        flat = res.scores.reshape(-1)
+        order = torch.argsort(flat, descending=True, stable=True)[: self.top_k].tolist()
+        lo, hi, sig = res.ci_low.reshape(-1), res.ci_high.reshape(-1), res.significant.reshape(-1)
+        rows = [(r, self._coords(grid, r), float(flat[r]), float(lo[r]), float(hi[r]), bool(sig[r])) for r in order]
+        return P.table_text(rows, ("region", "grid cell", "zeta", "ci low", "ci high", "significant"))
+
+    # ------------------------------------------------------------------ checkpointing
+    def state_dict(self) -> Dict[str, Any]:
+        state = super().state_dict()
+
+        def cpu(t: Optional[Tensor]) -> Optional[Tensor]:
+            return None if t is None else t.detach().cpu().clone()
+
+        state.update({
+            "layers": None if self._taps is None else list(self._taps.names),
+            "acc": [cpu(t) for t in self._acc],
+            "acc_n": list(self._acc_n),
+            "shape": list(self._shape),
+            "grid_of": list(self._grid_of),
+            "last": [None if w is None else (cpu(w[0]), w[1]) for w in self._last],
+            "base": [cpu(t) for t in self._base],
+            "windows": list(self._windows),
+            "flag_state": [None if f is None else torch.from_numpy(f.copy()) for f in self._flag_state],
+            "zeta": {k: {"stat_sum": cpu(v.stat_sum), "stat_sum_sq": cpu(v.stat_sum_sq), "count": int(v.stat_count),
+                         "n_permutations": int(v.n_permutations), "n_evaluations": int(v.n_evaluations),
+                         "grid": tuple(v.scores.shape), "confidence": v.confidence} for k, v in self._zeta.items()},
+            "zeta_max": dict(self.zeta_max),
+            "train_batches": self._train_batches,
+            "zeta_evaluations": self.zeta_evaluations,
+            "flag_history": [(s, sorted(f)) for s, f in self.flag_history],
+        })
+        return state
+
+    def load_state_dict(self, state_dict: Dict[str, Any]) -> None:
+        super().load_state_dict(state_dict)
+        if self._taps is None:
+            self._pending_state = dict(state_dict)  # applied in `setup`, once the layers are known
+        else:
+            self._apply_state(state_dict)
+
+    def _apply_state(self, state: Mapping[str, Any]) -> None:
+        saved = state.get("layers")
+        if saved is not None and list(saved) == list(self._taps.names):
+            n = len(saved)
+            self._acc = list(state.get("acc", [None] * n))
+            self._acc_n = list(state.get("acc_n", [0] * n))
+            self._shape = [None if s is None else tuple(s) for s in state.get("shape", [None] * n)]
+            self._grid_of = [None if g is None else tuple(g) for g in state.get("grid_of", [None] * n)]
+            self._last = [None if w is None else (w[0], int(w[1])) for w in state.get("last", [None] * n)]
+            self._base = list(state.get("base", [None] * n))
+            self._windows = list(state.get("windows", [0] * n))
+            self._flag_state = [None if f is None else f.numpy().astype(bool) for f in state.get("flag_state", [None] * n)]
+        elif saved is not None:
+            rank_zero_warn(f"NNfMRICallback: checkpoint layers {saved} differ from the tapped layers {self._taps.names}; density baselines not restored.")
+        for name, z in dict(state.get("zeta", {})).items():
+            res = _zeta_from_stats(z["stat_sum"], z["stat_sum_sq"], int(z["count"]), float(z.get("confidence", self.confidence)),
+                                   int(z.get("n_permutations", 0)), int(z.get("n_evaluations", 0)))
+            self._zeta[name] = res.reshape(tuple(z["grid"]))
+        self.zeta_max = dict(state.get("zeta_max", {}))
+        self._train_batches = int(state.get("train_batches", 0))
+        self.zeta_evaluations = int(state.get("zeta_evaluations", 0))
+        self.flag_history.clear()
+        for s, f in state.get("flag_history", []):
+            self.flag_history.append((int(s), frozenset(f)))

@@ -1,0 +1,403 @@
+r"""Region lesions: the value of a coalition of micro-regions, evaluated in batched forwards.
+
+This is the bridge between a model and the Shapley game of
+:mod:`nn_neuroimaging_lightning.functional.shapley`: :class:`LesionGame` is a
+``value_fn(masks: BoolTensor[K, R]) -> Tensor[K]`` that, for each of the ``K`` rows, runs the model
+on a fixed probe batch with every region of one target module's output that is *outside* the
+coalition (mask False) replaced by a baseline, and returns the model's performance.
+
+* **Batched coalitions.** The probe inputs ``(B, ...)`` are repeated ``K`` times into one
+  ``(K*B, ...)`` batch (``K`` chunked so that ``K*B <= max_batch``); a forward hook on the target
+  module rewrites its ``(K*B, *units)`` output through the ``(K, R)`` masks expanded to units with
+  :func:`~nn_neuroimaging_lightning.functional.grid.grid_partition`.
+* **Baseline.** ``"zero"`` (a lesioned unit outputs 0) or ``"mean"`` (every unit of a lesioned
+  region outputs the region's mean activation over the probe batch, measured once by an
+  unlesioned forward).
+* **Value.** Minus the cross-entropy when the targets are integer class labels, minus the mean
+  squared error otherwise (``metric="auto"``), the accuracy with ``metric="accuracy"``, or a user
+  ``value_fn(module, batch) -> per-sample values`` (``batch = (inputs, targets)`` repeated ``K``
+  times); the value of a coalition is the mean over the probe samples.
+* **No observer effect.** :func:`isolated_evaluation` runs everything in eval mode under
+  ``torch.no_grad()``, inside :func:`nn_neuroimaging_lightning.taps.suspended` (no tap of any
+  callback records these forwards), with forked RNG streams, and afterwards restores every module's
+  training flag and copies every buffer back (batch-norm statistics).
+
+.. math:: f(S) = \mathrm{perf}\big(\mathrm{model}(x)\ \text{with}\ a_g \leftarrow b_g\ \forall g \notin S\big)
+"""
+
+from __future__ import annotations
+
+import math
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator, List, Optional, Sequence, Tuple, Union
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from nn_neuroimaging_lightning.functional.grid import DEFAULT_GRID, _partition
+from nn_neuroimaging_lightning.taps import first_tensor, suspended
+
+__all__ = ["BASELINES", "METRICS", "LesionGame", "isolated_evaluation", "lesion_value_fn"]
+
+#: Lesion baselines: a lesioned unit outputs 0, or its region's mean over the probe batch.
+BASELINES: Tuple[str, ...] = ("zero", "mean")
+#: Performance measures: ``auto`` = minus cross-entropy (integer labels) or minus MSE.
+METRICS: Tuple[str, ...] = ("auto", "cross_entropy", "mse", "accuracy")
+
+UserValueFn = Callable[[nn.Module, Tuple[Tensor, Optional[Tensor]]], Tensor]
+
+
+def _rng_devices(model: nn.Module) -> List[int]:
+    if not torch.cuda.is_available():
+        return []
+    devices = {p.device.index for p in model.parameters() if p.device.type == "cuda"}
+    devices |= {b.device.index for b in model.buffers() if b.device.type == "cuda"}
+    devices.discard(None)
+    return sorted(devices) or [torch.cuda.current_device()]
+
+
+@contextmanager
+def isolated_evaluation(model: nn.Module) -> Iterator[None]:
+    """Run forwards of ``model`` that leave no trace: eval mode, ``no_grad``, taps silenced.
+
+    On exit (also on an exception) every module's ``training`` flag is restored, every buffer is
+    copied back from a clone taken on entry (batch-norm running statistics, counters), and the
+    CPU and CUDA random streams are those of the entry (:func:`torch.random.fork_rng`).
+
+    Args:
+        model: the module (e.g. a ``LightningModule``) whose forwards run inside the block.
+
+    Example::
+
+        >>> net = nn.Sequential(nn.Linear(2, 2), nn.BatchNorm1d(2), nn.Dropout(0.5))
+        >>> before = net[1].running_mean.clone()
+        >>> with isolated_evaluation(net):
+        ...     _ = net.train()  # even a forward in train mode leaves no trace
+        ...     _ = net(torch.randn(4, 2))
+        >>> torch.equal(net[1].running_mean, before), net.training
+        (True, True)
+    """
+    modes = [(m, m.training) for m in model.modules()]
+    buffers = [(b, b.detach().clone()) for b in model.buffers()]
+    try:
+        with torch.random.fork_rng(devices=_rng_devices(model)), torch.no_grad(), suspended():
+            model.eval()
+            yield
+    finally:
+        with torch.no_grad():
+            for b, saved in buffers:
+                if b.shape == saved.shape:
+                    b.copy_(saved)
+        for m, flag in modes:
+            m.training = flag
+
+
+def _is_class_labels(targets: Optional[Tensor]) -> bool:
+    return (
+        targets is not None
+        and not targets.is_floating_point()
+        and not targets.is_complex()
+        and targets.dtype != torch.bool
+        and targets.dim() == 1
+    )
+
+
+class LesionGame:
+    r"""The lesion game of one target module on a fixed probe batch, as a batched ``value_fn``.
+
+    Calling the game with ``masks`` ``(K, R)`` (True = region kept) returns ``(K,)`` values
+    (float64 on CPU). Inside :meth:`session` (what the callback uses around a whole Shapley
+    estimate) the model is isolated once; a call outside a session isolates itself.
+
+    .. math:: f(S) = -\frac{1}{B}\sum_{b} \ell\big(y_b, \mathrm{model}(x_b)\,\big|_{a_g \leftarrow \beta_g,\ g \notin S}\big)
+
+    Args:
+        model: the whole model (``nn.Module`` or ``LightningModule``); called as ``model(inputs)``.
+        target: the submodule whose output regions are the players.
+        inputs: probe inputs ``(B, ...)``.
+        targets: probe targets ``(B,)`` integer labels or any float tensor matching the output;
+            ``None`` only with a user ``value_fn``.
+        grid: the grid over the target's output, see
+            :func:`~nn_neuroimaging_lightning.functional.grid.resolve_grid` (clamped silently;
+            :attr:`clamped` says whether it was).
+        baseline: ``"zero"`` or ``"mean"``.
+        metric: ``"auto"``, ``"cross_entropy"``, ``"mse"`` or ``"accuracy"`` (ignored with
+            ``value_fn``).
+        value_fn: ``value_fn(model, (inputs, targets)) -> (K*B,)`` per-sample values (higher is
+            better), overriding ``metric``.
+        output_selector: picks the tensor from the model's (and the target's) tuple/dict outputs.
+        max_batch: most samples ``K*B`` in one forward (memory cap).
+
+    Raises:
+        ValueError: for a bad ``baseline``/``metric``/``max_batch``, a ``target`` that is not a
+            submodule of ``model``, targets missing or not matching the metric, or a target output
+            that does not carry the batch on its first axis.
+        TypeError: ``inputs``/``targets`` not tensors, ``value_fn`` not callable.
+
+    Example::
+
+        >>> net = nn.Sequential(nn.Linear(2, 2, bias=False), nn.Linear(2, 1, bias=False))
+        >>> _ = net[0].weight.data.copy_(torch.eye(2)); _ = net[1].weight.data.fill_(1.0)
+        >>> x, y = torch.tensor([[1.0, 2.0]]), torch.tensor([[0.0]])
+        >>> game = LesionGame(net, net[0], x, y, grid=(2,))
+        >>> game(torch.tensor([[True, True], [True, False], [False, False]]))  # -(x1 + x2)^2, -(x1)^2, 0
+        tensor([-9., -1.,  0.], dtype=torch.float64)
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        target: nn.Module,
+        inputs: Tensor,
+        targets: Optional[Tensor] = None,
+        grid: Union[int, Sequence[int], None] = DEFAULT_GRID,
+        baseline: str = "zero",
+        metric: str = "auto",
+        value_fn: Optional[UserValueFn] = None,
+        output_selector: Optional[Callable[[Any], Tensor]] = None,
+        max_batch: int = 1024,
+    ) -> None:
+        if not isinstance(model, nn.Module) or not isinstance(target, nn.Module):
+            raise TypeError(f"`model` and `target` must be nn.Modules, got {type(model).__name__} and {type(target).__name__}.")
+        if not any(m is target for m in model.modules()):
+            raise ValueError(f"`target` ({type(target).__name__}) must be a submodule of `model`.")
+        if not isinstance(inputs, Tensor):
+            raise TypeError(f"`inputs` must be a Tensor (the batch's first element), got {type(inputs).__name__}.")
+        if inputs.dim() < 1 or inputs.shape[0] < 1:
+            raise ValueError(f"`inputs` must have a non-empty batch axis, got shape {tuple(inputs.shape)}.")
+        if targets is not None and not isinstance(targets, Tensor):
+            raise TypeError(f"`targets` must be a Tensor or None, got {type(targets).__name__}.")
+        if baseline not in BASELINES:
+            raise ValueError(f"`baseline` must be one of {BASELINES!r}, got {baseline!r}.")
+        if metric not in METRICS:
+            raise ValueError(f"`metric` must be one of {METRICS!r}, got {metric!r}.")
+        if value_fn is not None and not callable(value_fn):
+            raise TypeError(f"`value_fn` must be callable(module, batch) -> per-sample values, got {value_fn!r}.")
+        if isinstance(max_batch, bool) or not isinstance(max_batch, int) or max_batch < 1:
+            raise ValueError(f"`max_batch` must be a positive int, got {max_batch!r}.")
+        if value_fn is None:
+            if targets is None:
+                raise ValueError("`targets` must be given when no `value_fn` is: the default value is minus the loss against them.")
+            if targets.shape[0] != inputs.shape[0]:
+                raise ValueError(f"`targets` must have the batch size of `inputs` ({inputs.shape[0]}), got shape {tuple(targets.shape)}.")
+            labels = _is_class_labels(targets)
+            if metric == "auto":
+                metric = "cross_entropy" if labels else "mse"
+            if metric in ("cross_entropy", "accuracy") and not labels:
+                raise ValueError(f"`metric`={metric!r} needs integer class labels (B,) as targets, got dtype {targets.dtype} shape {tuple(targets.shape)}.")
+        self.model = model
+        self.target = target
+        self.inputs = inputs.detach()
+        self.targets = None if targets is None else targets.detach()
+        self.batch = int(inputs.shape[0])
+        self.grid_request = grid
+        self.baseline = baseline
+        self.metric = metric
+        self.user_value_fn = value_fn
+        self.output_selector = output_selector
+        self.max_batch = max_batch
+        self._active = 0
+        self._masks: Optional[Tensor] = None  # (K, R) during a call
+        self._k = 0
+        self._base: Optional[Tensor] = None  # (*units) baseline value of every unit
+        self.unit_shape: Tuple[int, ...] = ()
+        self.grid: Tuple[int, ...] = ()
+        self.clamped = False
+        self.n_regions = 0
+        self._index: Optional[Tensor] = None  # (*units) region of every unit
+        self._probe()
+
+    # ------------------------------------------------------------------ set-up
+    def _probe(self) -> None:
+        """One clean forward: the target's output shape, hence the grid, and the region means."""
+        seen: List[Tensor] = []
+
+        def grab(module: nn.Module, args: Any, output: Any) -> None:
+            t = first_tensor(output, self.output_selector)
+            if t is not None and not seen:
+                seen.append(t.detach())
+
+        handle = self.target.register_forward_hook(grab)
+        try:
+            with self.session():
+                self.model(self.inputs)
+        finally:
+            handle.remove()
+        if not seen:
+            raise ValueError(f"`target` ({type(self.target).__name__}) produced no tensor output in a forward of `model`: is it used in forward()?")
+        a = seen[0]
+        if a.dim() < 2 or a.shape[0] != self.batch:
+            raise ValueError(
+                f"`target`'s output must carry the batch ({self.batch}) on its first axis, got shape {tuple(a.shape)}."
+            )
+        from nn_neuroimaging_lightning.functional.grid import resolve_grid
+
+        self.grid, self.clamped = resolve_grid(tuple(a.shape), self.grid_request)
+        index, sizes, _ = _partition(tuple(a.shape), self.grid, a.device)
+        self._index = index
+        self.n_regions = math.prod(self.grid)
+        self.unit_shape = tuple(a.shape[1:])
+        if self.baseline == "mean":
+            x = a.float().reshape(self.batch, -1).sum(0)  # (U,)
+            region_sum = torch.zeros(self.n_regions, dtype=torch.float32, device=a.device).index_add_(0, index.reshape(-1), x)
+            region_mean = region_sum / (sizes * self.batch).float()  # (R,)
+            self._base = region_mean[index].to(a.dtype)  # (*units)
+
+    # ------------------------------------------------------------------ evaluation
+    @contextmanager
+    def session(self) -> Iterator["LesionGame"]:
+        """Isolate the model once (see :func:`isolated_evaluation`) for many calls."""
+        if self._active:
+            self._active += 1
+            try:
+                yield self
+            finally:
+                self._active -= 1
+            return
+        with isolated_evaluation(self.model):
+            self._active = 1
+            try:
+                yield self
+            finally:
+                self._active = 0
+
+    @property
+    def rows_per_call(self) -> int:
+        """Coalitions evaluated in one forward (``max_batch // B``, at least 1)."""
+        return max(1, self.max_batch // self.batch)
+
+    def __call__(self, masks: Tensor) -> Tensor:
+        if not isinstance(masks, Tensor) or masks.dim() != 2 or masks.shape[1] != self.n_regions:
+            got = tuple(masks.shape) if isinstance(masks, Tensor) else type(masks).__name__
+            raise ValueError(f"`masks` must be a (K, {self.n_regions}) bool tensor, got {got}.")
+        with self.session():
+            outs = [self._chunk(masks[s : s + self.rows_per_call]) for s in range(0, masks.shape[0], self.rows_per_call)]
+        return torch.cat(outs).to("cpu", torch.float64)
+
+    def _hook(self, module: nn.Module, args: Any, output: Any) -> Any:
+        if self._masks is None:
+            return None
+        if isinstance(output, Tensor):
+            return self._lesion(output)
+        if isinstance(output, (tuple, list)) and output and isinstance(output[0], Tensor):
+            return type(output)([self._lesion(output[0]), *output[1:]])
+        raise TypeError(
+            f"the lesioned module's output must be a Tensor or a tuple starting with one, got {type(output).__name__}."
+        )
+
+    def _lesion(self, out: Tensor) -> Tensor:
+        k = self._k
+        if tuple(out.shape) != (k * self.batch,) + self.unit_shape:
+            raise ValueError(
+                f"the lesioned module's output has shape {tuple(out.shape)}, expected {(k * self.batch,) + self.unit_shape}"
+                " (the probe batch repeated once per coalition)."
+            )
+        keep = self._masks.to(out.device)[:, self._index]  # (K, *units)
+        view = out.reshape((k, self.batch) + self.unit_shape)
+        keep = keep.unsqueeze(1)  # (K, 1, *units)
+        if self._base is None:
+            lesioned = torch.where(keep, view, torch.zeros((), dtype=view.dtype, device=view.device))
+        else:
+            lesioned = torch.where(keep, view, self._base.to(view.dtype))
+        return lesioned.reshape(out.shape)
+
+    def _chunk(self, masks: Tensor) -> Tensor:
+        k = masks.shape[0]
+        reps = (k,) + (1,) * (self.inputs.dim() - 1)
+        x = self.inputs.repeat(reps)  # (K*B, ...), row k*B + b
+        y = None if self.targets is None else self.targets.repeat((k,) + (1,) * (self.targets.dim() - 1))
+        self._masks, self._k = masks, k
+        handle = self.target.register_forward_hook(self._hook)
+        try:
+            if self.user_value_fn is not None:
+                values = self.user_value_fn(self.model, (x, y))
+                if not isinstance(values, Tensor) or values.numel() != k * self.batch:
+                    got = tuple(values.shape) if isinstance(values, Tensor) else type(values).__name__
+                    raise ValueError(f"`value_fn` must return one value per sample ({k * self.batch},), got {got}.")
+                per_sample = values.reshape(k, self.batch).double()
+            else:
+                out = first_tensor(self.model(x), self.output_selector)
+                if out is None:
+                    raise ValueError("the model's output holds no tensor; pass `output_selector`.")
+                per_sample = self._per_sample(out, y).reshape(k, self.batch)
+        finally:
+            handle.remove()
+            self._masks, self._k = None, 0
+        return per_sample.mean(1)  # (K,)
+
+    def _per_sample(self, out: Tensor, y: Tensor) -> Tensor:
+        out = out.double()
+        if self.metric == "cross_entropy":
+            return -F.cross_entropy(out.reshape(out.shape[0], -1), y, reduction="none")
+        if self.metric == "accuracy":
+            return (out.reshape(out.shape[0], -1).argmax(1) == y).double()
+        y = y.to(out.dtype)
+        if y.numel() != out.numel():
+            raise ValueError(f"targets of shape {tuple(y.shape)} do not match the model output {tuple(out.shape)} for the MSE.")
+        return -(out - y.reshape(out.shape)).square().reshape(out.shape[0], -1).mean(1)
+
+
+def lesion_value_fn(
+    model: nn.Module,
+    target: nn.Module,
+    batch: Union[Tensor, Sequence[Any]],
+    grid: Union[int, Sequence[int], None] = DEFAULT_GRID,
+    baseline: str = "zero",
+    metric: str = "auto",
+    value_fn: Optional[UserValueFn] = None,
+    label_selector: Optional[Callable[[Any], Tensor]] = None,
+    output_selector: Optional[Callable[[Any], Tensor]] = None,
+    max_batch: int = 1024,
+) -> LesionGame:
+    """Build a :class:`LesionGame` from a Lightning-style batch ``(inputs, targets, ...)``.
+
+    The inputs are the batch's first element (or the batch itself when it is a tensor); the
+    targets its second element, or ``label_selector(batch)``.
+
+    .. math:: f(S) = \\mathrm{perf}(\\mathrm{model}\\ \\text{with regions outside}\\ S\\ \\text{lesioned})
+
+    Args:
+        model: the whole model.
+        target: the submodule whose output regions are the players.
+        batch: ``(inputs, targets, ...)`` or an input tensor (then ``value_fn`` is needed).
+        grid: grid over the target's output.
+        baseline: ``"zero"`` or ``"mean"``.
+        metric: see :class:`LesionGame`.
+        value_fn: per-sample value override, see :class:`LesionGame`.
+        label_selector: ``label_selector(batch) -> targets``.
+        output_selector: picks the tensor from tuple/dict outputs.
+        max_batch: most samples in one forward.
+
+    Returns:
+        The game, a ``value_fn(masks) -> values`` for
+        :func:`~nn_neuroimaging_lightning.functional.shapley.shapley_zeta`.
+
+    Raises:
+        ValueError, TypeError: as :class:`LesionGame`, or a batch without inputs.
+
+    Example::
+
+        >>> net = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2))
+        >>> game = lesion_value_fn(net, net[0], (torch.randn(5, 3), torch.tensor([0, 1, 0, 1, 1])), grid=(2,))
+        >>> game(torch.ones(1, 2, dtype=torch.bool)).shape
+        torch.Size([1])
+    """
+    inputs, targets = split_batch(batch, label_selector)
+    return LesionGame(model, target, inputs, targets, grid, baseline, metric, value_fn, output_selector, max_batch)
+
+
+def split_batch(batch: Any, label_selector: Optional[Callable[[Any], Tensor]] = None) -> Tuple[Tensor, Optional[Tensor]]:
+    """``(inputs, targets)`` of a batch: first and second element (or ``label_selector(batch)``)."""
+    if isinstance(batch, Tensor):
+        inputs, targets = batch, None
+    elif isinstance(batch, (tuple, list)) and batch and isinstance(batch[0], Tensor):
+        inputs = batch[0]
+        targets = batch[1] if len(batch) > 1 and isinstance(batch[1], Tensor) else None
+    else:
+        raise TypeError(
+            f"`batch` must be a Tensor or a (inputs, targets, ...) sequence starting with a Tensor, got {type(batch).__name__}."
+        )
+    if label_selector is not None:
+        targets = label_selector(batch)
+    return inputs, targets

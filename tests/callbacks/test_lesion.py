@@ -1,0 +1,160 @@
+"""The lesion game: values against hand computations, batching, isolation and restoration."""
+
+from __future__ import annotations
+
+import lightning.pytorch as pl
+import pytest
+import torch
+import torch.nn.functional as F
+from lightning.pytorch.loggers import TensorBoardLogger
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from nn_neuroimaging_lightning.callbacks.fmri import NNfMRICallback
+from nn_neuroimaging_lightning.functional.shapley import exact_shapley
+from nn_neuroimaging_lightning.lesion import LesionGame, isolated_evaluation, lesion_value_fn
+from nn_neuroimaging_lightning.taps import LayerTaps
+
+
+def tiny():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2))
+    x = torch.randn(5, 3)
+    y = torch.tensor([0, 1, 1, 0, 1])
+    return net, x, y
+
+
+def hand_value(net, x, y, keep_units, base=None):
+    """-CE with the first layer's units outside ``keep_units`` replaced by ``base`` (0 by default)."""
+    with torch.no_grad():
+        h = x @ net[0].weight.T + net[0].bias  # (5, 4)
+        b = torch.zeros_like(h) if base is None else base.expand_as(h)
+        m = torch.zeros(4, dtype=torch.bool)
+        m[list(keep_units)] = True
+        h = torch.where(m, h, b)
+        logits = torch.relu(h) @ net[2].weight.T + net[2].bias
+        logp = logits.double().log_softmax(1)
+        return float(-(-logp[torch.arange(5), y]).mean())
+
+
+def test_values_match_hand_computation():
+    net, x, y = tiny()
+    game = lesion_value_fn(net, net[0], (x, y), grid=(2,))  # regions: units {0, 1}, {2, 3}
+    masks = torch.tensor([[True, True], [True, False], [False, True], [False, False]])
+    values = game(masks)
+    expected = [hand_value(net, x, y, k) for k in ([0, 1, 2, 3], [0, 1], [2, 3], [])]
+    assert values.dtype == torch.float64
+    assert values.tolist() == pytest.approx(expected, rel=1e-6)
+
+
+def test_mean_baseline_and_chunking():
+    net, x, y = tiny()
+    with torch.no_grad():
+        h = net[0](x)
+    region_means = torch.stack([h[:, :2].mean(), h[:, 2:].mean()]).repeat_interleave(2)  # (4,)
+    masks = torch.tensor([[True, False], [False, True], [False, False], [True, True]])
+    expected = [hand_value(net, x, y, k, region_means) for k in ([0, 1], [2, 3], [], [0, 1, 2, 3])]
+    for max_batch in (5, 7, 1024):  # 1, 1 and 4 coalitions per forward
+        game = LesionGame(net, net[0], x, y, grid=(2,), baseline="mean", max_batch=max_batch)
+        assert game(masks).tolist() == pytest.approx(expected, rel=1e-6)
+
+
+def test_accuracy_mse_and_user_value_fn():
+    net, x, y = tiny()
+    full = torch.ones(1, 2, dtype=torch.bool)
+    with torch.no_grad():
+        out = net(x)
+    acc = LesionGame(net, net[0], x, y, grid=(2,), metric="accuracy")(full)
+    assert float(acc) == pytest.approx(float((out.argmax(1) == y).double().mean()))
+    target = torch.randn(5, 2)
+    mse = LesionGame(net, net[0], x, target, grid=(2,))(full)  # float targets -> minus MSE
+    assert float(mse) == pytest.approx(-float(F.mse_loss(out.double(), target.double())), rel=1e-6)
+    user = LesionGame(net, net[0], x, None, grid=(2,), value_fn=lambda m, b: m(b[0])[:, 1])
+    assert user(torch.tensor([[True, True], [False, False]])).tolist() == pytest.approx(
+        [float(out[:, 1].mean()), float(net[2](torch.relu(torch.zeros(5, 4)))[:, 1].mean())], rel=1e-5)
+
+
+def test_exact_shapley_of_lesion_game_is_efficient():
+    net, x, y = tiny()
+    game = LesionGame(net, net[0], x, y, grid=(4,))
+    res = exact_shapley(game, 4)
+    f = game(torch.tensor([[True] * 4, [False] * 4]))
+    assert float(res.sum()) == pytest.approx(float(f[0] - f[1]), rel=1e-9, abs=1e-12)
+
+
+def test_isolation_restores_modes_buffers_rng_and_hooks():
+    net = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4), nn.Dropout(0.5), nn.Linear(4, 2))
+    net.train()
+    x, y = torch.randn(6, 3), torch.tensor([0, 1, 0, 1, 1, 0])
+    buffers = [b.clone() for b in net.buffers()]
+    torch.manual_seed(5)
+    expected_next = torch.rand(3)
+    torch.manual_seed(5)
+    game = LesionGame(net, net[0], x, y, grid=(2,))
+    game(torch.ones(3, 2, dtype=torch.bool))
+    assert torch.equal(torch.rand(3), expected_next)  # RNG stream untouched
+    assert all(m.training for m in net.modules())
+    assert all(torch.equal(a, b) for a, b in zip(buffers, net.buffers()))
+    assert LayerTaps.hook_count(net) == 0
+    # eval mode inside: dropout off, so two calls agree exactly
+    assert torch.equal(game(torch.ones(2, 2, dtype=torch.bool)), game(torch.ones(2, 2, dtype=torch.bool)))
+    with pytest.raises(RuntimeError, match="inside"):
+        with isolated_evaluation(net):
+            net(x)
+            raise RuntimeError("inside")
+    assert all(m.training for m in net.modules()) and LayerTaps.hook_count(net) == 0
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"baseline": "median"}, ValueError, r"`baseline` must be one of \('zero', 'mean'\), got 'median'"),
+        ({"metric": "f1"}, ValueError, "`metric`"),
+        ({"max_batch": 0}, ValueError, "`max_batch`"),
+        ({"targets": None}, ValueError, "`targets` must be given"),
+        ({"targets": torch.randn(5)}, ValueError, "`metric`='accuracy' needs integer class labels"),
+        ({"value_fn": 3}, TypeError, "`value_fn`"),
+    ],
+)
+def test_bad_arguments(kwargs, error, match):
+    net, x, y = tiny()
+    args = {"targets": y, "metric": "accuracy" if "targets" in kwargs and kwargs["targets"] is not None else "auto"}
+    args.update(kwargs)
+    with pytest.raises(error, match=match):
+        LesionGame(net, net[0], x, grid=(2,), **args)
+
+
+def test_target_not_in_model():
+    net, x, y = tiny()
+    with pytest.raises(ValueError, match="`target`"):
+        LesionGame(net, nn.Linear(3, 4), x, y)
+
+
+class Regressor(pl.LightningModule):
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Linear(4, 6)
+        self.b = nn.Linear(6, 1)
+
+    def forward(self, x):
+        return self.b(torch.tanh(self.a(x)))
+
+    def validation_step(self, batch, batch_idx):
+        self.log("val", F.mse_loss(self(batch[0]), batch[1]))
+
+
+def test_callback_value_is_minus_mse_in_trainer(tmp_path):
+    """In a Trainer: float targets give minus the MSE; zeta sums to f(all) - f(none) (efficiency)."""
+    torch.manual_seed(0)
+    x, y = torch.randn(16, 4), torch.randn(16, 1)
+    model = Regressor()
+    fmri = NNfMRICallback(layers=["a"], grid=(3,), zeta_budget=64, tractography=False)
+    pl.Trainer(default_root_dir=tmp_path, logger=TensorBoardLogger(tmp_path), callbacks=[fmri], enable_checkpointing=False,
+               enable_progress_bar=False, enable_model_summary=False).validate(model, DataLoader(TensorDataset(x, y), batch_size=16), verbose=False)
+    with torch.no_grad():
+        f_all = -F.mse_loss(model(x).double(), y.double())
+        f_none = -F.mse_loss(model.b(torch.zeros(16, 6)).double(), y.double())
+    exact = exact_shapley(LesionGame(model, model.a, x, y, grid=(3,)), 3)
+    res = fmri.zeta["a"]
+    assert float(res.scores.sum()) == pytest.approx(float(f_all - f_none), rel=1e-6)
+    assert torch.allclose(res.scores, exact.to(res.scores.dtype), atol=0.05 * float(exact.abs().max()) + 1e-9)
