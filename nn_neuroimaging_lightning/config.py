@@ -46,6 +46,8 @@ class EEGConfig:
     analysis_every_n_steps: Optional[int] = None
     panels: bool = True
     max_events: int = 1000
+    flag_history: int = 128
+    log_anomaly_every_step: bool = True
 
 
 @dataclass
@@ -57,10 +59,13 @@ class FMRIConfig:
     lam: float = 0.1
     eps: float = 1e-6
     check_every_n_steps: Optional[int] = None
+    density_samples: Optional[int] = 4
     min_history: int = 2
     zeta_every_n_epochs: int = 1
     zeta_layers: Any = None
     zeta_budget: int = 256
+    zeta_time_fraction: Optional[float] = 0.05
+    zeta_window: int = 8
     probe_size: int = 64
     baseline: str = "zero"
     metric: str = "auto"

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
+from collections import deque
+from typing import Any, Callable, Deque, Dict, FrozenSet, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -17,6 +18,7 @@ from nn_neuroimaging_lightning._host import HostMirror
 from nn_neuroimaging_lightning.callbacks._base import AnomalyEvent, MonitorCallback
 from nn_neuroimaging_lightning.callbacks.phases import Phase, PhaseTracker
 from nn_neuroimaging_lightning.functional import anomalies as FA
+from nn_neuroimaging_lightning.functional.anomalies import MAD_SCALE, _masked_median
 from nn_neuroimaging_lightning.functional import spectral as FS
 from nn_neuroimaging_lightning.functional import states as FST
 from nn_neuroimaging_lightning.metrics.eeg import StateAccuracy
@@ -31,8 +33,66 @@ EEG_ANOMALY_KINDS: Tuple[str, ...] = (
     "state_mismatch",
     "exception",
 )
-# Kinds evaluated on every step, in the column order of the packed per-step flag tensor.
-_STEP_KINDS: Tuple[str, ...] = ("non_finite", "explosion", "collapse")
+# Training samples between refreshes of the explosion/collapse baseline (median/MAD of the
+# training history): the per-step judgement is then a handful of element-wise ops on (layers,).
+_REFRESH = 8
+_TINY = 1e-30
+_LOG_EPS = 1e-12  # as in functional.anomalies.robust_zscore
+_MIN_SCALE = 0.05  # log units, the scale floor of robust_zscore
+_ABS_FLOOR = 1e-8  # activity at or below which a layer is dead whatever its baseline
+# Complete state windows queued before they are classified together (one batched feature
+# computation and one classifier solve); also flushed on analysis steps and loop ends.
+_MAX_PENDING_WINDOWS = 4
+# Consecutive inference windows of one loop that the classifier must confidently call training
+# before that disagreement is a `state_mismatch`.
+_MISMATCH_WINDOWS = 3
+
+
+class _History:
+    """A small ``(layers, n)`` ring of training samples: the explosion/collapse baseline.
+
+    Order does not matter to medians, so no re-ordering is ever done. On CPU a sample is written
+    through a numpy view of the tensor (no aten dispatch); elsewhere with one ``copy_``.
+    """
+
+    def __init__(self, rows: int, size: int) -> None:
+        self.rows, self.size = rows, size
+        self.values: Optional[Tensor] = None  # (rows, size)
+        self._np: Optional[np.ndarray] = None
+        self.pos = 0
+        self.count = 0
+
+    def push(self, x: Tensor, host: Optional[np.ndarray]) -> None:
+        if self.values is None or self.values.device != x.device:
+            old = None if self.values is None else self.values.to(x.device)
+            self.values = torch.zeros(self.rows, self.size, dtype=torch.float32, device=x.device)
+            if old is not None:
+                self.values.copy_(old)
+            self._np = self.values.numpy() if x.device.type == "cpu" else None
+        if self._np is not None and host is not None:
+            self._np[:, self.pos] = host
+        else:
+            self.values[:, self.pos].copy_(x)
+        self.pos = (self.pos + 1) % self.size
+        self.count = min(self.count + 1, self.size)
+
+    def view(self, device: torch.device) -> Tensor:
+        """The held samples ``(rows, count)`` (any order)."""
+        if self.values is None:
+            return torch.zeros(self.rows, 0, device=device)
+        return self.values if self.count == self.size else self.values[:, : self.count]
+
+    def state_dict(self) -> Dict[str, Any]:
+        values = torch.zeros(self.rows, self.size) if self.values is None else self.values.detach().cpu().clone()
+        return {"values": values, "pos": self.pos, "count": self.count}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        values = state["values"]
+        if tuple(values.shape) != (self.rows, self.size):
+            return  # another configuration: start a fresh baseline
+        self.values = values.clone().float()
+        self._np = self.values.numpy()
+        self.pos, self.count = int(state.get("pos", 0)) % self.size, int(state.get("count", 0))
 
 _PHASE_TO_STATE = {
     Phase.TRAIN: FST.OperationalState.TRAINING,
@@ -52,13 +112,17 @@ class NNEEGCallback(MonitorCallback):
     One sample per model forward and layer, :math:`s_t = \frac{1}{N}\sum_i |a_{i,t}|`, goes into a
     ring buffer on the activation's device (no host synchronisation per step). On every step the
     newest sample is checked for non-finite values, explosion (robust z-score of log-activity
-    against the same phase's recent history) and collapse (activity ~0 against that history).
+    against a baseline of recent training samples, refreshed every 8 of them) and collapse
+    (activity ~0 against that baseline); on CPU that judgement is a few numpy operations on views
+    of the tensors, on an accelerator a few device ops plus a lagged non-blocking copy.
     Every ``analysis_every_n_steps`` training steps (default: the trainer's
     ``log_every_n_steps``) the window's Welch spectrum and band powers are computed and logged,
-    and checked for a spectral shift against the calibrated baseline. Every ``state_window``
-    samples, a window of one phase is classified into training / inference / idle / error by an
-    online classifier that sees only signal features; its accuracy against the Lightning
-    lifecycle is logged as ``nn_eeg/state_accuracy``.
+    and checked for a spectral shift against the calibrated baseline. Every complete window of
+    ``state_window`` samples of one phase is queued and classified (a few windows at once) into
+    training / inference / idle / error by an online classifier that sees only signal features,
+    prequentially (predict, then learn); its accuracy against the Lightning lifecycle is logged as
+    ``nn_eeg/state_accuracy``. :attr:`flag_history` and :meth:`band_power` feed the cross-modal
+    callback.
 
     Args:
         layers: which modules to tap: ``None`` (every leaf module owning parameters, norm layers
@@ -83,6 +147,12 @@ class NNEEGCallback(MonitorCallback):
         output_selector: picks the tensor from tuple/dict module outputs (default: first tensor).
         panels: write TensorBoard panels when a ``TensorBoardLogger`` is present.
         max_events: anomaly events kept in memory (all are appended to ``events.jsonl``).
+        flag_history: entries kept in :attr:`flag_history` (``(step, flagged layers)`` per analysis
+            window and per recorded batch of events), for the cross-modal callback.
+        log_anomaly_every_step: log ``nn_eeg/anomaly`` and ``nn_eeg/anomaly_score`` on every
+            training step (each ``pl_module.log`` call costs Lightning ~0.1-0.3 ms on CPU); with
+            ``False`` their running max is logged on logging steps, anomalous steps and the last
+            batch of the epoch, which leaves the epoch value ``EarlyStopping`` reads unchanged.
 
     Raises:
         ValueError: an argument is out of range, or a band has no frequency bin at the
@@ -119,6 +189,8 @@ class NNEEGCallback(MonitorCallback):
         output_selector: Optional[Callable[[Any], Tensor]] = None,
         panels: bool = True,
         max_events: int = 1000,
+        flag_history: int = 128,
+        log_anomaly_every_step: bool = True,
     ) -> None:
         super().__init__(max_events=V.check_int("max_events", max_events, 1))
         self.layer_selection = layers
@@ -149,6 +221,11 @@ class NNEEGCallback(MonitorCallback):
         self.output_selector = output_selector
         self.panels = bool(panels)
 
+        self.flag_history_size = V.check_int("flag_history", flag_history, 1)
+        if not isinstance(log_anomaly_every_step, bool):
+            raise TypeError(f"`log_anomaly_every_step` must be a bool, got {log_anomaly_every_step!r}.")
+        self.log_anomaly_every_step = log_anomaly_every_step
+
         self.tracker = PhaseTracker(idle_threshold=self.idle_threshold)
         self.classifier = FST.StateClassifier(num_bands=len(self.bands))
         self._label_counts = np.zeros(len(FST.OperationalState), dtype=np.int64)  # host mirror of calibration
@@ -156,26 +233,39 @@ class NNEEGCallback(MonitorCallback):
         self.state_accuracy = StateAccuracy()
         self._taps: Optional[ActivityTaps] = None
         self._ring: Optional[RingBuffer] = None
+        self._history: Optional[_History] = None  # training samples only: the explosion/collapse baseline
+        self._pending_windows: List[Tuple[int, int]] = []  # (ring.total at the window's end, state label)
+        self._score_max: Any = None  # running max of the anomaly score between logs
+        self._error_run = 0  # consecutive non-finite samples
+        self._mismatch_streak = 0  # consecutive inference windows the classifier confidently calls training
+        self._last_error_total = -1
+        self._epoch_batches = 0
         self._latest: Optional[Tensor] = None  # (layers,) newest sample
+        self._latest_step = 0
+        self._fresh = False  # a sample arrived since the last judgement
         self._step_mirror = HostMirror()
         self._state_mirror = HostMirror()
+        # Training baseline (device tensors, (layers,) each), refreshed every `_REFRESH` training samples:
+        # e = log(x) * inv + neg_med is z / explosion_z; floor / x >= 1 is a collapse.
+        self._baseline: Optional[Tuple[Tensor, Tensor, Tensor]] = None
+        self._since_refresh = 0
         self._band_baseline: Optional[Tensor] = None  # (layers, bands) relative powers, EMA
         self._baseline_windows = 0
         self._latest_bands: Optional[Tensor] = None  # (layers, bands) relative, newest analysis
-        self._latest_psd: Optional[Tuple[Tensor, Tensor]] = None
+        self._latest_psd: Optional[Tuple[Tensor, Tensor]] = None  # (F,), (layers, F)
         self._mode_modules: List[torch.nn.Module] = []
+        self._mode_names: Dict[int, str] = {}
+        self._mode_reported = False  # one train-mode mismatch event per inference loop
         self._pending_state: Optional[Dict[str, Any]] = None
         self._train_batches = 0
         self._run_code = -1  # phase code of the current contiguous run of samples
         self._run_len = 0
-        self._classify_due = False
-        self._train_history: Optional[RingBuffer] = None  # training samples only: the explosion baseline
-        self._fresh = False  # a sample arrived since the last judgement
         self._last_batch_end: Optional[float] = None
         self._interval_ema: Optional[float] = None
-        self._step_anomaly: Optional[Tensor] = None
         self._stopped_by: Optional[str] = None
         self._layout_written = False
+        self._window_flags: set = set()  # layers flagged since the last analysis
+        self.flag_history: Deque[Tuple[int, FrozenSet[str]]] = deque(maxlen=self.flag_history_size)
         self._self_time_ns = 0
         self._self_time_steps = 0
 
@@ -192,7 +282,12 @@ class NNEEGCallback(MonitorCallback):
         return [self._taps.names[i] for i in self._taps.forward_order()]
 
     def signal(self, name: str) -> Tensor:
-        """The layer's recent activity series, oldest sample first (1-D, at most ``window`` long)."""
+        """The layer's recent activity series, oldest sample first (1-D, at most ``window`` long).
+
+        Raises:
+            RuntimeError: before a Trainer has set the callback up.
+            ValueError: ``name`` is not a tapped layer.
+        """
         row = self._row(name)
         return self._ring.ordered()[row]
 
@@ -216,9 +311,49 @@ class NNEEGCallback(MonitorCallback):
         values = self._latest_bands.detach().cpu().numpy()
         return {n: dict(zip(self.bands, map(float, values[i]))) for i, n in enumerate(self._taps.names)}
 
+    def band_power(self, band: str, relative: bool = False) -> Dict[str, float]:
+        r"""One band's power per layer from the latest analysis's Welch spectrum (host floats).
+
+        .. math::
+            P_b = \Delta f \sum_{f_k \in b} \hat P(f_k), \qquad R_b = P_b / \sum_j P_j
+
+        Args:
+            band: a band name of ``bands`` (default: delta, theta, alpha, beta, gamma).
+            relative: the fraction of the total in-band power instead of the absolute power.
+
+        Returns:
+            ``{layer: power}``; before the first analysis, computed from the newest samples
+            (empty while fewer than ``nperseg`` are held).
+
+        Raises:
+            ValueError: ``band`` is not one of the configured bands.
+        """
+        if band not in self.bands:
+            raise ValueError(f"`band` must be one of {list(self.bands)}, got {band!r}.")
+        if self._taps is None or self._ring is None:
+            return {}
+        if self._latest_psd is None:
+            # No analysis yet (e.g. asked at the first validation end): the newest same-phase
+            # samples, else the whole ring, once there is a Welch segment's worth.
+            window = self._phase_window()
+            if window is None and self._ring.count >= self.nperseg:
+                window = self._ring.ordered()
+            if window is None:
+                return {}
+            self._latest_psd = FS.welch_psd(window, fs=self.fs, nperseg=self.nperseg, noverlap=self.noverlap)
+        freqs, psd = self._latest_psd
+        powers = FS.band_powers(freqs, psd, self.bands, relative=bool(relative))  # (layers, bands)
+        column = powers[:, list(self.bands).index(band)].detach().cpu().numpy()
+        return {n: float(column[i]) for i, n in enumerate(self._taps.names)}
+
+    @property
+    def flagged_layers(self) -> FrozenSet[str]:
+        """Layers flagged by any EEG anomaly in the latest entry of :attr:`flag_history`."""
+        return self.flag_history[-1][1] if self.flag_history else frozenset()
+
     @property
     def self_time_fraction(self) -> Dict[str, float]:
-        """Seconds spent inside this callback's hooks per step (for the overhead benchmark)."""
+        """Nanoseconds spent inside this callback's training hooks per step (for the overhead benchmark)."""
         steps = max(self._self_time_steps, 1)
         return {"self_time_ns_per_step": self._self_time_ns / steps, "steps": self._self_time_steps}
 
@@ -238,11 +373,12 @@ class NNEEGCallback(MonitorCallback):
             modules = select_layers(pl_module, self.layer_selection)
             self._taps = ActivityTaps(modules, selector=self.output_selector)
             self._ring = RingBuffer(len(modules), self.window)
-            self._train_history = RingBuffer(len(modules), max(2 * self.min_history, 32))
+            self._history = _History(len(modules), max(2 * self.min_history, 32))
         if self._pending_state is not None:
             self._apply_state(self._pending_state)
             self._pending_state = None
-        self._mode_modules = [m for m in pl_module.modules() if m is not pl_module]
+        self._mode_modules = [pl_module] + [m for m in pl_module.modules() if m is not pl_module]
+        self._mode_names = {id(m): (n or "<model>") for n, m in pl_module.named_modules()}
         self._taps.attach(root=pl_module, on_forward_end=self._commit)
 
     def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
@@ -250,9 +386,8 @@ class NNEEGCallback(MonitorCallback):
 
     def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
         self.tracker.mark_error()
-        phase = Phase.ERROR.value
         self._record([
-            AnomalyEvent(trainer.global_step, phase, "<model>", "exception", float("nan"), self.source,
+            AnomalyEvent(trainer.global_step, Phase.ERROR.value, "<model>", "exception", float("nan"), self.source,
                          detail=f"{type(exception).__name__}: {exception}"[:500])
         ])
         self._finish(trainer)
@@ -261,6 +396,9 @@ class NNEEGCallback(MonitorCallback):
         if self._taps is not None:
             self._taps.detach()
             self._taps.discard()
+        host, tag = self._step_mirror.flush()  # a lagged accelerator copy still in flight
+        if host is not None:
+            self._record(self._step_events(host, tag))
         self.tracker.close()
         writer = self._tensorboard(trainer) if self.panels else None
         if writer is not None:
@@ -270,6 +408,8 @@ class NNEEGCallback(MonitorCallback):
     def _loop_start(self, trainer: Trainer, phase: Phase) -> None:
         if phase is Phase.VALIDATE and trainer.sanity_checking:
             phase = Phase.SANITY_CHECK
+        self._mode_reported = False
+        self._mismatch_streak = 0
         self.tracker.loop_start(phase)
 
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
@@ -282,11 +422,9 @@ class NNEEGCallback(MonitorCallback):
         self._loop_start(trainer, Phase.VALIDATE)
 
     def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        # Validation inside fit returns to the training loop.
+        # Validation inside fit returns to the training loop; the sanity check precedes it.
         if trainer.state.fn == "fit" and not trainer.sanity_checking:
             self.tracker.loop_start(Phase.TRAIN)
-        elif trainer.state.fn == "fit":
-            self.tracker.loop_end()
         else:
             self.tracker.loop_end()
 
@@ -304,7 +442,9 @@ class NNEEGCallback(MonitorCallback):
 
     # ------------------------------------------------------------------ batches
     def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int) -> None:
+        t0 = time.perf_counter_ns()
         self._batch_start(trainer)
+        self._self_time_ns += time.perf_counter_ns() - t0
 
     def on_validation_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
         self._batch_start(trainer)
@@ -318,6 +458,7 @@ class NNEEGCallback(MonitorCallback):
     def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
         t0 = time.perf_counter_ns()
         self._train_batches += 1
+        self._epoch_batches += 1
         loss = outputs.get("loss") if isinstance(outputs, Mapping) else outputs
         self._batch_end(trainer, pl_module, loss if isinstance(loss, Tensor) else None, log=True)
         every = self.analysis_every_n_steps or max(trainer.log_every_n_steps, 1)
@@ -335,17 +476,31 @@ class NNEEGCallback(MonitorCallback):
     def on_predict_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
         self._batch_end(trainer, pl_module, None, log=False)
 
+    def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._epoch_batches = 0
+
     def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._flush_windows(trainer)
         self._write_epoch_panels(trainer, pl_module)
 
     def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._flush_windows(trainer)
         if trainer.sanity_checking:
             return
         if self.state_accuracy.update_count:
             self._log(pl_module, "nn_eeg/state_accuracy", self.state_accuracy.compute(), on_step=False, on_epoch=True)
 
     def on_test_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._flush_windows(trainer)
         self._write_epoch_panels(trainer, pl_module)
+
+    def on_predict_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._flush_windows(trainer)
+
+    def _flush_windows(self, trainer: Trainer) -> None:
+        events = self._classify_pending(trainer)
+        self._record(events)
+        self._maybe_stop(trainer, events)
 
     def _batch_start(self, trainer: Trainer) -> None:
         now = time.perf_counter()
@@ -366,12 +521,14 @@ class NNEEGCallback(MonitorCallback):
 
     def _commit(self) -> None:
         """Root-module forward finished (or a batch ended with pending calls): write one sample."""
+        t0 = time.perf_counter_ns()
         sample = self._taps.sample()
-        if sample is None:
-            return
-        self._push(sample, self.tracker.current, self._current_step)
-        self._latest = sample
-        self._fresh = True
+        if sample is not None:
+            self._latest_step = self._current_step  # the step whose forward made the sample
+            self._push(sample, self.tracker.current, self._latest_step)
+            self._latest = sample
+            self._fresh = True
+        self._self_time_ns += time.perf_counter_ns() - t0
 
     def _push(self, sample: Tensor, phase: Phase, step: int, wall_time: Optional[float] = None) -> None:
         """Write one sample; windows of ``state_window`` samples of one phase become due for states."""
@@ -380,7 +537,8 @@ class NNEEGCallback(MonitorCallback):
             self._run_code, self._run_len = phase.code, 0
         self._run_len += 1
         if self._run_len % self.state_window == 0:
-            self._classify_due = True
+            # a complete window of one phase: queued, classified in a batch later
+            self._pending_windows.append((self._ring.total, int(_PHASE_TO_STATE[phase])))
 
     @property
     def _current_step(self) -> int:
@@ -407,125 +565,225 @@ class NNEEGCallback(MonitorCallback):
             return
         self._fresh = False
         phase = self.tracker.current
-        flags, values, score = self._step_anomalies(loss, phase)
-        self._step_mirror.push(torch.cat([flags.float(), values], dim=1), tag=(trainer.global_step, phase, self._ring.total))
+        training = phase is Phase.TRAIN or (phase is Phase.ERROR and self.tracker.loop is Phase.TRAIN)
+        score, events = self._step_anomalies(loss, phase, training)
         if log:
-            anomaly = flags.any().float()
-            self._log(pl_module, "nn_eeg/anomaly", anomaly, on_epoch=True, reduce_fx="max")
-            self._log(pl_module, "nn_eeg/anomaly_score", score, on_epoch=True, reduce_fx="max")
-        mismatch_events = self._mode_mismatch(trainer, pl_module, phase)
-        events = self._read_step_events() + mismatch_events
-        if self._classify_due:
-            self._classify_due = False
-            self._classify_window(trainer)
-        events += self._read_state_events()
-        self._record(events)
-        self._maybe_stop(trainer, events)
+            self._log_anomaly(trainer, pl_module, score, bool(events))
+        if phase.is_inference and not self._mode_reported:
+            events += self._mode_mismatch(trainer, phase)
+        if self._pending_windows and (not training or len(self._pending_windows) >= _MAX_PENDING_WINDOWS):
+            events += self._classify_pending(trainer)
+        if events:
+            self._record(events)
+            self._maybe_stop(trainer, events)
 
     # ------------------------------------------------------------------ per-step anomalies
-    def _step_anomalies(self, loss: Optional[Tensor], phase: Phase) -> Tuple[Tensor, Tensor, Tensor]:
-        """``flags (layers+1, 3)``, ``values (layers+1, 3)``, ``score ()``; the last row is the loss.
+    def _step_anomalies(self, loss: Optional[Tensor], phase: Phase, training: bool) -> Tuple[Any, List[AnomalyEvent]]:
+        """Judge the newest sample; returns the anomaly score and the events (no host sync).
 
-        The baseline of a training sample is the recent training samples (kept in their own small
-        ring, so validation loops do not flush it); the baseline of an inference sample is the
-        samples of the same loop run before it (weights change between runs, not within one).
+        Per layer, ``e = z / explosion_z`` (robust z-score of log-activity against the baseline) and
+        ``c = floor / x`` (collapse when >= 1); the score is ``max_l max(e_l, c_l)`` clamped to
+        ``[0, 10]``, 10 for a non-finite activity or loss, so ``score >= 1`` is an anomaly. The
+        baseline of a training sample is the recent training samples (their own small ring, so
+        validation loops do not flush it), refreshed every ``_REFRESH`` samples; the baseline of
+        an inference sample is the samples of the same loop run before it (weights change between
+        runs, not within one).
+
+        On CPU the arithmetic runs in numpy on views of the tensors (``Tensor.numpy()`` shares
+        memory and dispatches nothing), so the score is a host float and the events are known in
+        the same step. On an accelerator it runs on the device and ``[x, e, c, loss]`` goes to the
+        host through a lagged non-blocking copy.
         """
         x = self._latest  # (layers,)
-        if phase is Phase.TRAIN:
-            history = self._train_history.ordered()  # (layers, n), excludes x
+        if training:
+            if self._baseline is None or self._since_refresh >= _REFRESH:
+                self._baseline = self._baseline_stats(self._history.view(x.device))
+                self._since_refresh = 0
+            neg_med, inv, floor = self._baseline
         else:
             n_run = min(self._run_len, self._ring.count)
-            history = self._ring.ordered(n_run)[:, :-1]  # this run's samples before x
-        valid = None
-        judged = history.shape[1] >= self.min_history
-        kind_flags, kind_values = FA.detect(
-            x, history, valid, explosion_threshold=self.explosion_z, rel_floor=self.collapse_ratio
-        )  # (4, layers) each, rows in FA.ANOMALY_KINDS order
-        flags, values = kind_flags[:3].T, kind_values[:3].T  # (layers, 3): non_finite, explosion, collapse
-        if not judged:
-            # Too little same-phase history for a baseline: only non-finite values are judged.
-            flags = torch.cat([flags[:, :1], torch.zeros_like(flags[:, 1:])], dim=1)
-        loss_flags = torch.zeros((1, 3), dtype=torch.bool, device=x.device)
-        loss_values = torch.zeros((1, 3), dtype=torch.float32, device=x.device)
+            neg_med, inv, floor = self._baseline_stats(self._ring.ordered(n_run)[:, :-1])  # this run before x
+        tag = (self._latest_step, phase, self._ring.total)
+        if x.device.type == "cpu":
+            xn = x.numpy()  # (layers,) shares memory: no dispatch, no sync
+            loss_v = 0.0 if loss is None else float(loss.detach().numpy().reshape(-1)[0])
+            with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+                e = np.log(xn) * inv.numpy() + neg_med.numpy()
+                c = floor.numpy() / np.maximum(xn, _TINY)
+                top = float(np.max(np.maximum(e, c))) if len(xn) else 0.0
+            score = 10.0 if not (math.isfinite(top) and math.isfinite(loss_v)) else min(max(top, 0.0), 10.0)
+            if phase is Phase.TRAIN:
+                self._history.push(x, xn)
+                self._since_refresh += 1
+            if score < 1.0:
+                return score, []
+            return score, self._step_events(np.concatenate([xn, e, c, [loss_v]]), tag)
+        e = torch.addcmul(neg_med, torch.log(x), inv)  # (layers,) z / explosion_z
+        c = floor / x.clamp_min(_TINY)  # (layers,) >= 1: collapsed
+        top = torch.maximum(e, c).amax()
         if loss is not None:
-            loss = loss.detach().float().reshape(1)
-            loss_flags = torch.cat([~torch.isfinite(loss), torch.zeros(2, dtype=torch.bool, device=x.device)]).reshape(1, 3)
-            loss_values = torch.cat([loss, torch.zeros(2, device=x.device)]).reshape(1, 3)
+            loss = loss.detach().reshape(1).to(x.dtype)
+            top = top + loss[0] * 0.0  # NaN when the loss is not finite
+        else:
+            loss = x.new_zeros(1)
+        score = torch.nan_to_num(top, nan=10.0, posinf=10.0, neginf=0.0).clamp_(0.0, 10.0)
+        self._step_mirror.push(torch.cat([x, e, c, loss]), tag=tag)
         if phase is Phase.TRAIN:
-            self._train_history.push(x, phase.code, self._current_step)
-        flags = torch.cat([flags, loss_flags])
-        values = torch.cat([values, loss_values])
-        # Score: 0 when quiet, >= 1 once any detector fires, 10 for non-finite values (capped).
-        z = torch.nan_to_num(values[:-1, 1], nan=0.0, posinf=10.0 * self.explosion_z, neginf=0.0)
-        score = torch.maximum((z.max() if z.numel() else z.new_zeros(())) / self.explosion_z, flags.any().float())
-        score = torch.where(flags[:, 0].any(), torch.full_like(score, 10.0), score.clamp(0.0, 10.0))
-        return flags, values, score
-
-    def _read_step_events(self) -> List[AnomalyEvent]:
-        host, tag = self._step_mirror.read()
+            self._history.push(x, None)
+            self._since_refresh += 1
+        host, host_tag = self._step_mirror.read()  # the previous step's copy, once it has landed
         if host is None:
-            return []
+            return score, []
         self._step_mirror.clear()
+        return score, self._step_events(host, host_tag)
+
+    def _log_anomaly(self, trainer: Trainer, pl_module: LightningModule, score: Any, flagged: bool) -> None:
+        """``nn_eeg/anomaly`` (0/1) and ``nn_eeg/anomaly_score``, epoch-reduced by max.
+
+        With ``log_anomaly_every_step`` (default) both are logged on every training step. Without
+        it, the running max since the last log is logged on the trainer's logging steps, on steps
+        with an anomaly event and on the epoch's last batch: the epoch value that ``EarlyStopping``
+        reads is the same, for 2 instead of ``2 * log_every_n_steps`` ``pl_module.log`` calls.
+        """
+        if not self.log_anomaly_every_step:
+            if self._score_max is None:
+                self._score_max = score
+            elif isinstance(score, float):
+                self._score_max = max(self._score_max, score)
+            else:
+                self._score_max = torch.maximum(self._score_max, score)
+            n_batches = trainer.num_training_batches
+            last = n_batches != float("inf") and self._epoch_batches >= n_batches
+            if not (flagged or last or (trainer.global_step + 1) % max(trainer.log_every_n_steps, 1) == 0):
+                return
+            score, self._score_max = self._score_max, None
+        anomaly = float(score >= 1.0) if isinstance(score, float) else (score >= 1.0).float()
+        self._log(pl_module, "nn_eeg/anomaly", anomaly, on_epoch=True, reduce_fx="max")
+        self._log(pl_module, "nn_eeg/anomaly_score", score, on_epoch=True, reduce_fx="max")
+
+    def _baseline_stats(self, history: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
+        """``(neg_med, inv, floor)``, each ``(layers,)``, from ``(layers, n)`` history samples.
+
+        ``log(x) * inv + neg_med`` equals :func:`~nn_neuroimaging_lightning.functional.anomalies.robust_zscore`
+        divided by ``explosion_z``; ``floor`` is ``max(collapse_ratio * median, 1e-8)``. A layer with
+        fewer than ``min_history`` finite samples is not judged (``inv`` ~0, ``floor`` 0).
+        """
+        history = history.to(torch.float32)
+        ok = torch.isfinite(history)
+        logh = torch.where(ok, torch.log(history.clamp_min(0.0) + _LOG_EPS), torch.zeros_like(history))
+        med, k = _masked_median(logh, ok)  # (layers,)
+        mad, _ = _masked_median((logh - med.unsqueeze(-1)).abs(), ok)
+        scale = (MAD_SCALE * mad).clamp_min(_MIN_SCALE)
+        base, _ = _masked_median(torch.where(ok, history, torch.zeros_like(history)), ok)
+        judged = k >= self.min_history
+        inv = torch.where(judged, 1.0 / (scale * self.explosion_z), torch.full_like(scale, _TINY))
+        neg_med = torch.where(judged, -med * inv, torch.zeros_like(med))
+        floor = torch.where(judged, (self.collapse_ratio * base).clamp_min(_ABS_FLOOR), torch.zeros_like(base))
+        return neg_med, inv, floor
+
+    def _step_events(self, host: np.ndarray, tag: Tuple[int, Phase, int]) -> List[AnomalyEvent]:
+        """Events from a host copy of ``[x, e, c, loss]`` (numpy, no device access)."""
         step, phase, total = tag
-        n = host.shape[1] // 2
-        flags, values = host[:, :n] > 0.5, host[:, n:]
-        if not flags.any():
+        n = (host.shape[0] - 1) // 3
+        x, e, c, loss = host[:n], host[n:2 * n], host[2 * n:3 * n], host[3 * n]
+        finite = np.isfinite(x)
+        with np.errstate(invalid="ignore"):
+            exploded = finite & (e > 1.0)
+            collapsed = finite & (c >= 1.0)
+        loss_bad = not np.isfinite(loss)
+        if finite.all() and not exploded.any() and not collapsed.any() and not loss_bad:
             return []
-        names = self._taps.names + ["<loss>"]
+        names = self._taps.names
         events = []
-        if flags[:, 0].any():
-            # A non-finite step belongs to the error phase.
+        if loss_bad or not finite.all():
+            # A non-finite step belongs to the error phase; consecutive ones form error windows.
             self._ring.relabel(self._ring.total - total, Phase.ERROR.code)
             self.tracker.mark_error()
-        for row, col in zip(*np.nonzero(flags)):
-            events.append(AnomalyEvent(step, Phase.ERROR.value if col == 0 else phase.value, names[row], _STEP_KINDS[col], float(values[row, col]), self.source))
+            self._error_run = self._error_run + 1 if self._last_error_total == total - 1 else 1
+            self._last_error_total = total
+            if self._error_run % self.state_window == 0:
+                self._pending_windows.append((total, int(FST.OperationalState.ERROR)))
+        for i in np.nonzero(~finite)[0]:
+            events.append(AnomalyEvent(step, Phase.ERROR.value, names[i], "non_finite", 1.0, self.source))
+        if loss_bad:
+            events.append(AnomalyEvent(step, Phase.ERROR.value, "<loss>", "non_finite", 1.0, self.source))
+        for i in np.nonzero(exploded)[0]:
+            events.append(AnomalyEvent(step, phase.value, names[i], "explosion", float(e[i] * self.explosion_z), self.source))
+        for i in np.nonzero(collapsed)[0]:
+            # value: activity relative to the baseline median (when the relative floor decides)
+            events.append(AnomalyEvent(step, phase.value, names[i], "collapse", float(self.collapse_ratio / c[i]), self.source))
         return events
 
-    def _mode_mismatch(self, trainer: Trainer, pl_module: LightningModule, phase: Phase) -> List[AnomalyEvent]:
-        """Any module in training mode while an inference loop runs (dropout / batch-norm left on)."""
-        if not phase.is_inference:
-            return []
-        offenders = [m for m in ([pl_module] + self._mode_modules) if m.training]
+    def _mode_mismatch(self, trainer: Trainer, phase: Phase) -> List[AnomalyEvent]:
+        """The model or a submodule in training mode while an inference loop runs (once per loop)."""
+        offenders = [m for m in self._mode_modules if m.training]
         if not offenders:
             return []
-        names = {id(m): n for n, m in pl_module.named_modules()}
-        first = names.get(id(offenders[0]), "") or "<model>"
+        self._mode_reported = True
+        first = self._mode_names.get(id(offenders[0]), "<model>")
         return [AnomalyEvent(trainer.global_step, phase.value, first, "state_mismatch", float(len(offenders)), self.source,
                              detail=f"{len(offenders)} module(s) in training mode during {phase.value}")]
 
     # ------------------------------------------------------------------ states
-    def _classify_window(self, trainer: Trainer) -> None:
-        ring = self._ring
-        if ring.count < self.state_window:
-            return
-        codes = ring.phases(self.state_window)
-        if not (codes == codes[0]).all():
-            return  # a window that straddles two phases has no single label
-        phase = Phase.from_code(codes[0])
-        label = int(_PHASE_TO_STATE[phase])
-        window = ring.ordered(self.state_window)  # (layers, state_window)
-        features = FST.window_features(window, fs=self.fs, nperseg=self.nperseg, bands=self.bands).unsqueeze(0)
-        labels = torch.full((1,), label, dtype=torch.long, device=features.device)
+    def _classify_pending(self, trainer: Trainer) -> List[AnomalyEvent]:
+        """Classify the queued windows at once (prequential: predict, then update) and learn from them."""
+        pending, self._pending_windows = self._pending_windows, []
+        ring, w = self._ring, self.state_window
+        if not pending or ring is None or ring.values is None:
+            return []
+        order = ring._order()  # ring slots of the held samples, oldest first
+        starts, labels = [], []
+        for end_total, label in pending:
+            back = ring.total - end_total  # samples pushed after the window's end
+            start = ring.count - back - w
+            if start < 0:
+                continue  # overwritten already
+            codes = ring.phase[order[start:start + w]]
+            if label != int(_PHASE_TO_STATE[Phase.from_code(codes[-1])]) or not (codes == codes[0]).all():
+                continue  # relabelled (e.g. a non-finite sample became `error`) or straddles phases
+            starts.append(start)
+            labels.append(label)
+        if not starts:
+            return []
+        idx = np.concatenate([order[s:s + w] for s in starts])  # (N * w,)
+        data = ring.values.index_select(1, torch.from_numpy(idx).to(ring.values.device))  # (layers, N * w)
+        windows = data.view(ring.rows, len(starts), w).transpose(0, 1)  # (N, layers, w)
+        features = FST.window_features(windows, fs=self.fs, nperseg=self.nperseg, bands=self.bands)  # (N, F)
+        target = torch.tensor(labels, dtype=torch.long).to(features.device, non_blocking=True)
+        events: List[AnomalyEvent] = []
         if self._calibrated:
-            proba = self.classifier.predict_proba(features)  # (1, 4)
-            pred = proba.argmax(dim=1)
+            proba = self.classifier.predict_proba(features)  # (N, 4)
             self.state_accuracy.to(features.device)
-            self.state_accuracy.update(pred, labels)
-            self._state_mirror.push(torch.cat([proba[0], labels.float()]), tag=(trainer.global_step, phase))
-        self.classifier.update(features, labels)
-        self._label_counts[label] += 1
+            self.state_accuracy.update(proba.argmax(dim=1), target)
+            self._state_mirror.push(proba, tag=(trainer.global_step, labels))
+            events = self._read_state_events()
+        self.classifier.update(features, target)
+        for label in labels:
+            self._label_counts[label] += 1
+        return events
 
     def _read_state_events(self) -> List[AnomalyEvent]:
         host, tag = self._state_mirror.read()
         if host is None:
             return []
         self._state_mirror.clear()
-        step, phase = tag
-        proba, label = host[:-1], int(host[-1])
-        pred = int(proba.argmax())
-        if pred != label and proba[pred] >= self.state_confidence and phase.is_inference and pred == int(FST.OperationalState.TRAINING):
-            return [AnomalyEvent(step, phase.value, "<model>", "state_mismatch", float(proba[pred]), self.source,
-                                 detail=f"classifier sees {FST.OperationalState(pred).name.lower()} during {phase.value}")]
+        step, labels = tag
+        training, inference = int(FST.OperationalState.TRAINING), int(FST.OperationalState.INFERENCE)
+        for proba, label in zip(host, labels):
+            if label != inference:
+                continue
+            pred = int(proba.argmax())
+            if pred == training and proba[pred] >= self.state_confidence:
+                self._mismatch_streak += 1
+            else:
+                self._mismatch_streak = 0
+            # One confident window is not enough (a normal run must give none): it takes
+            # `_MISMATCH_WINDOWS` consecutive inference windows of one loop, reported once per loop.
+            if self._mismatch_streak == _MISMATCH_WINDOWS and not self._mode_reported:
+                self._mode_reported = True
+                phase = self.tracker.loop if self.tracker.loop is not None and self.tracker.loop.is_inference else Phase.VALIDATE
+                return [AnomalyEvent(step, phase.value, "<model>", "state_mismatch", float(proba[pred]), self.source,
+                                     detail=f"classifier sees training activity in {_MISMATCH_WINDOWS} consecutive inference windows")]
         return []
 
     # ------------------------------------------------------------------ spectra
@@ -542,12 +800,12 @@ class NNEEGCallback(MonitorCallback):
         return data.index_select(1, torch.from_numpy(idx).to(data.device))
 
     def _analyse(self, trainer: Trainer, pl_module: LightningModule, log: bool) -> None:
+        self._flush_windows(trainer)
         window = self._phase_window()
         if window is None:
             return
         freqs, psd = FS.welch_psd(window, fs=self.fs, nperseg=self.nperseg, noverlap=self.noverlap)
-        absolute = FS.band_powers(freqs, psd, self.bands)  # (layers, bands)
-        relative = FS.band_powers(freqs, psd, self.bands, relative=True)
+        relative = FS.band_powers(freqs, psd, self.bands, relative=True)  # (layers, bands)
         self._latest_bands, self._latest_psd = relative, (freqs, psd)
         events: List[AnomalyEvent] = []
         if self.tracker.current is Phase.TRAIN:
@@ -557,12 +815,25 @@ class NNEEGCallback(MonitorCallback):
             for i, name in enumerate(names):
                 for j, band in enumerate(self.bands):
                     self._log(pl_module, f"nn_eeg/{name}/band/{band}", relative[i, j])
-                    self._log(pl_module, f"nn_eeg/{name}/band_abs/{band}", absolute[i, j])
             if self.state_accuracy.update_count:
                 self._log(pl_module, "nn_eeg/state_accuracy", self.state_accuracy.compute())
         self._write_step_panels(trainer, freqs, psd)
         self._record(events)
         self._maybe_stop(trainer, events)
+        if self.tracker.loop is Phase.TRAIN:
+            # One entry per training analysis window: every layer flagged since the previous one.
+            self.flag_history.append((trainer.global_step, frozenset(self._window_flags)))
+            self._window_flags = set()
+
+    def _record(self, events: List[AnomalyEvent]) -> None:
+        """Keep and write the events; layers they flag go to :attr:`flag_history`."""
+        if not events:
+            return
+        super()._record(events)
+        names = set(self._taps.names) if self._taps is not None else set()
+        flagged = frozenset(e.layer for e in events if e.layer in names)
+        self._window_flags |= flagged
+        self.flag_history.append((events[-1].step, flagged))
 
     def _spectral_shift(self, trainer: Trainer, relative: Tensor) -> List[AnomalyEvent]:
         finite = torch.isfinite(relative).all(dim=1, keepdim=True)
@@ -648,6 +919,9 @@ class NNEEGCallback(MonitorCallback):
                 "train_batches": self._train_batches,
                 "label_counts": self._label_counts.tolist(),
                 "layers": None if self._taps is None else list(self._taps.names),
+                "train_history": None if self._history is None else self._history.state_dict(),
+                "run": (self._run_code, self._run_len),
+                "flag_history": [(step, sorted(layers)) for step, layers in self.flag_history],
             }
         )
         return state
@@ -663,9 +937,15 @@ class NNEEGCallback(MonitorCallback):
         saved_layers = state.get("layers")
         if saved_layers is not None and list(saved_layers) != list(self._taps.names):
             rank_zero_warn(f"NNEEGCallback: checkpoint layers {saved_layers} differ from the tapped layers {self._taps.names}; signal history not restored.")
-        elif state.get("ring") is not None:
-            self._ring.load_state_dict(state["ring"])
-            self._latest = self._ring.ordered(1)[:, 0].clone() if self._ring.count else None
+        else:
+            if state.get("ring") is not None:
+                self._ring.load_state_dict(state["ring"])
+                self._latest = self._ring.ordered(1)[:, 0].clone() if self._ring.count else None
+            if state.get("train_history") is not None:
+                self._history.load_state_dict(state["train_history"])
+                self._baseline = None  # recomputed from the restored history on the next step
+            run_code, run_len = state.get("run", (-1, 0))
+            self._run_code, self._run_len = int(run_code), int(run_len)
         if state.get("classifier") is not None:
             self.classifier.load_state_dict(state["classifier"])
         for k, v in dict(state.get("state_accuracy", {})).items():
@@ -675,3 +955,6 @@ class NNEEGCallback(MonitorCallback):
         self.tracker.load_state_dict(state.get("tracker", {}))
         self._train_batches = int(state.get("train_batches", 0))
         self._label_counts[:] = np.asarray(state.get("label_counts", self._label_counts))
+        self.flag_history.clear()
+        for step, layers in state.get("flag_history", []):
+            self.flag_history.append((int(step), frozenset(layers)))

@@ -1,0 +1,385 @@
+"""NNEEGCallback inside real Trainer runs: phases, anomalies, stopping, syncs, panels, checkpoints."""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import List
+
+import numpy as np
+import pytest
+import torch
+from helpers import (
+    AtStep,
+    CloseSyncCounter,
+    MLPModule,
+    OpCounter,
+    StallAt,
+    SyncCounterCallback,
+    fast_trainer,
+    nan_output_hook,
+    zero_output_hook,
+)
+from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+from lightning.pytorch.demos.boring_classes import BoringModel
+from lightning.pytorch.loggers import TensorBoardLogger
+from torch import nn
+
+from nn_neuroimaging_lightning.callbacks.eeg import NNEEGCallback
+from nn_neuroimaging_lightning.callbacks.phases import Phase
+from nn_neuroimaging_lightning.functional import anomalies as FA
+from nn_neuroimaging_lightning.taps import LayerTaps
+
+CONFIG = os.path.join(os.path.dirname(__file__), "..", "..", "configs", "eeg.yaml")
+LAYERS = ["net.0", "net.2", "net.4"]
+
+
+def _events(eeg: NNEEGCallback, kind: str) -> list:
+    return [e for e in eeg.events if e.kind == kind]
+
+
+# ---------------------------------------------------------------------------------------- phases
+def test_phases_from_fit_validate_test_predict_and_idle(tmp_path):
+    model = MLPModule(n=96, batch_size=8)  # 12 batches per loop
+    eeg = NNEEGCallback(idle_threshold=0.1, state_window=8, min_history=8)
+    trainer = fast_trainer(tmp_path, [eeg, StallAt([9], 0.3)], max_epochs=1, num_sanity_val_steps=2)
+    trainer.fit(model)
+    phases = eeg.phases
+    # sanity check (2 batches) comes first, then training with an idle stretch after batch 9
+    assert phases[:2] == [Phase.SANITY_CHECK] * 2
+    assert phases[2:12] == [Phase.TRAIN] * 10
+    n_idle = sum(p is Phase.IDLE for p in phases)
+    assert 1 <= n_idle <= eeg.idle_max_samples
+    assert phases[12:12 + n_idle] == [Phase.IDLE] * n_idle
+    assert phases.count(Phase.TRAIN) == 12 and phases.count(Phase.VALIDATE) == 12
+    assert phases[-12:] == [Phase.VALIDATE] * 12
+    idle_at = 12
+    assert float(eeg.signal("net.0")[idle_at:idle_at + n_idle].abs().sum()) == 0.0
+    assert eeg.tracker.durations[Phase.IDLE] >= 0.3
+    # complete single-phase windows were learned: training, inference (12 >= 8) and idle ones
+    assert eeg._label_counts[0] >= 1 and eeg._label_counts[1] >= 1 and eeg._label_counts[2] >= n_idle // 8
+    trainer.test(model, verbose=False)
+    assert eeg.phases[-12:] == [Phase.TEST] * 12
+    trainer.predict(model)
+    assert eeg.phases[-12:] == [Phase.PREDICT] * 12
+    assert eeg.layers == LAYERS
+    assert len(eeg.signal("net.2")) == len(eeg.phases) == len(eeg.steps)
+    assert LayerTaps.hook_count(model) == 0
+
+
+def test_error_phase_and_non_finite_event_from_a_nan(tmp_path):
+    model = MLPModule()
+    eeg = NNEEGCallback(min_history=8)
+    ref: List = [None]
+    trainer = fast_trainer(tmp_path, [eeg], max_steps=12)
+    ref[0] = trainer
+    handle = nan_output_hook(model.net[2], ref, step=9)
+    try:
+        trainer.fit(model)
+    finally:
+        handle.remove()
+    nf = _events(eeg, "non_finite")
+    assert {e.layer for e in nf if e.step == 9} >= {"net.2", "net.4", "<loss>"}
+    assert all(e.phase == "error" for e in nf)
+    assert min(e.step for e in nf) == 9 and "net.0" not in {e.layer for e in nf}
+    phases = eeg.phases
+    assert phases[:9] == [Phase.TRAIN] * 9 and phases[9] is Phase.ERROR
+    assert phases[9:12] == [Phase.ERROR] * 3  # every non-finite step is an error sample
+    assert eeg.flagged_layers >= {"net.2", "net.4"}
+
+
+# ---------------------------------------------------------------------------------------- anomalies
+K = 30  # injection step: after min_history (16) training samples and a baseline refresh
+
+
+def _scale_weights(layer: str, factor: float):
+    def action(pl_module):
+        with torch.no_grad():
+            pl_module.get_submodule(layer).weight.mul_(factor)
+    return action
+
+
+@pytest.mark.parametrize(
+    ("kind", "layer", "stop"),
+    [("non_finite", "net.2", False), ("non_finite", "net.2", True),
+     ("explosion", "net.2", False), ("explosion", "net.2", True),
+     ("collapse", "net.2", False), ("collapse", "net.2", True)],
+)
+def test_injected_anomaly_detected_at_step_k_for_the_right_layer(tmp_path, kind, layer, stop):
+    model = MLPModule(n=8 * 64)
+    eeg = NNEEGCallback(stop_on=(kind,) if stop else ())
+    ref: List = [None]
+    extra = [AtStep(K, _scale_weights(layer, 1e3))] if kind == "explosion" else []
+    trainer = fast_trainer(tmp_path, [eeg] + extra, max_steps=K + 8)
+    ref[0] = trainer
+    handle = None
+    if kind == "non_finite":
+        handle = nan_output_hook(model.get_submodule(layer), ref, K)
+    elif kind == "collapse":
+        handle = zero_output_hook(model.get_submodule(layer), ref, K)
+    try:
+        trainer.fit(model)
+    finally:
+        if handle is not None:
+            handle.remove()
+    found = _events(eeg, kind)
+    assert found, f"no {kind} event"
+    first = min(e.step for e in found)
+    assert first == K
+    assert layer in {e.layer for e in found if e.step == K}
+    assert "net.0" not in {e.layer for e in found if e.step == K}  # upstream of the fault: quiet
+    assert not [e for e in eeg.events if e.step < K]  # nothing before the fault
+    assert layer in eeg.flagged_layers or any(layer in s for _, s in eeg.flag_history)
+    if stop:
+        # the stop decision is taken in step K: batch K is the last one (its optimizer step ran)
+        assert trainer.global_step == K + 1
+        assert eeg._stopped_by == kind
+    else:
+        assert trainer.global_step == K + 8
+
+
+def test_step_judgement_equals_functional_robust_zscore():
+    eeg = NNEEGCallback(min_history=4)
+    torch.manual_seed(0)
+    history = torch.rand(3, 20) + 0.5
+    history[1, 3] = float("nan")
+    x = torch.tensor([0.7, 30.0, 1e-7])
+    neg_med, inv, floor = eeg._baseline_stats(history)
+    e = torch.log(x) * inv + neg_med
+    z = FA.robust_zscore(x, history)
+    torch.testing.assert_close(e * eeg.explosion_z, z, rtol=1e-4, atol=1e-5)
+    flags, _ = FA.detect(x, history, explosion_threshold=eeg.explosion_z, rel_floor=eeg.collapse_ratio)
+    assert ((e > 1) == flags[1]).all() and ((floor / x >= 1) == flags[2]).all()
+    assert flags[1].tolist() == [False, True, False] and flags[2].tolist() == [False, False, True]
+
+
+def test_early_stopping_on_nn_eeg_anomaly_ends_the_run(tmp_path):
+    model = MLPModule(n=8 * 40)  # 40 batches per epoch
+    eeg = NNEEGCallback()
+    stopper = EarlyStopping(monitor="nn_eeg/anomaly", mode="min", divergence_threshold=0.5,
+                            check_on_train_epoch_end=True, patience=100)
+    ref: List = [None]
+    trainer = fast_trainer(tmp_path, [eeg, stopper], max_epochs=5)
+    ref[0] = trainer
+    handle = zero_output_hook(model.net[2], ref, 60)  # epoch 1, batch 20
+    try:
+        trainer.fit(model)
+    finally:
+        handle.remove()
+    assert trainer.current_epoch == 2 and trainer.global_step == 80  # stopped after epoch 1, not 5
+    assert float(trainer.callback_metrics["nn_eeg/anomaly"]) == 1.0
+    assert float(trainer.callback_metrics["nn_eeg/anomaly_score"]) >= 1.0
+
+
+def test_anomaly_running_max_mode_gives_the_same_epoch_value(tmp_path):
+    values = {}
+    for every in (True, False):
+        model = MLPModule(n=8 * 40)
+        eeg = NNEEGCallback(log_anomaly_every_step=every)
+        ref: List = [None]
+        trainer = fast_trainer(tmp_path, [eeg], max_epochs=1, log_every_n_steps=10)
+        ref[0] = trainer
+        handle = zero_output_hook(model.net[2], ref, 25)
+        try:
+            trainer.fit(model)
+        finally:
+            handle.remove()
+        values[every] = {k: float(trainer.callback_metrics[k]) for k in ("nn_eeg/anomaly", "nn_eeg/anomaly_score")}
+    assert values[True] == values[False] and values[True]["nn_eeg/anomaly"] == 1.0
+
+
+# ---------------------------------------------------------------------------------------- mode mismatch
+class _LeftInTrainMode(MLPModule):
+    def on_validation_epoch_start(self):
+        self.net[4].train()  # a submodule left in training mode during validation
+
+
+@pytest.mark.parametrize(("model_cls", "expected"), [(MLPModule, 0), (_LeftInTrainMode, 1)])
+def test_state_mismatch_only_when_a_module_is_in_train_mode_during_validation(tmp_path, model_cls, expected):
+    model = model_cls(n=64, dropout=0.5)
+    eeg = NNEEGCallback()
+    trainer = fast_trainer(tmp_path, [eeg], max_epochs=2, num_sanity_val_steps=2)
+    trainer.fit(model)
+    mismatches = _events(eeg, "state_mismatch")
+    if expected:
+        assert [e.phase for e in mismatches] == ["sanity_check", "validate", "validate"]  # once per loop
+        assert {e.layer for e in mismatches} == {"net.4"}
+    else:
+        assert mismatches == [] and eeg.events == []
+
+
+# ---------------------------------------------------------------------------------------- host syncs
+def test_zero_host_syncs_in_non_logging_steps(tmp_path):
+    model = MLPModule(n=8 * 60)
+    eeg = NNEEGCallback(analysis_every_n_steps=1000)
+    opener = SyncCounterCallback(first=20, last=50)
+    trainer = fast_trainer(tmp_path, [opener, eeg, CloseSyncCounter(opener)], max_epochs=1, log_every_n_steps=1000)
+    trainer.fit(model)
+    assert len(opener.per_step) == 30
+    assert eeg._taps is not None and eeg.state_accuracy is not None
+    syncs = [c["_local_scalar_dense"] for c in opener.per_step]
+    assert syncs == [0] * 30
+    assert sum(c["abs"] for c in opener.per_step) >= 30 * 3  # the taps ran (one abs per layer per step)
+
+
+def test_at_most_two_aten_ops_per_tapped_layer_in_the_hook():
+    net = nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 2))
+    eeg = NNEEGCallback()
+    from nn_neuroimaging_lightning.taps import ActivityTaps, select_layers
+
+    taps = ActivityTaps(select_layers(net))
+    x = torch.randn(4, 8)
+    with torch.no_grad():
+        with OpCounter() as plain:
+            net(x)
+        taps.attach()
+        with OpCounter() as tapped:
+            net(x)
+        taps.detach()
+    per_layer = (tapped.total - plain.total) / 2
+    assert per_layer == 2  # abs, sum
+
+
+# ---------------------------------------------------------------------------------------- panels and events file
+def test_panels_in_event_files_and_events_jsonl(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    model = MLPModule(n=8 * 80)
+    logger = TensorBoardLogger(str(tmp_path), name="tb")
+    eeg = NNEEGCallback(analysis_every_n_steps=40)
+    ref: List = [None]
+    trainer = fast_trainer(tmp_path, [eeg], logger=logger, max_epochs=1, log_every_n_steps=20)
+    ref[0] = trainer
+    handle = zero_output_hook(model.net[2], ref, 70)
+    try:
+        trainer.fit(model)
+    finally:
+        handle.remove()
+    acc = EventAccumulator(logger.log_dir, size_guidance={"images": 0, "histograms": 0, "tensors": 0, "scalars": 0})
+    acc.Reload()
+    tags = acc.Tags()
+    assert "nn_eeg/net.0/band/gamma" in tags["scalars"] and "nn_eeg/anomaly_step" in tags["scalars"]
+    assert any(t.startswith("nn_eeg/net.2/spectrum") for t in tags["histograms"])
+    assert {"nn_eeg/spectrum", "nn_eeg/phase_timeline"} <= set(tags["images"])
+    assert any("spectrogram" in t for t in tags["images"])
+    assert any(t.startswith("nn_eeg/events") for t in tags["tensors"])
+    layout = acc.Tensors("custom_scalars__config__") if "custom_scalars__config__" in tags["tensors"] else None
+    assert layout, "custom scalars layout missing"
+    lines = open(os.path.join(logger.log_dir, "events.jsonl"), encoding="utf-8").read().splitlines()
+    parsed = [json.loads(line) for line in lines]
+    assert parsed and {p["kind"] for p in parsed} == {"collapse"} and parsed[0]["step"] == 70
+    assert set(parsed[0]) >= {"step", "phase", "layer", "kind", "value", "source"}
+    gamma = eeg.band_power("gamma")
+    rel = eeg.band_power("gamma", relative=True)
+    assert set(gamma) == set(LAYERS) and all(v >= 0 for v in gamma.values())
+    assert all(0.0 <= v <= 1.0 for v in rel.values())
+    assert sum(eeg.band_power(b, relative=True)["net.0"] for b in eeg.bands) == pytest.approx(1.0, abs=1e-5)
+    assert rel["net.0"] == pytest.approx(eeg.band_powers["net.0"]["gamma"], rel=1e-5)
+
+
+def test_no_tensorboard_logger_scalars_only(tmp_path):
+    eeg = NNEEGCallback(analysis_every_n_steps=35)  # the first window of 64 samples is there at step 70
+    trainer = fast_trainer(tmp_path, [eeg], max_steps=70, limit_val_batches=0)
+    trainer.fit(MLPModule(n=8 * 70))
+    assert eeg._noticed_no_tensorboard
+    assert "nn_eeg/net.0/band/delta" in trainer.callback_metrics
+
+
+# ---------------------------------------------------------------------------------------- checkpoints
+def test_checkpoint_round_trip_continues_the_signal(tmp_path):
+    model = MLPModule(n=8 * 20)
+    eeg = NNEEGCallback(state_window=4, min_history=4)
+    ckpt = ModelCheckpoint(dirpath=str(tmp_path / "ckpt"), save_last=True)
+    trainer = fast_trainer(tmp_path, [eeg, ckpt], max_epochs=1, enable_checkpointing=True, limit_val_batches=0)
+    trainer.fit(model)
+    old_signal = eeg.signal("net.2").clone()
+    old_hist = eeg._history.view(torch.device("cpu")).clone()
+    old_counts = eeg._label_counts.copy()
+    assert old_counts.sum() >= 4
+    eeg2 = NNEEGCallback(state_window=4, min_history=4)
+    trainer2 = fast_trainer(tmp_path, [eeg2, ModelCheckpoint(dirpath=str(tmp_path / "ckpt2"))], max_epochs=2,
+                            enable_checkpointing=True, limit_val_batches=0)
+    trainer2.fit(MLPModule(n=8 * 20), ckpt_path=str(tmp_path / "ckpt" / "last.ckpt"))
+    new_signal = eeg2.signal("net.2")
+    assert len(new_signal) == 40
+    torch.testing.assert_close(new_signal[:20], old_signal)
+    assert (eeg2._label_counts >= old_counts).all() and eeg2._label_counts.sum() > old_counts.sum()
+    assert eeg2.classifier.count is not None and float(eeg2.classifier.count.sum()) == eeg2._label_counts.sum()
+    assert eeg2._history.count == min(old_hist.shape[1] + 20, eeg2._history.size)
+    assert eeg2.steps[:20].tolist() == list(range(20)) and eeg2.steps[20:].tolist() == list(range(20, 40))
+
+
+# ---------------------------------------------------------------------------------------- hooks removed
+def test_no_hook_left_after_each_entry_point_and_after_an_exception(tmp_path):
+    model = MLPModule(n=32)
+    eeg = NNEEGCallback()
+    trainer = fast_trainer(tmp_path, [eeg], max_epochs=1)
+    trainer.fit(model)
+    assert LayerTaps.hook_count(model) == 0
+    for run in (trainer.validate, trainer.test, trainer.predict):
+        run(model)
+        assert LayerTaps.hook_count(model) == 0
+    model.fail_at = 2
+    with pytest.raises(RuntimeError, match="injected failure"):
+        fast_trainer(tmp_path, [eeg], max_epochs=1).fit(model)
+    assert LayerTaps.hook_count(model) == 0
+    exc = _events(eeg, "exception")
+    assert len(exc) == 1 and exc[0].phase == "error" and "injected failure" in exc[0].detail
+    lines = open(os.path.join(str(tmp_path), "events.jsonl"), encoding="utf-8").read().splitlines()
+    assert json.loads(lines[-1])["kind"] == "exception"
+
+
+def test_boring_model_runs_with_defaults(tmp_path):
+    eeg = NNEEGCallback()
+    trainer = fast_trainer(tmp_path, [eeg], max_steps=20, limit_val_batches=2)
+    trainer.fit(BoringModel())
+    assert eeg.layers == ["layer"] and len(eeg.signal("layer")) >= 20
+    assert eeg.events == []
+
+
+# ---------------------------------------------------------------------------------------- bad arguments and config
+@pytest.mark.parametrize(
+    ("kwargs", "name"),
+    [({"window": 1}, "window"), ({"nperseg": 256}, "nperseg"), ({"nperseg": 8}, "delta"),
+     ({"noverlap": 64}, "noverlap"), ({"fs": 0.0}, "fs"), ({"state_window": 2}, "state_window"),
+     ({"stop_on": ("nan",)}, "stop_on"), ({"explosion_z": -1.0}, "explosion_z"),
+     ({"collapse_ratio": 2.0}, "collapse_ratio"), ({"spectral_shift_threshold": 0.0}, "spectral_shift_threshold"),
+     ({"state_confidence": 1.5}, "state_confidence"), ({"min_history": 1}, "min_history"),
+     ({"idle_threshold": 0.0}, "idle_threshold"), ({"idle_max_samples": -1}, "idle_max_samples"),
+     ({"analysis_every_n_steps": 0}, "analysis_every_n_steps"), ({"output_selector": 3}, "output_selector"),
+     ({"max_events": 0}, "max_events"), ({"flag_history": 0}, "flag_history"),
+     ({"log_anomaly_every_step": "yes"}, "log_anomaly_every_step"), ({"bands": {"x": (150.0, 160.0)}}, "x")],
+)
+def test_bad_arguments_name_the_argument(kwargs, name):
+    with pytest.raises((ValueError, TypeError), match=name):
+        NNEEGCallback(**kwargs)
+
+
+def test_band_power_unknown_band_and_signal_errors():
+    eeg = NNEEGCallback()
+    with pytest.raises(ValueError, match="`band`"):
+        eeg.band_power("omega")
+    assert eeg.band_power("gamma") == {} and eeg.flagged_layers == frozenset()
+    with pytest.raises(RuntimeError, match="signal"):
+        eeg.signal("x")
+
+
+def test_from_config_yaml_and_config_is_one_to_one():
+    import dataclasses
+    import inspect
+
+    from nn_neuroimaging_lightning.config import PYTHON_ONLY, EEGConfig
+
+    eeg = NNEEGCallback.from_config(CONFIG)
+    assert eeg.stop_on == ("non_finite", "explosion") and eeg.window == 128 and eeg.nperseg == 64
+    params = [p for p in inspect.signature(NNEEGCallback.__init__).parameters if p != "self"]
+    fields = [f.name for f in dataclasses.fields(EEGConfig)]
+    assert sorted(fields + list(PYTHON_ONLY["NNEEGCallback"])) == sorted(params)
+    defaults = {p: v.default for p, v in inspect.signature(NNEEGCallback.__init__).parameters.items() if p != "self"}
+    for f in dataclasses.fields(EEGConfig):
+        default = f.default_factory() if f.default is dataclasses.MISSING else f.default
+        assert (list(defaults[f.name]) if isinstance(defaults[f.name], tuple) else defaults[f.name]) == default, f.name
+    import yaml  # noqa: F401  (pyyaml ships with omegaconf)
+
+    keys = [line.split(":")[0] for line in open(CONFIG, encoding="utf-8") if line[:1].isalpha()]
+    assert sorted(keys) == sorted(fields)
