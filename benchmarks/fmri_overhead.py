@@ -7,12 +7,17 @@ Three measures:
    with a bootstrap 95 % interval over the pairs.
 2. The callback's own self-time (``time.perf_counter_ns`` inside its hooks, the density reduction
    included) against the median step time.
-3. Zeta + tractography at the default schedule (once per validation epoch, default budget) over a
-   full training epoch of the demo, as a share of the epoch's wall time.
+3. Zeta + tractography at the default schedule (once per validation epoch, default time budget
+   ``zeta_time_fraction=0.05``) over several epochs of the demo (100 steps per epoch) and of a
+   4x larger epoch, as a share of the fit's wall time (validation included), with the zeta samples
+   each layer's window holds at the end; and, for comparison, the fixed-budget mode.
+4. The cost of one lesion value row with the inputs repeated ``K`` times against the upstream run
+   once and the target's output expanded (:class:`~nn_neuroimaging_lightning.lesion.LesionGame`).
 
 Usage::
 
-    .venv/bin/python benchmarks/fmri_overhead.py            # full
+    .venv/bin/python benchmarks/fmri_overhead.py            # full, 1 torch thread
+    .venv/bin/python benchmarks/fmri_overhead.py --threads 2
     .venv/bin/python benchmarks/fmri_overhead.py --quick    # a minute or so
 """
 
@@ -83,38 +88,82 @@ def ab_blocks(pairs: int, steps: int, warmup: int = 3):
     }
 
 
-def zeta_share(n_train: int, n_val: int):
+def zeta_share(n_train: int, n_val: int, epochs: int, **fmri_kw):
+    """Zeta + tractography at the default schedule over ``epochs`` epochs: share of the fit's wall time."""
     dm = DemoDataModule(batch_size=64, n_train=n_train, n_val=n_val)
-    fmri = NNfMRICallback(panels=False)
+    fmri = NNfMRICallback(panels=False, **fmri_kw)
     t0 = time.perf_counter()
-    _trainer([fmri], max_epochs=1, num_sanity_val_steps=0).fit(DemoClassifier(), dm)
-    epoch = time.perf_counter() - t0
+    _trainer([fmri], max_epochs=epochs, num_sanity_val_steps=0).fit(DemoClassifier(), dm)
+    total = time.perf_counter() - t0
     st = fmri.self_time
-    return {"epoch_s": epoch, "zeta_s": st["zeta_seconds"], "share": st["zeta_seconds"] / epoch,
-            "evaluations": st["zeta_evaluations"],
-            "rows": {k: v.n_evaluations for k, v in fmri.zeta.items()}}
+    samples = {k: int(v.stat_count) for k, v in fmri.zeta.items()}
+    return {"total_s": total, "zeta_s": st["zeta_seconds"], "share": st["zeta_seconds"] / total,
+            "evaluations": st["zeta_evaluations"], "samples": samples,
+            "layers": list(fmri.zeta_layers)}
+
+
+def lesion_rows(reps: int = 5):
+    """Seconds per value row (64-sample probe, 16 rows per forward) with and without the upstream expansion."""
+    from nn_neuroimaging_lightning.demo import ReferenceCNN
+    from nn_neuroimaging_lightning.lesion import LesionGame
+
+    torch.manual_seed(0)
+    net = ReferenceCNN()
+    x, y = torch.randn(64, 3, 32, 32), torch.randint(0, 10, (64,))
+    masks = torch.rand(32, 256) > 0.5
+    out = {}
+    for name in ("conv1", "conv2", "fc1"):
+        row = {}
+        for expand in (False, True):
+            game = LesionGame(net, getattr(net, name), x, y, grid=(8, 8, 4), expand=expand)
+            with game.session():
+                game(masks[:, : game.n_regions])  # warm-up (and the one-time check of the expansion)
+                ts = []
+                for _ in range(reps):
+                    t = time.perf_counter()
+                    game(masks[:, : game.n_regions])
+                    ts.append((time.perf_counter() - t) / masks.shape[0])
+            row[expand] = statistics.median(ts)
+        out[name] = row
+    return out
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer pairs and a smaller epoch")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch intra-op threads (default 1: on a shared machine, 2-thread OpenMP regions "
+                             "spin-wait for descheduled threads and single ops take 10-100x longer at random)")
     args = parser.parse_args()
+    torch.set_num_threads(args.threads)
     warnings.filterwarnings("ignore")
     torch.manual_seed(0)
     pairs, steps = (4, 15) if args.quick else (10, 40)
     ab = ab_blocks(pairs, steps)
-    n_train, n_val = (1280, 256) if args.quick else (6400, 2048)
-    z = zeta_share(n_train, n_val)
+    rows = lesion_rows()
+    epochs = 2 if args.quick else 5
+    demo = zeta_share(6400, 2048, epochs)
+    large = None if args.quick else zeta_share(25600, 2048, 2)
+    fixed = zeta_share(1280, 256, 1, zeta_time_fraction=None)
     print(f"\nNN-fMRI overhead, reference CNN, batch 64, CPU ({torch.get_num_threads()} threads)\n")
     print("| measure | value | target |")
     print("|---|---|---|")
     print(f"| step time without / with densities (median) | {ab['step_a_ms']:.2f} ms / {ab['step_b_ms']:.2f} ms | |")
     print(f"| A/B ratio, median of {pairs} interleaved pairs (95 % bootstrap CI) | {ab['ratio']:.4f} ({ab['ci'][0]:.4f}–{ab['ci'][1]:.4f}) | ≤ 1.03 |")
     print(f"| densities self-time / step time | {100 * ab['self_frac']:.2f} % | ≤ 3 % |")
-    print(f"| zeta + tractography at the default schedule / epoch ({n_train} train, {n_val} val samples) "
-          f"| {100 * z['share']:.1f} % ({z['zeta_s']:.2f} s of {z['epoch_s']:.2f} s, {z['evaluations']} evaluation) | ≤ 5 % |")
-    print(f"| value rows per layer (forwards of the 64-sample probe) | {z['rows']} | |")
-
+    for label, z in (("demo epoch (6400 train = 100 steps, 2048 val)", demo), ("larger epoch (25600 train = 400 steps, 2048 val)", large)):
+        if z is None:
+            continue
+        print(f"| zeta + tractography, default schedule (time mode, 5 %), {label}, {z['evaluations']} epochs "
+              f"| {100 * z['share']:.2f} % of the fit ({z['zeta_s']:.2f} s of {z['total_s']:.1f} s) | ≤ 5 % |")
+        print(f"| zeta samples in each layer's window after the fit ({label}) | {z['samples']} (layers {z['layers']}) | |")
+    print(f"| for comparison: fixed budget (`zeta_time_fraction=None`, 256 rows), 20-step epoch "
+          f"| {100 * fixed['share']:.1f} % ({fixed['zeta_s']:.2f} s of {fixed['total_s']:.1f} s) | |")
+    print("\nLesion value rows (64-sample probe, grid 8x8x4, 16 rows per forward): ms per row\n")
+    print("| layer | inputs repeated K times | upstream once, output expanded | speed-up |")
+    print("|---|---:|---:|---:|")
+    for name, row in rows.items():
+        print(f"| {name} | {1e3 * row[False]:.2f} | {1e3 * row[True]:.2f} | {row[False] / row[True]:.1f}× |")
 
 if __name__ == "__main__":
     main()

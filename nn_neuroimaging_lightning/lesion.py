@@ -6,10 +6,18 @@ This is the bridge between a model and the Shapley game of
 on a fixed probe batch with every region of one target module's output that is *outside* the
 coalition (mask False) replaced by a baseline, and returns the model's performance.
 
-* **Batched coalitions.** The probe inputs ``(B, ...)`` are repeated ``K`` times into one
-  ``(K*B, ...)`` batch (``K`` chunked so that ``K*B <= max_batch``); a forward hook on the target
-  module rewrites its ``(K*B, *units)`` output through the ``(K, R)`` masks expanded to units with
-  :func:`~nn_neuroimaging_lightning.functional.grid.grid_partition`.
+* **Batched coalitions.** ``K`` coalitions are evaluated in one forward of ``K*B`` samples (``K``
+  chunked so that ``K*B <= max_batch``). By default (``expand=True``, built-in metrics only) the
+  model runs on the ``B`` probe samples and a forward hook on the target module *expands* its
+  ``(B, *units)`` output to ``(K*B, *units)`` through the ``(K, R)`` masks (expanded to units with
+  :func:`~nn_neuroimaging_lightning.functional.grid.grid_partition`): everything upstream of the
+  target runs once per call instead of ``K`` times (on the reference CNN a row of ``relu2``
+  costs 0.26 ms instead of 7.1 ms, a row of ``conv1`` 3.3 ms instead of 7.1 ms). The first call
+  checks the expanded values against the plain path (the inputs repeated ``K`` times into one
+  ``(K*B, ...)`` batch); when the downstream fails on the shape (e.g. a skip connection adds an
+  upstream ``(B, ...)`` tensor) or the values differ, the game falls back to the plain path for
+  good. With ``B = 1`` (where a skip connection would broadcast silently) or a user ``value_fn``
+  (which sees the inputs) the plain path is always used.
 * **Baseline.** ``"zero"`` (a lesioned unit outputs 0) or ``"mean"`` (every unit of a lesioned
   region outputs the region's mean activation over the probe batch, measured once by an
   unlesioned forward).
@@ -128,6 +136,9 @@ class LesionGame:
             better), overriding ``metric``.
         output_selector: picks the tensor from the model's (and the target's) tuple/dict outputs.
         max_batch: most samples ``K*B`` in one forward (memory cap).
+        expand: run the upstream once per call and expand the target's output (see the module
+            docstring); ``False`` always repeats the inputs. :attr:`expanding` says which path is
+            in use.
 
     Raises:
         ValueError: for a bad ``baseline``/``metric``/``max_batch``, a ``target`` that is not a
@@ -157,6 +168,7 @@ class LesionGame:
         value_fn: Optional[UserValueFn] = None,
         output_selector: Optional[Callable[[Any], Tensor]] = None,
         max_batch: int = 1024,
+        expand: bool = True,
     ) -> None:
         if not isinstance(model, nn.Module) or not isinstance(target, nn.Module):
             raise TypeError(f"`model` and `target` must be nn.Modules, got {type(model).__name__} and {type(target).__name__}.")
@@ -197,6 +209,11 @@ class LesionGame:
         self.user_value_fn = value_fn
         self.output_selector = output_selector
         self.max_batch = max_batch
+        if not isinstance(expand, bool):
+            raise TypeError(f"`expand` must be a bool, got {expand!r}.")
+        # None: not yet verified (decided by the first call with K >= 2); True/False: decided.
+        self._expand: Optional[bool] = None if (expand and value_fn is None and self.batch > 1) else False
+        self._expanding_now = False
         self._active = 0
         self._masks: Optional[Tensor] = None  # (K, R) during a call
         self._k = 0
@@ -263,6 +280,11 @@ class LesionGame:
                 self._active = 0
 
     @property
+    def expanding(self) -> Optional[bool]:
+        """Whether calls expand the target's output (``None`` until the first multi-row call decides)."""
+        return self._expand
+
+    @property
     def rows_per_call(self) -> int:
         """Coalitions evaluated in one forward (``max_batch // B``, at least 1)."""
         return max(1, self.max_batch // self.batch)
@@ -288,6 +310,11 @@ class LesionGame:
 
     def _lesion(self, out: Tensor) -> Tensor:
         k = self._k
+        if self._expanding_now and tuple(out.shape) == (self.batch,) + self.unit_shape:
+            keep = self._masks.to(out.device)[:, self._index].unsqueeze(1)  # (K, 1, *units)
+            base = torch.zeros((), dtype=out.dtype, device=out.device) if self._base is None else self._base.to(out.dtype)
+            lesioned = torch.where(keep, out.unsqueeze(0), base)  # (K, B, *units): one write of the expanded output
+            return lesioned.reshape((k * self.batch,) + self.unit_shape)
         if tuple(out.shape) != (k * self.batch,) + self.unit_shape:
             raise ValueError(
                 f"the lesioned module's output has shape {tuple(out.shape)}, expected {(k * self.batch,) + self.unit_shape}"
@@ -304,9 +331,27 @@ class LesionGame:
 
     def _chunk(self, masks: Tensor) -> Tensor:
         k = masks.shape[0]
-        reps = (k,) + (1,) * (self.inputs.dim() - 1)
-        x = self.inputs.repeat(reps)  # (K*B, ...), row k*B + b
+        if k >= 2 and self._expand is not False:
+            try:
+                values = self._chunk_once(masks, expand=True)
+            except RuntimeError:  # the downstream cannot take a (K*B, ...) tensor meeting (B, ...) ones
+                values = None
+            if self._expand is None:
+                plain = self._chunk_once(masks[:2], expand=False)
+                ok = values is not None and bool(torch.allclose(values[:2], plain, rtol=1e-4, atol=1e-6))
+                self._expand = ok
+            if values is not None and self._expand:
+                return values
+        return self._chunk_once(masks, expand=False)
+
+    def _chunk_once(self, masks: Tensor, expand: bool) -> Tensor:
+        k = masks.shape[0]
         y = None if self.targets is None else self.targets.repeat((k,) + (1,) * (self.targets.dim() - 1))
+        if expand:
+            x = self.inputs  # (B, ...): the target's hook expands its output to K*B
+        else:
+            x = self.inputs.repeat((k,) + (1,) * (self.inputs.dim() - 1))  # (K*B, ...), row k*B + b
+        self._expanding_now = expand
         self._masks, self._k = masks, k
         handle = self.target.register_forward_hook(self._hook)
         try:
@@ -320,10 +365,12 @@ class LesionGame:
                 out = first_tensor(self.model(x), self.output_selector)
                 if out is None:
                     raise ValueError("the model's output holds no tensor; pass `output_selector`.")
+                if expand and out.shape[0] != k * self.batch:
+                    raise RuntimeError(f"expanded forward returned batch {out.shape[0]}, expected {k * self.batch}.")
                 per_sample = self._per_sample(out, y).reshape(k, self.batch)
         finally:
             handle.remove()
-            self._masks, self._k = None, 0
+            self._masks, self._k, self._expanding_now = None, 0, False
         return per_sample.mean(1)  # (K,)
 
     def _per_sample(self, out: Tensor, y: Tensor) -> Tensor:
@@ -349,6 +396,7 @@ def lesion_value_fn(
     label_selector: Optional[Callable[[Any], Tensor]] = None,
     output_selector: Optional[Callable[[Any], Tensor]] = None,
     max_batch: int = 1024,
+    expand: bool = True,
 ) -> LesionGame:
     """Build a :class:`LesionGame` from a Lightning-style batch ``(inputs, targets, ...)``.
 
@@ -368,6 +416,7 @@ def lesion_value_fn(
         label_selector: ``label_selector(batch) -> targets``.
         output_selector: picks the tensor from tuple/dict outputs.
         max_batch: most samples in one forward.
+        expand: run the upstream once per call (see :class:`LesionGame`).
 
     Returns:
         The game, a ``value_fn(masks) -> values`` for
@@ -384,7 +433,7 @@ def lesion_value_fn(
         torch.Size([1])
     """
     inputs, targets = split_batch(batch, label_selector)
-    return LesionGame(model, target, inputs, targets, grid, baseline, metric, value_fn, output_selector, max_batch)
+    return LesionGame(model, target, inputs, targets, grid, baseline, metric, value_fn, output_selector, max_batch, expand)
 
 
 def split_batch(batch: Any, label_selector: Optional[Callable[[Any], Tensor]] = None) -> Tuple[Tensor, Optional[Tensor]]:

@@ -41,6 +41,8 @@ FMRI_ANOMALY_KINDS: Tuple[str, ...] = ("dead_region", "saturated_region", "zeta_
 #: layer, to the minimum that gives two samples (``2 + 4 (R - 1)`` rows with antithetic pairs), so
 #: that a confidence interval exists; see the class docstring for the cost.
 DEFAULT_ZETA_BUDGET: int = 256
+#: Most zeta samples (antithetic pairs) one layer receives in one time-budgeted evaluation.
+MAX_SAMPLES_PER_EVALUATION: int = 128
 
 _ACTIVATION_OF = ((nn.ReLU, "relu"), (nn.Sigmoid, "sigmoid"), (nn.Tanh, "tanh"))
 
@@ -81,8 +83,19 @@ class NNfMRICallback(MonitorCallback):
 
     **Densities (every training step).** Each tapped layer's output is split into micro-regions
     (grid ``(g_h, g_w, g_c)`` over ``(H, W, C)``, ``(g_t, g_d)`` over tokens × hidden, ``(g_c,)`` over
-    features). Per step, one forward hook reduces the output to per-region sums of ``|a|``, ``a``
-    and ``a^2`` on its device (no host sync) and adds them to a window. Every
+    features). Per step, one forward hook reduces the output of the first ``density_samples``
+    samples of the batch (default 4; ``None``: all) to per-region sums of ``|a|``, ``a`` and ``a^2``
+    on its device (no host sync; the batch is reduced first, then the ``(3, units)`` partial sums
+    are scattered into regions) and adds them to a window. Decision: the density is a statistic of
+    the layer's activity *distribution*, not of one batch, so a fixed subsample of every batch
+    gives unbiased sums per sample (``E[|a|]``, ``E[a]``, ``E[a^2]``; the variance is then
+    consistent) and the window still pools ``4 x check_every_n_steps`` samples (200 at the default
+    50 steps). With shuffled loaders the first samples are a random subsample; with unshuffled
+    ones each batch still contributes different samples. On the reference CNN this cuts the
+    reduction of ``conv1``'s ``(64, 16, 28, 28)`` output from 1.27 ms to about 0.05 ms (0.085 ms
+    with 8 samples; one ``sum()`` of the whole output is 0.098 ms), and the densities' self-time
+    from 12-22 % to about 3-4 % of the step time on a loaded shared CPU (see
+    ``benchmarks/README.md``, ``fmri_overhead``). Every
     ``check_every_n_steps`` steps (default: the trainer's ``log_every_n_steps``) the window's
     density :math:`\phi(g) = \overline{|a|}_g + \lambda \log(\sigma^2_g + \epsilon)` is available
     as :attr:`density`, and each region's mean ``|a|`` is compared with its running baseline (an
@@ -97,9 +110,58 @@ class NNfMRICallback(MonitorCallback):
     (the first ``probe_size`` samples of the first validation batch seen, else of the first training
     batch; cloned once to CPU, re-taken after a resume): the value of a coalition is the model's
     performance with every other region lesioned (see :mod:`nn_neuroimaging_lightning.lesion`).
-    Permutations come from a ``torch.Generator`` seeded with ``seed + epoch``; under DDP every rank
-    evaluates its share and the sufficient statistics are summed across ranks, so every rank holds
-    the same scores. A layer whose zeta mass concentrates (``max|zeta| / sum|zeta|`` above
+    Permutations come from a ``torch.Generator`` seeded with ``seed``, the epoch and the evaluation
+    count (so no two evaluations repeat permutations); under DDP every rank evaluates its share and
+    the sufficient statistics are summed across ranks, so every rank holds the same scores.
+
+    *Cost and the time budget.* A permutation sample costs ``2 (R - 1)`` probe forwards (an
+    antithetic pair); with the default grid a conv layer has ``R = 256`` regions, so one sample is
+    510 forwards of ``probe_size`` samples, far more than 5 % of a 100-step epoch. Two modes:
+
+    * ``zeta_time_fraction=None`` (fixed budget, exact and reproducible; also used whenever no
+      training time has been measured yet, e.g. in ``trainer.validate``): every layer gets
+      ``zeta_budget`` value rows (at least two samples) at every evaluation.
+    * ``zeta_time_fraction=f`` (default 0.05, time mode): an evaluation may spend ``f`` times the
+      training wall time since the previous evaluation (``on_train_epoch_start`` to the start of
+      validation / the end of the training epoch, measured with ``perf_counter``), minus the
+      overhead (probe transfer, tractography) the previous evaluation spent outside the layers.
+      The layers are served cheapest-sample-first; each gets an equal share of what is left, and
+      draws as many whole samples (antithetic pairs, batched ``zeta_max_batch // probe_size`` rows
+      per forward) as its cost estimate (seconds per row, measured on the previous evaluation, or
+      calibrated on ``f(none)``/``f(all)`` the first time) affords, at most
+      :data:`MAX_SAMPLES_PER_EVALUATION`; in one process the samples run in chunks of about four
+      forwards with the clock checked (and the cost per row re-measured) before each chunk, so a
+      slower machine stops early instead of overrunning. A layer that cannot afford one sample skips the
+      evaluation (no forward at all) and *banks* its share, up to the cost of one sample, so that
+      a costly layer still gets a sample every few evaluations; a layer that overran carries the
+      debt; the unspent share of a satisfied layer goes to the next ones. The zeta time amortised
+      over training is so bounded by ``f`` (up to estimation error, corrected through the bank).
+      Under DDP rank 0's ledger decides (broadcast) and the ranks split the samples.
+
+    *Running estimate.* Each layer keeps the sufficient statistics (sum, sum of squares and count
+    of the per-sample marginals) of its last ``zeta_window`` evaluations (one entry per
+    evaluation, empty when the layer got no sample) and :attr:`zeta` reports their pooled mean,
+    Student-t interval and ``n_permutations``/``stat_count`` (how many samples back it). Decision:
+    a sliding window rather than an exponential decay, because it keeps the counts integer and the
+    interval exact in its own terms: the samples are independent and each is unbiased for the
+    Shapley value of the game of its own evaluation, so the interval covers the *average* of the
+    games (weights) of the window's evaluations, not the latest weights alone; the window bounds
+    that staleness to ``zeta_window`` evaluations and the memory to ``zeta_window x 2R`` numbers
+    per layer. A layer whose window holds no sample has no entry in :attr:`zeta` and
+    :attr:`zeta_max` (it is never reported as zero); one with a single sample has an infinite
+    interval. Consequence on the demo (``benchmarks/fmri_overhead.py``): at 5 % of 100-step
+    epochs the fully connected layers get several samples per epoch, while ``conv2`` (R = 256)
+    gets one every few epochs and ``conv1`` (its downstream forwards cost ~15x more) far fewer,
+    so their windows are mostly empty. For conv layers raise ``zeta_time_fraction``, coarsen the
+    grid, lower ``probe_size`` or name fewer ``zeta_layers``.
+
+    *Upstream saving.* The lesion forwards run the model on the ``B`` probe samples and expand the
+    target's output to ``K x B`` inside its forward hook (:class:`~nn_neuroimaging_lightning.lesion.LesionGame`,
+    checked against the plain path once, falling back to repeated inputs when the downstream
+    fails on the shape); everything upstream of the target runs once per forward instead of ``K``
+    times.
+
+    A layer whose zeta mass concentrates (``max|zeta| / sum|zeta|`` above
     ``zeta_concentration``) raises ``zeta_concentration``.
 
     **Tractography (same schedule).** One forward on the probe captures each tapped module's input
@@ -114,9 +176,6 @@ class NNfMRICallback(MonitorCallback):
     streams, and restores the modules' modes and buffers: a run's losses and weights are the same
     with and without this callback.
 
-    Cost: a zeta evaluation is about ``zeta_budget`` (or ``2 + 4 (R - 1)``, whichever is larger)
-    probe forwards per zeta layer. Lower ``zeta_budget``, restrict ``zeta_layers`` or raise
-    ``zeta_every_n_epochs`` on large models.
 
     Args:
         layers: modules to tap (see :func:`~nn_neuroimaging_lightning.taps.select_layers`).
@@ -126,11 +185,17 @@ class NNfMRICallback(MonitorCallback):
         eps: variance floor of the density.
         check_every_n_steps: training steps per density window / anomaly check (``None``: the
             trainer's ``log_every_n_steps``).
+        density_samples: samples of each training batch reduced for the densities (the first
+            ones; ``None``: the whole batch).
         min_history: density windows in a region's baseline before it is judged.
         zeta_every_n_epochs: epochs between zeta evaluations.
         zeta_layers: layers whose regions are scored (``None``: the tapped layers; same forms as
             ``layers``).
-        zeta_budget: value rows (probe forwards) per layer and evaluation.
+        zeta_budget: fixed mode: value rows (probe forwards) per layer and evaluation (raised to
+            two samples).
+        zeta_time_fraction: time mode: share of the training time since the previous evaluation
+            that an evaluation may spend (``None``: fixed mode).
+        zeta_window: evaluations whose samples make up each layer's running estimate.
         probe_size: samples of the probe batch.
         baseline: lesion baseline, ``"zero"`` or ``"mean"`` (the region's mean over the probe).
         metric: ``"auto"`` (minus cross-entropy for integer labels, else minus MSE),
@@ -160,9 +225,9 @@ class NNfMRICallback(MonitorCallback):
 
     Example::
 
-        >>> fmri = NNfMRICallback(grid=(4, 4, 2), zeta_budget=64)
-        >>> fmri.grid, fmri.zeta_budget
-        ((4, 4, 2), 64)
+        >>> fmri = NNfMRICallback(grid=(4, 4, 2), zeta_budget=64, zeta_time_fraction=None)
+        >>> fmri.grid, fmri.zeta_budget, fmri.zeta_time_fraction, fmri.density_samples
+        ((4, 4, 2), 64, None, 4)
     """
 
     source = "nn_fmri"
@@ -175,10 +240,13 @@ class NNfMRICallback(MonitorCallback):
         lam: float = DEFAULT_LAMBDA,
         eps: float = DEFAULT_EPS,
         check_every_n_steps: Optional[int] = None,
+        density_samples: Optional[int] = 4,
         min_history: int = 2,
         zeta_every_n_epochs: int = 1,
         zeta_layers: LayerSelector = None,
         zeta_budget: int = DEFAULT_ZETA_BUDGET,
+        zeta_time_fraction: Optional[float] = 0.05,
+        zeta_window: int = 8,
         probe_size: int = 64,
         baseline: str = "zero",
         metric: str = "auto",
@@ -208,10 +276,17 @@ class NNfMRICallback(MonitorCallback):
         if check_every_n_steps is not None:
             V.check_int("check_every_n_steps", check_every_n_steps, 1)
         self.check_every_n_steps = check_every_n_steps
+        if density_samples is not None:
+            V.check_int("density_samples", density_samples, 1)
+        self.density_samples = density_samples
         self.min_history = V.check_int("min_history", min_history, 1)
         self.zeta_every_n_epochs = V.check_int("zeta_every_n_epochs", zeta_every_n_epochs, 1)
         self.zeta_selection = zeta_layers
         self.zeta_budget = V.check_int("zeta_budget", zeta_budget, 4)
+        if zeta_time_fraction is not None:
+            V.check_float("zeta_time_fraction", zeta_time_fraction, 0.0, 1.0, strict_min=True)
+        self.zeta_time_fraction = zeta_time_fraction
+        self.zeta_window = V.check_int("zeta_window", zeta_window, 1)
         self.probe_size = V.check_int("probe_size", probe_size, 1)
         self.baseline = V.check_choice("baseline", baseline, BASELINES)
         self.metric = V.check_choice("metric", metric, METRICS)
@@ -259,6 +334,19 @@ class NNfMRICallback(MonitorCallback):
         self._warned_clamp: set = set()
         self._warned_budget: set = set()
         self._zeta: Dict[str, ZetaResult] = {}
+        # per zeta layer: sufficient statistics of the last `zeta_window` evaluations (None = no samples)
+        self._zeta_stats: Dict[str, Deque[Optional[Tuple[Tensor, Tensor, int, int, int]]]] = {}
+        self._zeta_grid: Dict[str, Tuple[int, ...]] = {}
+        # time-budget ledger (seconds): per-layer savings, per-row and set-up costs, overhead debt
+        self._zeta_bank: Dict[str, float] = {}
+        self._row_cost: Dict[str, float] = {}
+        self._setup_cost: Dict[str, float] = {}
+        self._rows_per_sample: Dict[str, int] = {}
+        self._overhead_debt = 0.0
+        self._train_elapsed = 0.0  # training wall time since the previous zeta evaluation
+        self._train_t0: Optional[float] = None
+        self._index_cache: Dict[Tuple[Tuple[int, ...], torch.device], Tuple[Tensor, int]] = {}
+        self.last_zeta_plan: Dict[str, Dict[str, float]] = {}
         self.zeta_max: Dict[str, float] = {}
         self._zeta_flagged: FrozenSet[str] = frozenset()
         self._density_flagged: FrozenSet[str] = frozenset()
@@ -365,15 +453,22 @@ class NNfMRICallback(MonitorCallback):
             writer.flush()
 
     # ------------------------------------------------------------------ per step
-    def _reduce(self, t: Tensor) -> Optional[Tuple[Tensor, Tuple[int, ...]]]:
+    def _reduce(self, t: Tensor) -> Optional[Tuple[Tensor, Tuple[int, ...], int]]:
         t0 = time.perf_counter_ns()
         if not 2 <= t.dim() <= 4 or t.is_complex():
             return None
         shape = tuple(t.shape)
-        index, _, g = _partition(shape, self.grid, t.device)
-        sums = region_sums(t, index, math.prod(g))  # (R, 3)
+        key = (shape[1:], t.device)
+        hit = self._index_cache.get(key)
+        if hit is None:
+            index, _, g = _partition(shape, self.grid, t.device)
+            if len(self._index_cache) >= 64:
+                self._index_cache.clear()
+            hit = self._index_cache[key] = (index, math.prod(g))
+        n = shape[0] if self.density_samples is None else min(self.density_samples, shape[0])
+        sums = region_sums(t[:n], hit[0], hit[1])  # (R, 3) over the first n samples only
         self._self_time_ns += time.perf_counter_ns() - t0
-        return sums, shape
+        return sums, shape, n
 
     def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int) -> None:
         if self._probe is None:
@@ -397,7 +492,7 @@ class NNfMRICallback(MonitorCallback):
                 if call is None:
                     self._unsupported.add(self._taps.names[i])
                     continue
-                sums, shape = call
+                sums, shape, n_used = call
                 if self._shape[i] != shape[1:]:
                     g, clamped = resolve_grid(shape, self.grid)
                     if clamped and self._taps.names[i] not in self._warned_clamp:
@@ -406,10 +501,10 @@ class NNfMRICallback(MonitorCallback):
                     self._acc[i], self._acc_n[i] = None, 0
                     self._base[i], self._windows[i], self._flag_state[i] = None, 0, None
                 if self._acc[i] is None:
-                    self._acc[i] = sums.clone()
+                    self._acc[i] = sums  # a fresh tensor from region_sums: owned, no copy needed
                 else:
                     self._acc[i] += sums
-                self._acc_n[i] += shape[0]
+                self._acc_n[i] += n_used
         self._warn_clamped(new_clamped)
         every = self.check_every_n_steps or max(trainer.log_every_n_steps, 1)
         if self._train_batches % every == 0:
@@ -538,14 +633,28 @@ class NNfMRICallback(MonitorCallback):
         return x.to(dev), (None if y is None else y.to(dev))
 
     # ------------------------------------------------------------------ zeta schedule
+    def _pause_train_clock(self) -> None:
+        if self._train_t0 is not None:
+            self._train_elapsed += time.perf_counter() - self._train_t0
+            self._train_t0 = None
+
+    def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._train_t0 = time.perf_counter()
+
+    def on_validation_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if not trainer.sanity_checking:
+            self._pause_train_clock()
+
     def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if trainer.sanity_checking or self._taps is None:
             return
-        if trainer.state.fn == "fit" and (trainer.current_epoch + 1) % self.zeta_every_n_epochs:
-            return
-        self._evaluate(trainer, pl_module)
+        if not (trainer.state.fn == "fit" and (trainer.current_epoch + 1) % self.zeta_every_n_epochs):
+            self._evaluate(trainer, pl_module)
+        if trainer.state.fn == "fit":
+            self._train_t0 = time.perf_counter()  # training may go on in this epoch (val_check_interval < 1)
 
     def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._pause_train_clock()
         if self._taps is None:
             return
         has_val = bool(trainer.num_val_batches) and sum(trainer.num_val_batches) > 0
@@ -560,11 +669,20 @@ class NNfMRICallback(MonitorCallback):
             rank_zero_warn("NNfMRICallback: no probe batch has been seen yet (batches must be tensors or (inputs, targets, ...)); zeta skipped.")
             return
         self._zeta_epoch = trainer.current_epoch
-        events = self.compute_zeta(pl_module, probe, epoch=trainer.current_epoch, trainer=trainer)
+        allowance = None
+        if self.zeta_time_fraction is not None and self._train_elapsed > 0:
+            allowance = self.zeta_time_fraction * self._train_elapsed - self._overhead_debt
+        self._train_elapsed = 0.0
+        events = self.compute_zeta(pl_module, probe, epoch=trainer.current_epoch, trainer=trainer, time_budget_s=allowance)
         if self.tractography:
             self.compute_tractography(pl_module, probe[0])
         self.zeta_evaluations += 1
-        self._zeta_time_s += time.perf_counter() - t0
+        elapsed = time.perf_counter() - t0
+        self._zeta_time_s += elapsed
+        if allowance is not None:
+            # what the layers' ledgers did not account for (probe transfer, tractography, bookkeeping)
+            layer_spent = sum(p["spent_s"] for p in self.last_zeta_plan.values())
+            self._overhead_debt = max(elapsed - layer_spent, 0.0)
         on_step = False
         for name in self._zeta_names:
             if name in self.zeta_max:
@@ -578,10 +696,13 @@ class NNfMRICallback(MonitorCallback):
         self._maybe_stop(trainer, events)
 
     def compute_zeta(self, pl_module: nn.Module, probe: Tuple[Tensor, Optional[Tensor]], epoch: int = 0,
-                     trainer: Optional[Trainer] = None) -> List[AnomalyEvent]:
+                     trainer: Optional[Trainer] = None, time_budget_s: Optional[float] = None) -> List[AnomalyEvent]:
         """Estimate zeta for every zeta layer on ``probe`` (``(inputs, targets)``); fills :attr:`zeta`.
 
-        Returns the ``zeta_concentration`` events (not yet recorded).
+        With ``time_budget_s=None`` every layer gets ``zeta_budget`` value rows; otherwise the
+        layers share ``time_budget_s`` seconds (see the class docstring). The new samples join each
+        layer's window of the last ``zeta_window`` evaluations. Returns the ``zeta_concentration``
+        events (not yet recorded).
         """
         world = trainer.world_size if trainer is not None else 1
         rank = trainer.global_rank if trainer is not None else 0
@@ -590,45 +711,160 @@ class NNfMRICallback(MonitorCallback):
         events: List[AnomalyEvent] = []
         flagged = set()
         group = 2 if self.antithetic else 1
-        for name in self._zeta_names:
-            module = self._modules_all[name]
-            game = LesionGame(pl_module, module, x, y, self.grid, self.baseline, self.metric, self.value_fn,
-                              self.output_selector, self.zeta_max_batch)
-            if game.clamped and name not in self._warned_clamp:
-                self._warn_clamped([(name, (x.shape[0],) + game.unit_shape, game.grid)])
-            r = game.n_regions
-            budget = self.zeta_budget
-            need = 2 + 2 * group * max(r - 1, 1)
-            if budget < need:
-                if name not in self._warned_budget:
-                    self._warned_budget.add(name)
-                    rank_zero_warn(f"NNfMRICallback: `zeta_budget`={self.zeta_budget} gives fewer than 2 samples for `{name}` ({r} regions); using {need} rows.")
-                budget = need
-            generator = torch.Generator().manual_seed(self.seed + int(epoch))
-            with game.session():
-                res = shapley_zeta(game, r, budget=budget, batch_size=game.rows_per_call, antithetic=self.antithetic,
-                                   truncation_tol=self.truncation_tol, generator=generator, confidence=self.confidence,
-                                   rank=rank, world_size=world)
-            stats = torch.cat([res.stat_sum, res.stat_sum_sq,
-                               torch.tensor([res.stat_count, res.n_permutations, res.n_evaluations], dtype=res.stat_sum.dtype)])
-            if world > 1:
-                dev = pl_module.device if hasattr(pl_module, "device") else torch.device("cpu")
-                stats = trainer.strategy.reduce(stats.to(dev), reduce_op="sum").cpu()
-            count, n_perm, n_eval = (int(round(float(v))) for v in stats[2 * r:])
-            merged = _zeta_from_stats(stats[:r], stats[r:2 * r], count, self.confidence, n_perm, n_eval)
-            self._zeta[name] = merged.reshape(game.grid)
-            scores = merged.scores
-            self.zeta_max[name] = float(scores.max())
+        timed = time_budget_s is not None
+        pool = float(time_budget_s) if timed else 0.0
+        # cheapest known sample first, so that unspent shares of satisfied layers flow to dearer ones
+        order = sorted(self._zeta_names, key=lambda n: self._sample_cost(n))
+        base_seed = (self.seed * 1_000_003 + int(epoch) * 1009 + self.zeta_evaluations) % (2**62)
+        self.last_zeta_plan = {}
+        for pos, name in enumerate(order):
+            t_layer = time.perf_counter()
+            share = pool / (len(order) - pos) if timed else 0.0
+            avail = self._zeta_bank.get(name, 0.0) + share
+            skip = timed and name in self._rows_per_sample and self._sample_cost(name) > avail
+            if timed and world > 1:
+                skip = bool(trainer.strategy.broadcast(skip, src=0))  # rank 0's ledger decides for all
+            if skip:
+                n_samples, game, res = 0, None, None  # cannot afford a sample yet: save the share
+            else:
+                module = self._modules_all[name]
+                game = LesionGame(pl_module, module, x, y, self.grid, self.baseline, self.metric, self.value_fn,
+                                  self.output_selector, self.zeta_max_batch)
+                setup = time.perf_counter() - t_layer
+                if game.clamped and name not in self._warned_clamp:
+                    self._warn_clamped([(name, (x.shape[0],) + game.unit_shape, game.grid)])
+                r = game.n_regions
+                rows = group * max(r - 1, 1)
+                self._rows_per_sample[name] = rows
+                self._setup_cost[name] = setup
+                if timed and name not in self._row_cost:
+                    # first evaluation of this layer: calibrate the cost of a row on f(none), f(all) (the
+                    # first call settles the game's upstream expansion, so time the second). A 2-row call
+                    # over-estimates a row (the upstream runs once per call); the anytime loop re-measures.
+                    ends = (torch.arange(2) == 1)[:, None].expand(2, r)
+                    with game.session():
+                        game(ends)
+                        t_cal = time.perf_counter()
+                        game(ends)
+                    self._row_cost[name] = (time.perf_counter() - t_cal) / 2
+                self._row_cost.setdefault(name, setup)
+                if timed:
+                    per_row = self._row_cost[name]
+                    spent_so_far = time.perf_counter() - t_layer  # set-up and calibration
+                    n_samples = int(max(avail - spent_so_far - 2 * per_row, 0.0) // (rows * per_row)) * world
+                    n_samples = min(n_samples, MAX_SAMPLES_PER_EVALUATION)
+                    if world > 1:
+                        n_samples = int(trainer.strategy.broadcast(n_samples, src=0))  # every rank plays the same plan
+                else:
+                    budget = self.zeta_budget
+                    need = 2 + 2 * rows
+                    if budget < need:
+                        if name not in self._warned_budget:
+                            self._warned_budget.add(name)
+                            rank_zero_warn(f"NNfMRICallback: `zeta_budget`={self.zeta_budget} gives fewer than 2 samples for `{name}` ({r} regions); using {need} rows.")
+                        budget = need
+                    n_samples = ((budget - 2) // max(r - 1, 1)) // group
+                res = None
+                generator = torch.Generator().manual_seed(base_seed + 7919 * self._zeta_names.index(name))
+                run = dict(batch_size=game.rows_per_call, antithetic=self.antithetic, truncation_tol=self.truncation_tol,
+                           generator=generator, confidence=self.confidence)
+                if timed and world == 1 and n_samples > 0:
+                    # anytime: chunks of whole samples (about 4 forwards each), the clock checked before each
+                    # chunk against the measured cost per row, so a slow machine stops early rather than overrun
+                    chunk = max(1, (4 * game.rows_per_call) // rows)
+                    parts: List[ZetaResult] = []
+                    done = 0
+                    with game.session():
+                        while done < MAX_SAMPLES_PER_EVALUATION:
+                            left = avail - (time.perf_counter() - t_layer) - 2 * self._row_cost[name]
+                            k = min(chunk, MAX_SAMPLES_PER_EVALUATION - done, int(max(left, 0.0) // (rows * self._row_cost[name])))
+                            if k < 1:
+                                break
+                            t_run = time.perf_counter()
+                            part = shapley_zeta(game, r, n_permutations=k * group, **run)
+                            self._row_cost[name] = (time.perf_counter() - t_run) / part.n_evaluations
+                            parts.append(part)
+                            done += k
+                    n_samples = done
+                    if parts:
+                        res = _zeta_from_stats(torch.stack([q.stat_sum for q in parts]).sum(0),
+                                               torch.stack([q.stat_sum_sq for q in parts]).sum(0),
+                                               sum(q.stat_count for q in parts), self.confidence,
+                                               sum(q.n_permutations for q in parts), sum(q.n_evaluations for q in parts))
+                elif n_samples > 0:
+                    t_run = time.perf_counter()
+                    with game.session():
+                        res = shapley_zeta(game, r, n_permutations=n_samples * group, rank=rank, world_size=world, **run)
+                    if res.n_evaluations > 0:
+                        self._row_cost[name] = (time.perf_counter() - t_run) / res.n_evaluations
+            spent = time.perf_counter() - t_layer
+            if timed:
+                remaining = avail - spent
+                satisfied = n_samples >= MAX_SAMPLES_PER_EVALUATION
+                keep = min(remaining, 0.0 if satisfied else self._sample_cost(name))  # savings, or a debt
+                self._zeta_bank[name] = keep
+                pool = pool - share + (remaining - keep)
+            self.last_zeta_plan[name] = {"samples": n_samples, "spent_s": spent, "allowance_s": avail,
+                                         "bank_s": self._zeta_bank.get(name, 0.0)}
+            self._push_zeta_stats(name, res, game, trainer, world, pl_module)
+            merged = self._zeta.get(name)
+            if merged is None or self._zeta_stats[name][-1] is None:
+                continue
+            scores = merged.scores.reshape(-1)
             total = float(scores.abs().sum())
+            r = scores.numel()
             if r > 1 and total > 0:
                 conc = float(scores.abs().max()) / total
                 if conc > self.zeta_concentration:
                     flagged.add(name)
                     top = int(scores.abs().argmax())
                     events.append(AnomalyEvent(step, "validate", name, "zeta_concentration", conc, self.source,
-                                               detail=f"max|zeta|/sum|zeta| = {conc:.3g} at region {self._coords(game.grid, top)}"))
+                                               detail=f"max|zeta|/sum|zeta| = {conc:.3g} at region {self._coords(tuple(merged.scores.shape), top)}"))
         self._zeta_flagged = frozenset(flagged)
         return events
+
+    def _sample_cost(self, name: str) -> float:
+        """Estimated seconds for one zeta sample of ``name`` (set-up and ``f(all)``/``f(none)`` included); 0 if unknown."""
+        if name not in self._rows_per_sample:
+            return 0.0
+        per_row = self._row_cost.get(name, 0.0)
+        return self._setup_cost.get(name, 0.0) + (self._rows_per_sample[name] + 2) * per_row
+
+    def _push_zeta_stats(self, name: str, res: Optional[ZetaResult], game: Optional[LesionGame],
+                         trainer: Optional[Trainer], world: int, pl_module: nn.Module) -> None:
+        """Add this evaluation's samples (merged across ranks) to the layer's window and refresh :attr:`zeta`."""
+        window = self._zeta_stats.get(name)
+        if game is not None and self._zeta_grid.get(name) != game.grid:
+            window = None  # a new grid: earlier statistics are about other players
+            self._zeta_grid[name] = game.grid
+        if window is None or window.maxlen != self.zeta_window:
+            window = deque(window or (), maxlen=self.zeta_window)
+            self._zeta_stats[name] = window
+        entry = None
+        if res is not None:
+            r = res.stat_sum.numel()
+            stats = torch.cat([res.stat_sum, res.stat_sum_sq,
+                               torch.tensor([res.stat_count, res.n_permutations, res.n_evaluations], dtype=res.stat_sum.dtype)])
+            if world > 1:
+                dev = pl_module.device if hasattr(pl_module, "device") else torch.device("cpu")
+                stats = trainer.strategy.reduce(stats.to(dev), reduce_op="sum").cpu()
+            count, n_perm, n_eval = (int(round(float(v))) for v in stats[2 * r:])
+            entry = (stats[:r].clone(), stats[r:2 * r].clone(), count, n_perm, n_eval)
+        window.append(entry)
+        self._refresh_zeta(name)
+
+    def _refresh_zeta(self, name: str) -> None:
+        entries = [e for e in self._zeta_stats.get(name, ()) if e is not None]
+        if not entries or name not in self._zeta_grid:
+            self._zeta.pop(name, None)
+            self.zeta_max.pop(name, None)
+            return
+        stat_sum = torch.stack([e[0] for e in entries]).sum(0)
+        stat_sum_sq = torch.stack([e[1] for e in entries]).sum(0)
+        merged = _zeta_from_stats(stat_sum, stat_sum_sq, sum(e[2] for e in entries), self.confidence,
+                                  sum(e[3] for e in entries), sum(e[4] for e in entries))
+        self._zeta[name] = merged.reshape(self._zeta_grid[name])
+        self.zeta_max[name] = float(merged.scores.max())
 
     # ------------------------------------------------------------------ tractography
     def compute_tractography(self, pl_module: nn.Module, inputs: Tensor) -> Dict[Tuple[str, str], TractInfo]:
@@ -805,9 +1041,11 @@ class NNfMRICallback(MonitorCallback):
             "base": [cpu(t) for t in self._base],
             "windows": list(self._windows),
             "flag_state": [None if f is None else torch.from_numpy(f.copy()) for f in self._flag_state],
-            "zeta": {k: {"stat_sum": cpu(v.stat_sum), "stat_sum_sq": cpu(v.stat_sum_sq), "count": int(v.stat_count),
-                         "n_permutations": int(v.n_permutations), "n_evaluations": int(v.n_evaluations),
-                         "grid": tuple(v.scores.shape), "confidence": v.confidence} for k, v in self._zeta.items()},
+            "zeta_stats": {k: {"grid": tuple(self._zeta_grid[k]),
+                               "window": [None if e is None else (cpu(e[0]), cpu(e[1]), e[2], e[3], e[4]) for e in w]}
+                           for k, w in self._zeta_stats.items() if k in self._zeta_grid},
+            "zeta_ledger": {"bank": dict(self._zeta_bank), "row_cost": dict(self._row_cost), "setup_cost": dict(self._setup_cost),
+                            "rows_per_sample": dict(self._rows_per_sample), "overhead_debt": self._overhead_debt},
             "zeta_max": dict(self.zeta_max),
             "train_batches": self._train_batches,
             "zeta_evaluations": self.zeta_evaluations,
@@ -836,11 +1074,17 @@ class NNfMRICallback(MonitorCallback):
             self._flag_state = [None if f is None else f.numpy().astype(bool) for f in state.get("flag_state", [None] * n)]
         elif saved is not None:
             rank_zero_warn(f"NNfMRICallback: checkpoint layers {saved} differ from the tapped layers {self._taps.names}; density baselines not restored.")
-        for name, z in dict(state.get("zeta", {})).items():
-            res = _zeta_from_stats(z["stat_sum"], z["stat_sum_sq"], int(z["count"]), float(z.get("confidence", self.confidence)),
-                                   int(z.get("n_permutations", 0)), int(z.get("n_evaluations", 0)))
-            self._zeta[name] = res.reshape(tuple(z["grid"]))
-        self.zeta_max = dict(state.get("zeta_max", {}))
+        for name, z in dict(state.get("zeta_stats", {})).items():
+            self._zeta_grid[name] = tuple(z["grid"])
+            self._zeta_stats[name] = deque([None if e is None else (e[0], e[1], int(e[2]), int(e[3]), int(e[4])) for e in z["window"]],
+                                           maxlen=self.zeta_window)
+            self._refresh_zeta(name)
+        ledger = dict(state.get("zeta_ledger", {}))
+        self._zeta_bank = dict(ledger.get("bank", {}))
+        self._row_cost = dict(ledger.get("row_cost", {}))
+        self._setup_cost = dict(ledger.get("setup_cost", {}))
+        self._rows_per_sample = dict(ledger.get("rows_per_sample", {}))
+        self._overhead_debt = float(ledger.get("overhead_debt", 0.0))
         self._train_batches = int(state.get("train_batches", 0))
         self.zeta_evaluations = int(state.get("zeta_evaluations", 0))
         self.flag_history.clear()

@@ -281,7 +281,11 @@ def region_sums(activation: Tensor, region_index: Tensor, n_regions: int) -> Ten
     if x.dtype != torch.float32 and x.dtype != torch.float64:
         x = x.float()
     x = x.reshape(x.shape[0], -1)  # (B, U)
-    per_unit = torch.stack([x.abs().sum(0), x.sum(0), x.square().sum(0)]).float()  # (3, U)
+    per_unit = torch.empty(3, x.shape[1], dtype=x.dtype, device=x.device)  # (3, U), written in place
+    torch.sum(x.abs(), 0, out=per_unit[0])
+    torch.sum(x, 0, out=per_unit[1])
+    torch.sum(x.square(), 0, out=per_unit[2])
+    per_unit = per_unit.float()  # no-op for float32
     idx = region_index.reshape(1, -1).expand(3, -1)
     out = torch.zeros(3, n_regions, dtype=torch.float32, device=x.device)
     out.scatter_add_(1, idx, per_unit)

@@ -72,7 +72,7 @@ def _trainer(tmp_path, callbacks, **kw):
 
 
 def _callbacks(**xm):
-    return [NNEEGCallback(), NNfMRICallback(grid=(1, 1, 4), zeta_budget=64, probe_size=32), CrossModalCallback(**xm)]
+    return [NNEEGCallback(), NNfMRICallback(grid=(1, 1, 4), zeta_budget=64, probe_size=32, zeta_time_fraction=None), CrossModalCallback(**xm)]
 
 
 @pytest.mark.parametrize("missing", ["NNEEGCallback", "NNfMRICallback"])

@@ -142,7 +142,7 @@ def _seeded_run(tmp_path, with_callback: bool):
     cbs = [rec]
     fmri = None
     if with_callback:
-        fmri = NNfMRICallback(grid=(2, 2, 2), zeta_budget=16, probe_size=8, baseline="mean")
+        fmri = NNfMRICallback(grid=(2, 2, 2), zeta_budget=16, zeta_time_fraction=None, probe_size=8, baseline="mean")
         cbs.append(fmri)
     train, val = loaders()
     trainer(tmp_path, cbs, max_epochs=3, deterministic=True).fit(model, train, val)
@@ -165,7 +165,7 @@ def test_no_observer_effect_bitwise(tmp_path):
 
 # ---------------------------------------------------------------------------------- densities, tractography
 def test_density_and_tractography(tmp_path):
-    fmri = NNfMRICallback(grid=(2, 2, 2), zeta_budget=16, probe_size=8, top_k=3)
+    fmri = NNfMRICallback(grid=(2, 2, 2), zeta_budget=16, zeta_time_fraction=None, probe_size=8, top_k=3)
     train, val = loaders()
     trainer(tmp_path, [fmri], max_epochs=1).fit(TinyCNN(), train, val)
     dens = fmri.density
@@ -208,7 +208,7 @@ def test_tractography_across_pooling_is_proportional_or_untraced():
 def test_panels_in_event_files(tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    fmri = NNfMRICallback(grid=(2, 2, 2), zeta_budget=16, probe_size=8)
+    fmri = NNfMRICallback(grid=(2, 2, 2), zeta_budget=16, zeta_time_fraction=None, probe_size=8)
     train, val = loaders()
     tr = trainer(tmp_path, [fmri], max_epochs=1)
     tr.fit(TinyCNN(), train, val)
@@ -269,7 +269,7 @@ def test_stop_on_dead_region(tmp_path):
 def test_hooks_removed_after_fit_validate_and_exception(tmp_path):
     model = TinyCNN()
     train, val = loaders()
-    fmri = NNfMRICallback(grid=(2, 2, 2), zeta_budget=16, probe_size=8)
+    fmri = NNfMRICallback(grid=(2, 2, 2), zeta_budget=16, zeta_time_fraction=None, probe_size=8)
     trainer(tmp_path / "a", [fmri], max_epochs=1).fit(model, train, val)
     assert LayerTaps.hook_count(model) == 0
     trainer(tmp_path / "b", [fmri]).validate(model, val, verbose=False)
@@ -329,7 +329,7 @@ def test_unknown_layer_lists_available(tmp_path):
 
 
 def test_grid_larger_than_layer_clamped_with_one_warning(tmp_path):
-    fmri = NNfMRICallback(grid=(8, 8, 4), zeta_budget=16, probe_size=8, tractography=False)
+    fmri = NNfMRICallback(grid=(8, 8, 4), zeta_budget=16, zeta_time_fraction=None, probe_size=8, tractography=False)
     train, val = loaders()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -352,11 +352,11 @@ def test_from_config_yaml():
 
 
 def test_state_dict_round_trip(tmp_path):
-    fmri = NNfMRICallback(grid=(2, 2, 2), zeta_budget=16, probe_size=8, tractography=False)
+    fmri = NNfMRICallback(grid=(2, 2, 2), zeta_budget=16, zeta_time_fraction=None, probe_size=8, tractography=False)
     train, val = loaders()
     trainer(tmp_path, [fmri], max_epochs=1).fit(TinyCNN(), train, val)
     state = fmri.state_dict()
-    fresh = NNfMRICallback(grid=(2, 2, 2), zeta_budget=16, probe_size=8, tractography=False)
+    fresh = NNfMRICallback(grid=(2, 2, 2), zeta_budget=16, zeta_time_fraction=None, probe_size=8, tractography=False)
     fresh.load_state_dict(state)
     tr = trainer(tmp_path / "r", [fresh], max_epochs=1)
     fresh.setup(tr, TinyCNN(), "fit")
@@ -369,7 +369,7 @@ def test_state_dict_round_trip(tmp_path):
 
 def test_listener_called_after_each_zeta(tmp_path):
     calls = []
-    fmri = NNfMRICallback(grid=(2, 2, 2), zeta_budget=16, probe_size=8, tractography=False)
+    fmri = NNfMRICallback(grid=(2, 2, 2), zeta_budget=16, zeta_time_fraction=None, probe_size=8, tractography=False)
     fmri.add_listener(lambda trainer, module: calls.append((trainer.current_epoch, dict(fmri.zeta_max))))
     train, val = loaders()
     trainer(tmp_path, [fmri], max_epochs=2).fit(TinyCNN(), train, val)
@@ -377,7 +377,7 @@ def test_listener_called_after_each_zeta(tmp_path):
 
 
 def test_zeta_at_train_epoch_end_without_validation(tmp_path):
-    fmri = NNfMRICallback(grid=(2, 2, 2), zeta_budget=16, probe_size=8, tractography=False, zeta_every_n_epochs=2)
+    fmri = NNfMRICallback(grid=(2, 2, 2), zeta_budget=16, zeta_time_fraction=None, probe_size=8, tractography=False, zeta_every_n_epochs=2)
     train, _ = loaders()
     trainer(tmp_path, [fmri], max_epochs=4, limit_val_batches=0).fit(TinyCNN(), train)
     assert fmri.zeta_evaluations == 2 and set(fmri.zeta) == {"conv", "fc1", "fc2"}
@@ -423,3 +423,69 @@ def test_ddp_two_processes_match_one(tmp_path):
         s2, p2, c2 = two[name]
         assert p1 == p2 and c1 == c2  # the same total permutations, split across the ranks
         assert torch.allclose(s1, s2, rtol=1e-6, atol=1e-9), name
+
+
+# ---------------------------------------------------------------------------------- subsampled densities
+def test_density_uses_the_first_density_samples_of_each_batch(tmp_path):
+    from nn_neuroimaging_lightning.functional.grid import region_density_from_activation
+
+    model = TinyCNN(lr=0.0)  # weights fixed: conv outputs are a function of the inputs alone
+    fmri = NNfMRICallback(layers=["conv"], grid=(2, 2, 2), density_samples=5, check_every_n_steps=100,
+                          zeta_every_n_epochs=100, tractography=False)
+    train, val = loaders()  # 48 samples, batches of 16
+    trainer(tmp_path, [fmri], max_epochs=1).fit(model, train, val)
+    x = train.dataset.tensors[0]
+    picked = torch.cat([x[s : s + 5] for s in (0, 16, 32)])  # (15, 1, 6, 6)
+    with torch.no_grad():
+        direct = region_density_from_activation(model.conv(picked), (2, 2, 2))
+    assert torch.allclose(fmri.density["conv"], direct, rtol=1e-5, atol=1e-6)
+    assert fmri._acc_n[0] == 15
+
+
+# ---------------------------------------------------------------------------------- time budget, window
+def test_time_budget_ledger_and_window(tmp_path):
+    from nn_neuroimaging_lightning.callbacks.fmri import MAX_SAMPLES_PER_EVALUATION
+
+    model = TinyCNN()
+    fmri = NNfMRICallback(grid=(2, 2, 2), zeta_budget=16, zeta_time_fraction=None, zeta_window=2, probe_size=8,
+                          tractography=False)
+    train, val = loaders()
+    trainer(tmp_path, [fmri], max_epochs=1).fit(model, train, val)
+    first = {k: v.stat_count for k, v in fmri.zeta.items()}
+    assert first == {"conv": 2, "fc1": 7, "fc2": 7}  # conv (R = 8): raised to 2 pairs; fc (R = 2): (16 - 2) // 1 // 2
+    probe = fmri._probe
+    # nothing affordable: no forward, the share is banked (up to one sample's cost) and the window ages
+    fmri.compute_zeta(model, probe, time_budget_s=0.0)
+    assert all(p["samples"] == 0 for p in fmri.last_zeta_plan.values())
+    assert {k: v.stat_count for k, v in fmri.zeta.items()} == first  # window [eval 1, empty]
+    fmri.compute_zeta(model, probe, time_budget_s=0.0)
+    assert fmri.zeta == {} and fmri.zeta_max == {}  # window [empty, empty]: no estimate, never a fake 0
+    # ample time: each layer is capped, the unspent share is not kept as savings
+    fmri.compute_zeta(model, probe, time_budget_s=60.0)
+    for name, plan in fmri.last_zeta_plan.items():
+        assert plan["samples"] == MAX_SAMPLES_PER_EVALUATION and plan["bank_s"] <= 0.0
+        assert fmri.zeta[name].stat_count == MAX_SAMPLES_PER_EVALUATION
+        assert fmri.zeta[name].n_permutations == 2 * MAX_SAMPLES_PER_EVALUATION
+    fmri.compute_zeta(model, probe, time_budget_s=60.0)
+    assert fmri.zeta["fc1"].stat_count == 2 * MAX_SAMPLES_PER_EVALUATION  # two evaluations pooled
+    # the pooled estimate is the mean of both evaluations' samples, with a finite interval
+    res = fmri.zeta["conv"]
+    assert torch.all(res.ci_low <= res.scores) and torch.all(res.scores <= res.ci_high)
+    assert torch.isfinite(res.std_err).all()
+    # state survives, windows included
+    fresh = NNfMRICallback(grid=(2, 2, 2), zeta_window=2)
+    fresh.load_state_dict(fmri.state_dict())
+    tr = trainer(tmp_path / "r", [fresh], max_epochs=1)
+    fresh.setup(tr, TinyCNN(), "fit")
+    assert torch.equal(fresh.zeta["conv"].scores, res.scores) and fresh._row_cost == fmri._row_cost
+    fresh._finish(tr)
+
+
+def test_time_mode_in_fit_stays_within_its_share(tmp_path):
+    fmri = NNfMRICallback(grid=(2, 2, 2), probe_size=8, tractography=False, zeta_time_fraction=0.5)
+    train, val = loaders(n=256)
+    trainer(tmp_path, [fmri], max_epochs=3, limit_val_batches=1).fit(TinyCNN(), train, val)
+    assert fmri.zeta_evaluations == 3
+    # the ledger of every evaluation: what a layer spent never exceeds its allowance by more than one sample
+    for name, plan in fmri.last_zeta_plan.items():
+        assert plan["spent_s"] <= plan["allowance_s"] + fmri._sample_cost(name) + 0.05

@@ -158,3 +158,58 @@ def test_callback_value_is_minus_mse_in_trainer(tmp_path):
     res = fmri.zeta["a"]
     assert float(res.scores.sum()) == pytest.approx(float(f_all - f_none), rel=1e-6)
     assert torch.allclose(res.scores, exact.to(res.scores.dtype), atol=0.05 * float(exact.abs().max()) + 1e-9)
+
+
+# ---------------------------------------------------------------------------------- upstream expansion
+class SkipNet(nn.Module):
+    """``out = head(relu(lin(x)) + x)``: the skip adds an upstream (B, F) tensor after the target."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(1)
+        self.lin = nn.Linear(4, 4)
+        self.head = nn.Linear(4, 2)
+
+    def forward(self, x):
+        return self.head(torch.relu(self.lin(x)) + x)
+
+
+@pytest.mark.parametrize(("baseline",), [("zero",), ("mean",)])
+def test_expanded_upstream_equals_repeated_inputs(baseline):
+    net, x, y = tiny()
+    masks = torch.tensor([[True, True], [True, False], [False, True], [False, False]])
+    fast = LesionGame(net, net[0], x, y, grid=(2,), baseline=baseline)
+    plain = LesionGame(net, net[0], x, y, grid=(2,), baseline=baseline, expand=False)
+    assert fast.expanding is None and plain.expanding is False
+    v_fast, v_plain = fast(masks), plain(masks)
+    assert fast.expanding is True
+    assert torch.allclose(v_fast, v_plain, rtol=1e-6, atol=1e-9)
+    expected = [hand_value(net, x, y, k) for k in ([0, 1, 2, 3], [0, 1], [2, 3], [])]
+    if baseline == "zero":
+        assert v_fast.tolist() == pytest.approx(expected, rel=1e-6)
+
+
+def test_skip_connection_falls_back_to_repeated_inputs():
+    net = SkipNet()
+    x, y = torch.randn(6, 4), torch.tensor([0, 1, 0, 1, 1, 0])
+    game = LesionGame(net, net.lin, x, y, grid=(2,))
+    masks = torch.tensor([[True, False], [False, True], [True, True]])
+    values = game(masks)
+    assert game.expanding is False  # (K*B, 4) + (B, 4) cannot broadcast: plain path for good
+    with torch.no_grad():
+        h = net.lin(x)
+        expected = []
+        for keep in masks:
+            m = keep.repeat_interleave(2)
+            out = net.head(torch.relu(torch.where(m, h, torch.zeros(()))) + x)
+            expected.append(float(-F.cross_entropy(out.double(), y)))
+    assert values.tolist() == pytest.approx(expected, rel=1e-6)
+
+
+def test_single_sample_probe_never_expands():
+    net, x, y = tiny()
+    game = LesionGame(net, net[0], x[:1], y[:1], grid=(2,))
+    game(torch.ones(3, 2, dtype=torch.bool))
+    assert game.expanding is False
+    with pytest.raises(TypeError, match="`expand`"):
+        LesionGame(net, net[0], x, y, grid=(2,), expand=1)
