@@ -18,7 +18,6 @@ from nn_neuroimaging_lightning._host import HostMirror
 from nn_neuroimaging_lightning.callbacks._base import AnomalyEvent, MonitorCallback
 from nn_neuroimaging_lightning.callbacks.phases import Phase, PhaseTracker
 from nn_neuroimaging_lightning.functional import anomalies as FA
-from nn_neuroimaging_lightning.functional.anomalies import MAD_SCALE, _masked_median
 from nn_neuroimaging_lightning.functional import spectral as FS
 from nn_neuroimaging_lightning.functional import states as FST
 from nn_neuroimaging_lightning.metrics.eeg import StateAccuracy
@@ -38,7 +37,11 @@ EEG_ANOMALY_KINDS: Tuple[str, ...] = (
 _REFRESH = 8
 _TINY = 1e-30
 _LOG_EPS = 1e-12  # as in functional.anomalies.robust_zscore
-_MIN_SCALE = 0.05  # log units, the scale floor of robust_zscore
+# Scale floor of the robust z-score, in log units. With `explosion_z=8` a layer explodes when its
+# activity exceeds exp(8 * 0.25) = 7.4x the median of its recent training samples (or more when
+# the history is noisier): healthy warm-up rises (1.5-3x) stay quiet, a x1000 weight blow-up gives
+# z ~ 28. The functional default 0.05 flagged healthy runs in the examples (z 9-12 at lr warm-up).
+_MIN_SCALE = 0.25
 _ABS_FLOOR = 1e-8  # activity at or below which a layer is dead whatever its baseline
 # Complete state windows queued before they are classified together (one batched feature
 # computation and one classifier solve); also flushed on analysis steps and loop ends.
@@ -230,6 +233,7 @@ class NNEEGCallback(MonitorCallback):
         self.classifier = FST.StateClassifier(num_bands=len(self.bands))
         self._label_counts = np.zeros(len(FST.OperationalState), dtype=np.int64)  # host mirror of calibration
         self._trainer_ref: Optional[Trainer] = None
+        self._warned_silent = False
         self.state_accuracy = StateAccuracy()
         self._taps: Optional[ActivityTaps] = None
         self._ring: Optional[RingBuffer] = None
@@ -482,6 +486,18 @@ class NNEEGCallback(MonitorCallback):
     def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._flush_windows(trainer)
         self._write_epoch_panels(trainer, pl_module)
+        silent = self.silent_layers
+        if silent and not self._warned_silent:
+            self._warned_silent = True
+            rank_zero_warn(
+                f"NNEEGCallback: tapped module(s) {silent} never ran a forward in a whole epoch (their weights may be "
+                "used without calling them, e.g. MultiheadAttention.out_proj); they are not judged. Pass `layers=` to leave them out."
+            )
+
+    @property
+    def silent_layers(self) -> List[str]:
+        """Tapped modules that have never fired: reported, never flagged."""
+        return [] if self._taps is None else self._taps.silent()
 
     def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._flush_windows(trainer)
@@ -666,16 +682,15 @@ class NNEEGCallback(MonitorCallback):
 
         ``log(x) * inv + neg_med`` equals :func:`~nn_neuroimaging_lightning.functional.anomalies.robust_zscore`
         divided by ``explosion_z``; ``floor`` is ``max(collapse_ratio * median, 1e-8)``. A layer with
-        fewer than ``min_history`` finite samples is not judged (``inv`` ~0, ``floor`` 0).
+        fewer than ``min_history`` finite samples, or one that never fired, is not judged (``inv`` ~0,
+        ``floor`` 0).
         """
-        history = history.to(torch.float32)
-        ok = torch.isfinite(history)
-        logh = torch.where(ok, torch.log(history.clamp_min(0.0) + _LOG_EPS), torch.zeros_like(history))
-        med, k = _masked_median(logh, ok)  # (layers,)
-        mad, _ = _masked_median((logh - med.unsqueeze(-1)).abs(), ok)
-        scale = (MAD_SCALE * mad).clamp_min(_MIN_SCALE)
-        base, _ = _masked_median(torch.where(ok, history, torch.zeros_like(history)), ok)
+        med, scale, base, k = FA.robust_baseline(history, min_scale=_MIN_SCALE)  # (layers,) each
+        # A module that has never fired (e.g. MultiheadAttention.out_proj, whose weights are used
+        # without calling it) has no signal to judge: it is reported by `silent_layers`, not flagged.
         judged = k >= self.min_history
+        if self._taps is not None:
+            judged = judged & torch.tensor([c > 0 for c in self._taps.fire_counts], device=k.device)
         inv = torch.where(judged, 1.0 / (scale * self.explosion_z), torch.full_like(scale, _TINY))
         neg_med = torch.where(judged, -med * inv, torch.zeros_like(med))
         floor = torch.where(judged, (self.collapse_ratio * base).clamp_min(_ABS_FLOOR), torch.zeros_like(base))

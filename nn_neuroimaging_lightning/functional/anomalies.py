@@ -25,6 +25,7 @@ __all__ = [
     "detect",
     "explosion",
     "non_finite",
+    "robust_baseline",
     "robust_zscore",
     "spectral_distance",
     "spectral_shift",
@@ -54,6 +55,44 @@ def _masked_median(x: Tensor, valid: Tensor) -> tuple[Tensor, Tensor]:
     hi = (k // 2).clamp_max(x.shape[-1] - 1).unsqueeze(-1)
     med = 0.5 * (srt.gather(-1, lo) + srt.gather(-1, hi)).squeeze(-1)
     return torch.where(k > 0, med, torch.zeros_like(med)), k
+
+
+def robust_baseline(
+    history: Tensor,
+    valid: Optional[Tensor] = None,
+    min_scale: float = 0.05,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Per-layer robust baseline of activity: median and scale of log-activity, median level.
+
+    .. math::
+        m_l = \\mathrm{med}_t \\log(h_{lt} + \\epsilon), \\quad
+        s_l = \\max(1.4826\\, \\mathrm{MAD}_t \\log(h_{lt} + \\epsilon),\\ s_{min}), \\quad
+        b_l = \\mathrm{med}_t\\, h_{lt}
+
+    Args:
+        history: ``(L, W)`` activity samples.
+        valid: optional ``(L, W)`` mask of usable entries (non-finite entries are never used).
+        min_scale: floor of the scale, in log units.
+
+    Returns:
+        ``(log_median, scale, level, count)``, each ``(L,)``; ``count`` is the number of usable
+        samples (0 gives median 0, level 0).
+
+    Example::
+
+        >>> m, s, b, k = robust_baseline(torch.tensor([[1.0, 1.0, 4.0]]))
+        >>> b.tolist(), k.tolist(), s.tolist()
+        ([1.0], [3], [0.05])
+    """
+    history = _as_float(history, "history")
+    ok = torch.isfinite(history)
+    if valid is not None:
+        ok = ok & valid.to(torch.bool)
+    logh = torch.where(ok, torch.log(history.clamp_min(0.0) + _LOG_EPS), torch.zeros_like(history))
+    med, k = _masked_median(logh, ok)  # (L,)
+    mad, _ = _masked_median((logh - med.unsqueeze(-1)).abs(), ok)
+    level, _ = _masked_median(torch.where(ok, history, torch.zeros_like(history)), ok)
+    return med, (MAD_SCALE * mad).clamp_min(min_scale), level, k
 
 
 def robust_zscore(
@@ -106,14 +145,7 @@ def robust_zscore(
         )
     if not isinstance(min_scale, (int, float)) or not min_scale > 0:
         raise ValueError(f"`min_scale` must be a positive number, got {min_scale!r}.")
-    ok = torch.isfinite(history)
-    if valid is not None:
-        ok = ok & valid.to(torch.bool)
-    logh = torch.log(history.clamp_min(0.0) + _LOG_EPS)
-    logh = torch.where(ok, logh, torch.zeros_like(logh))
-    med, k = _masked_median(logh, ok)  # (L,)
-    mad, _ = _masked_median((logh - med.unsqueeze(-1)).abs(), ok)
-    scale = (MAD_SCALE * mad).clamp_min(min_scale)
+    med, scale, _, k = robust_baseline(history, valid, min_scale)
     fin = torch.isfinite(values)
     logv = torch.log(torch.where(fin, values, torch.ones_like(values)).clamp_min(0.0) + _LOG_EPS)
     z = (logv - med) / scale

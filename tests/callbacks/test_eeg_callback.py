@@ -146,9 +146,11 @@ def test_step_judgement_equals_functional_robust_zscore():
     x = torch.tensor([0.7, 30.0, 1e-7])
     neg_med, inv, floor = eeg._baseline_stats(history)
     e = torch.log(x) * inv + neg_med
-    z = FA.robust_zscore(x, history)
+    from nn_neuroimaging_lightning.callbacks.eeg import _MIN_SCALE
+
+    z = FA.robust_zscore(x, history, min_scale=_MIN_SCALE)
     torch.testing.assert_close(e * eeg.explosion_z, z, rtol=1e-4, atol=1e-5)
-    flags, _ = FA.detect(x, history, explosion_threshold=eeg.explosion_z, rel_floor=eeg.collapse_ratio)
+    flags, _ = FA.detect(x, history, explosion_threshold=eeg.explosion_z, rel_floor=eeg.collapse_ratio, min_scale=_MIN_SCALE)
     assert ((e > 1) == flags[1]).all() and ((floor / x >= 1) == flags[2]).all()
     assert flags[1].tolist() == [False, True, False] and flags[2].tolist() == [False, False, True]
 
@@ -383,3 +385,14 @@ def test_from_config_yaml_and_config_is_one_to_one():
 
     keys = [line.split(":")[0] for line in open(CONFIG, encoding="utf-8") if line[:1].isalpha()]
     assert sorted(keys) == sorted(fields)
+
+
+def test_module_that_never_fires_is_not_flagged(tmp_path):
+    """A tapped module whose weights are used without calling it has no signal: never `collapse`."""
+    model = MLPModule(n=8 * 40)
+    model.unused = nn.Linear(4, 4)  # a leaf with parameters, never called
+    eeg = NNEEGCallback()
+    with pytest.warns(UserWarning, match=r"never ran a forward in a whole epoch"):
+        fast_trainer(tmp_path, [eeg], max_epochs=2).fit(model)
+    assert eeg.silent_layers == ["unused"]
+    assert not [e for e in eeg.events if e.layer == "unused"]
