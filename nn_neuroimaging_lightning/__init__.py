@@ -9,7 +9,8 @@ Example::
 
 from nn_neuroimaging_lightning import functional
 from nn_neuroimaging_lightning.callbacks import AnomalyEvent, CrossModalCallback, NNEEGCallback, NNfMRICallback, Phase
+from nn_neuroimaging_lightning.monitor import Monitor
 
 __version__ = "0.1.0"
 
-__all__ = ["AnomalyEvent", "CrossModalCallback", "NNEEGCallback", "NNfMRICallback", "Phase", "functional", "__version__"]
+__all__ = ["AnomalyEvent", "CrossModalCallback", "Monitor", "NNEEGCallback", "NNfMRICallback", "Phase", "functional", "__version__"]
