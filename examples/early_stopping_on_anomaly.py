@@ -96,9 +96,8 @@ def main(argv=None) -> int:
     p.add_argument("--lr", type=float, default=0.5, help="peak SGD learning rate (too high on purpose)")
     p.add_argument("--control-lr", type=float, default=0.05, help="peak learning rate of a healthy control run (0: skip it)")
     p.add_argument("--warmup-steps", type=int, default=40, help="linear warm-up steps to the peak")
-    p.add_argument("--explosion-z", type=float, default=16.0,
-                   help="the gate's explosion threshold (robust z of log-activity); the default 8 also fires on "
-                        "this regressor's healthy early training, whose output activity grows quickly")
+    p.add_argument("--explosion-z", type=float, default=8.0,
+                   help="the gate's explosion threshold (robust z of log-activity; the library default)")
     p.add_argument("--n-train", type=int, default=2048, help="training samples")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--max-epochs", type=int, default=5)
@@ -122,7 +121,7 @@ def main(argv=None) -> int:
         control_step, control_finite = run([control], args, root, args.control_lr)
         fired = [e for e in control.events if e.kind in control.stop_on]
         print(f"healthy control (peak lr {args.control_lr:g}): {control_step} steps, {len(fired)} gate events "
-              f"({len(control.events) - len(fired)} other events), final loss {'finite' if control_finite else 'non-finite'}")
+              f"(other events: {[(e.kind, e.layer) for e in control.events if e.kind not in control.stop_on]}), final loss {'finite' if control_finite else 'non-finite'}")
     if first is None:
         print(f"the gate did not fire; the run trained {gate_step} steps (raise --lr)")
         return 0

@@ -38,10 +38,11 @@ _REFRESH = 8
 _TINY = 1e-30
 _LOG_EPS = 1e-12  # as in functional.anomalies.robust_zscore
 # Scale floor of the robust z-score, in log units. With `explosion_z=8` a layer explodes when its
-# activity exceeds exp(8 * 0.25) = 7.4x the median of its recent training samples (or more when
-# the history is noisier): healthy warm-up rises (1.5-3x) stay quiet, a x1000 weight blow-up gives
-# z ~ 28. The functional default 0.05 flagged healthy runs in the examples (z 9-12 at lr warm-up).
-_MIN_SCALE = 0.25
+# activity exceeds exp(8 * 0.5) = 55x the median of its recent training samples (more when the
+# history is noisier): early-training rises (up to ~10x in 20 steps in examples/early_stopping_on_anomaly.py
+# at a healthy lr) stay quiet, a x1000 weight blow-up gives z ~ 14, and a diverging run is caught a few
+# steps before its loss turns non-finite. The functional default 0.05 flagged healthy runs.
+_MIN_SCALE = 0.5
 _ABS_FLOOR = 1e-8  # activity at or below which a layer is dead whatever its baseline
 # Complete state windows queued before they are classified together (one batched feature
 # computation and one classifier solve); also flushed on analysis steps and loop ends.

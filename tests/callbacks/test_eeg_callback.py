@@ -143,7 +143,7 @@ def test_step_judgement_equals_functional_robust_zscore():
     torch.manual_seed(0)
     history = torch.rand(3, 20) + 0.5
     history[1, 3] = float("nan")
-    x = torch.tensor([0.7, 30.0, 1e-7])
+    x = torch.tensor([0.7, 1000.0, 1e-7])
     neg_med, inv, floor = eeg._baseline_stats(history)
     e = torch.log(x) * inv + neg_med
     from nn_neuroimaging_lightning.callbacks.eeg import _MIN_SCALE
