@@ -29,7 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo", help="train the reference CNN with NN-EEG, NN-fMRI and cross-modal monitoring")
     demo.add_argument("--config", help="YAML file with `trainer`, `data`, `model`, `eeg`, `fmri`, `cross_modal` sections (see configs/demo.yaml)")
-    demo.add_argument("--max-epochs", type=_positive_int, help="training epochs (default from the config: 3)")
+    demo.add_argument("--max-epochs", type=_positive_int, help="training epochs (default from the config: 8)")
     demo.add_argument("--data-dir", help="a local CIFAR-10 binary copy (cifar-10-batches-bin); default: synthetic data")
     demo.add_argument("--log-dir", help="where the TensorBoard run goes (default: runs)")
     demo.add_argument("--seed", type=int, help="seed for data, model and training (default 0)")

@@ -38,7 +38,7 @@ class EEGConfig:
     stop_on: List[str] = field(default_factory=list)
     explosion_z: float = 8.0
     collapse_ratio: float = 1e-3
-    spectral_shift_threshold: float = 0.5
+    spectral_shift_threshold: float = 0.7
     state_confidence: float = 0.95
     min_history: int = 16
     idle_threshold: float = 0.25
@@ -183,7 +183,7 @@ def build(callback_cls: type, source: Union[str, os.PathLike, Mapping[str, Any],
 class DemoTrainerConfig:
     """The ``trainer`` section of the demo config (a subset of ``lightning.Trainer`` arguments)."""
 
-    max_epochs: int = 3
+    max_epochs: int = 8
     log_every_n_steps: int = 10
     enable_progress_bar: bool = True
     accelerator: str = "cpu"
@@ -221,7 +221,9 @@ class DemoConfig:
     data: DemoDataConfig = field(default_factory=DemoDataConfig)
     model: DemoModelConfig = field(default_factory=DemoModelConfig)
     eeg: Dict[str, Any] = field(default_factory=dict)
-    fmri: Dict[str, Any] = field(default_factory=dict)
+    # The demo's fMRI defaults differ from the library's so that every layer of a short run gets a
+    # zeta map: a coarser grid and a larger zeta time share (see configs/demo.yaml).
+    fmri: Dict[str, Any] = field(default_factory=lambda: {"grid": [4, 4, 4], "zeta_time_fraction": 0.25})
     cross_modal: Dict[str, Any] = field(default_factory=dict)
 
 

@@ -63,3 +63,8 @@ def test_config_from_missing_file_and_overrides(tmp_path):
     path.write_text("window: 256\nstop_on: [explosion]\n")
     eeg = NNEEGCallback.from_config(path, output_selector=lambda o: o[0])
     assert eeg.window == 256 and eeg.stop_on == ("explosion",) and eeg.output_selector is not None
+
+
+def test_shipped_demo_yaml_is_the_demo_default():
+    assert C.load_demo("configs/demo.yaml") == C.load_demo(None)
+    assert C.load_demo(None, {"trainer.max_epochs": 2})["trainer"]["max_epochs"] == 2
