@@ -54,6 +54,35 @@ def check_choices(name: str, values: Any, allowed: Sequence[str]) -> tuple[str, 
     return tuple(values)
 
 
+def check_bool(name: str, value: Any) -> bool:
+    """Return ``value`` if it is a bool (``0``/``1``/strings are refused: they hide typos), else raise."""
+    if not isinstance(value, bool):
+        raise TypeError(f"`{name}` must be a bool (True or False), got {value!r} ({type(value).__name__}).")
+    return value
+
+
+def check_layer_selector(name: str, value: Any) -> Any:
+    """Check the *form* of a layer selection (the model is needed to check that it matches something).
+
+    Allowed: ``None``, a name glob, a ``"re:"`` regex, a module type, or a non-empty list/tuple of these.
+    """
+    import re
+
+    patterns = [value] if value is None or isinstance(value, (str, type)) else value
+    if (not isinstance(patterns, (list, tuple)) or not patterns
+            or not all(p is None and value is None or isinstance(p, (str, type)) for p in patterns)):
+        raise TypeError(
+            f"`{name}` must be None, a name glob, a 're:' regex, a module type or a non-empty list of these, got {value!r}."
+        )
+    for p in patterns:
+        if isinstance(p, str) and p.startswith("re:"):
+            try:
+                re.compile(p[3:])
+            except re.error as err:
+                raise ValueError(f"`{name}` has an invalid regex {p!r}: {err}.") from None
+    return value
+
+
 def _range(minimum: Any, maximum: Any, lo: str = "[") -> str:
     left = "-inf" if minimum is None else repr(minimum)
     right = "inf" if maximum is None else repr(maximum)

@@ -84,7 +84,7 @@ class CrossModalCallback(MonitorCallback):
         self.history = V.check_int("history", history, 1)
         self.joint_window = V.check_int("joint_window", joint_window, 0)
         self.stop_on = V.check_choices("stop_on", stop_on, CROSS_MODAL_ANOMALY_KINDS)
-        self.panels = bool(panels)
+        self.panels = V.check_bool("panels", panels)
         self.metric = Consistency()
         self.consistency: Optional[float] = None
         self.components: Dict[str, float] = {}

@@ -198,7 +198,7 @@ class NNEEGCallback(MonitorCallback):
         log_anomaly_every_step: bool = True,
     ) -> None:
         super().__init__(max_events=V.check_int("max_events", max_events, 1))
-        self.layer_selection = layers
+        self.layer_selection = V.check_layer_selector("layers", layers)
         self.window = V.check_int("window", window, 2)
         self.fs = V.check_float("fs", fs, 0.0, strict_min=True)
         self.nperseg = V.check_int("nperseg", nperseg, 2)
@@ -207,7 +207,8 @@ class NNEEGCallback(MonitorCallback):
         if noverlap is not None:
             V.check_int("noverlap", noverlap, 0, self.nperseg - 1)
         self.noverlap = noverlap
-        self.bands: Dict[str, Tuple[float, float]] = dict(FS.DEFAULT_BANDS if bands is None else {k: tuple(v) for k, v in dict(bands).items()})
+        # `_check_band_spec` refuses a non-mapping or a malformed entry with the band's name and value.
+        self.bands: Dict[str, Tuple[float, float]] = dict(FS.DEFAULT_BANDS if bands is None else FS._check_band_spec(bands))
         FS.check_bands(self.bands, fs=self.fs, nperseg=self.nperseg)
         self.state_window = V.check_int("state_window", state_window, 4, self.window)
         self.stop_on = V.check_choices("stop_on", stop_on, EEG_ANOMALY_KINDS)
@@ -224,7 +225,7 @@ class NNEEGCallback(MonitorCallback):
         if output_selector is not None and not callable(output_selector):
             raise TypeError(f"`output_selector` must be callable or None, got {output_selector!r}.")
         self.output_selector = output_selector
-        self.panels = bool(panels)
+        self.panels = V.check_bool("panels", panels)
 
         self.flag_history_size = V.check_int("flag_history", flag_history, 1)
         if not isinstance(log_anomaly_every_step, bool):
@@ -270,6 +271,7 @@ class NNEEGCallback(MonitorCallback):
         self._interval_ema: Optional[float] = None
         self._stopped_by: Optional[str] = None
         self._layout_written = False
+        self._band_tags: Optional[List[List[str]]] = None  # (layers, bands) sanitised scalar keys
         self._window_flags: set = set()  # layers flagged since the last analysis
         self.flag_history: Deque[Tuple[int, FrozenSet[str]]] = deque(maxlen=self.flag_history_size)
         self._self_time_ns = 0
@@ -828,10 +830,15 @@ class NNEEGCallback(MonitorCallback):
         if self.tracker.current is Phase.TRAIN:
             events = self._spectral_shift(trainer, relative)
         if log:
-            names = self._taps.names
-            for i, name in enumerate(names):
-                for j, band in enumerate(self.bands):
-                    self._log(pl_module, f"nn_eeg/{name}/band/{band}", relative[i, j])
+            if self._band_tags is None:
+                from nn_neuroimaging_lightning.panels.tensorboard import safe_tag
+
+                # Module names may hold any character but "." (e.g. "/", spaces): the same safe tags
+                # as the custom-scalars layout, so no logger sees a path-like key.
+                self._band_tags = [[safe_tag("nn_eeg", name, "band", band) for band in self.bands] for name in self._taps.names]
+            for i, tags in enumerate(self._band_tags):
+                for j, tag in enumerate(tags):
+                    self._log(pl_module, tag, relative[i, j])
             if self.state_accuracy.update_count:
                 self._log(pl_module, "nn_eeg/state_accuracy", self.state_accuracy.compute())
         self._write_step_panels(trainer, freqs, psd)

@@ -269,7 +269,7 @@ class NNfMRICallback(MonitorCallback):
         seed: int = 0,
     ) -> None:
         super().__init__(max_events=V.check_int("max_events", max_events, 1))
-        self.layer_selection = layers
+        self.layer_selection = V.check_layer_selector("layers", layers)
         self.grid = _as_grid_tuple(list(grid) if isinstance(grid, (list, tuple)) else grid)
         _check_lam_eps(lam, eps)
         self.lam, self.eps = float(lam), float(eps)
@@ -281,7 +281,7 @@ class NNfMRICallback(MonitorCallback):
         self.density_samples = density_samples
         self.min_history = V.check_int("min_history", min_history, 1)
         self.zeta_every_n_epochs = V.check_int("zeta_every_n_epochs", zeta_every_n_epochs, 1)
-        self.zeta_selection = zeta_layers
+        self.zeta_selection = V.check_layer_selector("zeta_layers", zeta_layers)
         self.zeta_budget = V.check_int("zeta_budget", zeta_budget, 4)
         if zeta_time_fraction is not None:
             V.check_float("zeta_time_fraction", zeta_time_fraction, 0.0, 1.0, strict_min=True)
@@ -303,7 +303,7 @@ class NNfMRICallback(MonitorCallback):
         if self.confidence >= 1.0:
             raise ValueError(f"`confidence` must be a number in (0, 1), got {confidence!r}.")
         self.zeta_max_batch = V.check_int("zeta_max_batch", zeta_max_batch, 1)
-        self.tractography = bool(tractography)
+        self.tractography = V.check_bool("tractography", tractography)
         self.top_k = V.check_int("top_k", top_k, 1)
         self.dead_ratio = V.check_float("dead_ratio", dead_ratio, 0.0, 1.0)
         self.saturation_ratio = V.check_float("saturation_ratio", saturation_ratio, 1.0, strict_min=True)
@@ -314,7 +314,7 @@ class NNfMRICallback(MonitorCallback):
                 raise TypeError(f"`{name}` must be callable or None, got {fn!r}.")
         self.output_selector = output_selector
         self.label_selector = label_selector
-        self.panels = bool(panels)
+        self.panels = V.check_bool("panels", panels)
         self.flag_history: Deque[Tuple[int, FrozenSet[str]]] = deque(maxlen=V.check_int("flag_history", flag_history, 1))
         self.seed = V.check_int("seed", seed, 0)
 
@@ -684,9 +684,11 @@ class NNfMRICallback(MonitorCallback):
             layer_spent = sum(p["spent_s"] for p in self.last_zeta_plan.values())
             self._overhead_debt = max(elapsed - layer_spent, 0.0)
         on_step = False
+        from nn_neuroimaging_lightning.panels.tensorboard import safe_tag  # the layout's tags: no path-like keys
+
         for name in self._zeta_names:
             if name in self.zeta_max:
-                self._log(pl_module, f"nn_fmri/{name}/zeta_max", self.zeta_max[name], on_step=on_step, on_epoch=True)
+                self._log(pl_module, safe_tag("nn_fmri", name, "zeta_max"), self.zeta_max[name], on_step=on_step, on_epoch=True)
         self._push_flags(trainer.global_step)
         self._log(pl_module, "nn_fmri/anomaly", float(bool(self.flagged_layers)), on_step=on_step, on_epoch=True)
         self._record(events)

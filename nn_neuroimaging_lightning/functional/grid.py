@@ -280,7 +280,7 @@ def region_sums(activation: Tensor, region_index: Tensor, n_regions: int) -> Ten
     x = activation.detach()
     if x.dtype != torch.float32 and x.dtype != torch.float64:
         x = x.float()
-    x = x.reshape(x.shape[0], -1)  # (B, U)
+    x = x.flatten(1)  # (B, U); also for an empty batch, where reshape(0, -1) is ambiguous
     per_unit = torch.empty(3, x.shape[1], dtype=x.dtype, device=x.device)  # (3, U), written in place
     torch.sum(x.abs(), 0, out=per_unit[0])
     torch.sum(x, 0, out=per_unit[1])

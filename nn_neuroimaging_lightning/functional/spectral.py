@@ -153,8 +153,12 @@ def segment_psd(
     seg = x.unfold(-1, nperseg, step)  # (..., S, nperseg)
     if detrend == "constant":
         seg = seg - seg.mean(dim=-1, keepdim=True)
-    spec = torch.fft.rfft(seg * win, n=nfft, dim=-1)  # (..., S, nfft//2+1)
-    power = spec.real.square() + spec.imag.square()
+    if seg.numel() == 0:
+        # An empty batch: MKL's FFT refuses zero-sized transforms; the result is empty anyway.
+        power = seg.new_zeros(*seg.shape[:-1], nfft // 2 + 1)
+    else:
+        spec = torch.fft.rfft(seg * win, n=nfft, dim=-1)  # (..., S, nfft//2+1)
+        power = spec.real.square() + spec.imag.square()
     # one-sided doubling: every bin except DC and (for even nfft) Nyquist
     n_bins = nfft // 2 + 1
     scale = torch.full((n_bins,), 2.0, device=x.device, dtype=x.dtype)
