@@ -98,6 +98,10 @@ def main(argv=None) -> int:
             print(f"  top {rank}: tokens {tokens[i_t][0]}-{tokens[i_t][1] - 1}, hidden {hidden[i_d][0]}-{hidden[i_d][1] - 1}: "
                   f"zeta {float(scores[i_t, i_d]):+.4f}{' (significant)' if sig else ''}")
     print(f"cross-modal consistency: {xm.consistency if xm.consistency is None else round(xm.consistency, 3)}")
+    if xm.scores:
+        last = xm.scores[-1]
+        print(f"cross-modal terms: rho {last['rho']:.3f} over {len(last['layers'])} layers, "
+              f"agreement {last['agreement']:.3f}, coherence {last['coherence']:.3f}")
     print(f"TensorBoard: tensorboard --logdir {trainer.logger.log_dir}")
     return 0
 
