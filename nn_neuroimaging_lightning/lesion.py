@@ -89,7 +89,10 @@ def isolated_evaluation(model: nn.Module) -> Iterator[None]:
     modes = [(m, m.training) for m in model.modules()]
     buffers = [(b, b.detach().clone()) for b in model.buffers()]
     try:
-        with torch.random.fork_rng(devices=_rng_devices(model)), torch.no_grad(), suspended():
+        # force_eager: a `torch.compile`d model runs these forwards (other batch shapes, lesion
+        # hooks) uncompiled, so they never recompile the user's graphs.
+        with torch.random.fork_rng(devices=_rng_devices(model)), torch.no_grad(), suspended(), \
+                torch.compiler.set_stance("force_eager"):
             model.eval()
             yield
     finally:

@@ -192,8 +192,9 @@ class LayerTaps:
         self.selector = selector
         self.enabled = True
         self.dirty = False
-        self.fire_counts = [0] * len(self.names)
+        self._fire_counts = [0] * len(self.names)  # calls folded in by `take`; see `fire_counts`
         self._pending: List[List[Any]] = [[] for _ in self.names]
+        self._calls: List[int] = []  # layer index of each call since the last `take`, in call order
         self._first_seen: List[int] = []
         self._handles: List[Any] = []
         self._root_handle: Any = None
@@ -252,10 +253,11 @@ class LayerTaps:
                 return
             with torch.no_grad():
                 value = self.reduce(t)
-            if not self.fire_counts[index]:
-                self._first_seen.append(index)
-            self.fire_counts[index] += 1
+            # No branch on a per-call counter here: inside a `torch.compile`d model, dynamo guards on
+            # every Python int a hook reads, so a counter recompiles each step. Only in-place appends to
+            # lists that live as long as the taps; the bookkeeping is done in `take`, outside the graph.
             self._pending[index].append(value)
+            self._calls.append(index)
             self.dirty = True
 
         return hook
@@ -263,16 +265,34 @@ class LayerTaps:
     # -- collection -----------------------------------------------------------------------------
     def take(self) -> List[List[Any]]:
         """The reductions collected since the last call, per layer (empty list: did not fire)."""
-        pending, self._pending = self._pending, [[] for _ in self.names]
+        pending = [list(calls) for calls in self._pending]
+        for calls in self._pending:
+            calls.clear()  # in place: a compiled hook keeps appending to the same list objects
+        self._first_seen = self._seen_order()
+        self._calls.clear()
+        for i, calls in enumerate(pending):
+            self._fire_counts[i] += len(calls)
         self.dirty = False
         return pending
+
+    def _seen_order(self) -> List[int]:
+        seen = list(self._first_seen)
+        for i in self._calls:
+            if i not in seen:
+                seen.append(i)
+        return seen
+
+    @property
+    def fire_counts(self) -> List[int]:
+        """Calls per tapped module so far (taken and pending)."""
+        return [c + len(p) for c, p in zip(self._fire_counts, self._pending)]
 
     def discard(self) -> None:
         self.take()
 
     def forward_order(self) -> List[int]:
         """Layer indices in the order they first fired, then the silent ones in selection order."""
-        seen = list(self._first_seen)
+        seen = self._seen_order()
         return seen + [i for i in range(len(self.names)) if i not in seen]
 
     def silent(self) -> List[str]:

@@ -581,7 +581,12 @@ class NNEEGCallback(MonitorCallback):
                 self._interval_ema = interval if self._interval_ema is None else 0.9 * self._interval_ema + 0.1 * interval
         self._last_batch_end = now
         self.tracker.batch_end(now)
+        # Under DDP with `stop_on`, the stop decision is a collective: every rank must take part on
+        # every batch, whether or not it found an event itself (else a NaN on one rank hangs the run).
+        collective = bool(self.stop_on) and trainer.world_size > 1
         if self._latest is None or not self._fresh:
+            if collective:
+                self._maybe_stop(trainer, [])
             return
         self._fresh = False
         phase = self.tracker.current
@@ -595,6 +600,7 @@ class NNEEGCallback(MonitorCallback):
             events += self._classify_pending(trainer)
         if events:
             self._record(events)
+        if events or collective:
             self._maybe_stop(trainer, events)
 
     # ------------------------------------------------------------------ per-step anomalies
