@@ -221,7 +221,7 @@ def test_zero_host_syncs_in_non_logging_steps(tmp_path):
     assert eeg._taps is not None and eeg.state_accuracy is not None
     syncs = [c["_local_scalar_dense"] for c in opener.per_step]
     assert syncs == [0] * 30
-    assert sum(c["abs"] for c in opener.per_step) >= 30 * 3  # the taps ran (one abs per layer per step)
+    assert eeg._ring.total >= 50  # the taps ran: one sample per training forward
 
 
 def test_at_most_two_aten_ops_per_tapped_layer_in_the_hook():
@@ -239,7 +239,16 @@ def test_at_most_two_aten_ops_per_tapped_layer_in_the_hook():
             net(x)
         taps.detach()
     per_layer = (tapped.total - plain.total) / 2
-    assert per_layer == 2  # abs, sum
+    assert per_layer == 1  # CPU float32: `detach`, then BLAS asum on the shared memory
+    net.to(torch.bfloat16)
+    xh = x.to(torch.bfloat16)
+    taps.attach()
+    with torch.no_grad(), OpCounter() as half:
+        net(xh)
+    taps.detach()
+    with torch.no_grad(), OpCounter() as half_plain:
+        net(xh)
+    assert (half.total - half_plain.total) / 2 == 2  # elsewhere: abs, sum
 
 
 # ---------------------------------------------------------------------------------------- panels and events file

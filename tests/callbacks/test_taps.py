@@ -177,3 +177,48 @@ def test_global_suspension_silences_every_owner():
         assert not a.dirty and not b.dirty and commits == []
         net(torch.randn(2, 3))
     assert a.fire_counts == [3, 1] and b.fire_counts == [3, 1] and commits == [1]
+
+
+@pytest.mark.parametrize(
+    ("make", "path"),
+    [
+        (lambda: torch.randn(4, 8, 5, 5), "asum"),
+        (lambda: torch.randn(3, 7, dtype=torch.float64), "asum"),
+        (lambda: torch.randn(8, 6).t(), "torch"),  # not contiguous
+        (lambda: torch.randn(4, 9)[:, ::2], "torch"),  # strided view
+        (lambda: torch.randn(5, 5).to(torch.bfloat16), "torch"),
+        (lambda: torch.randn(5, 5).to(torch.float16), "torch"),
+        (lambda: torch.tensor([1.0, float("nan"), 2.0]), "asum"),
+        (lambda: torch.tensor([1.0, float("-inf"), 2.0]), "asum"),
+        (lambda: torch.zeros(0, 3), "torch"),
+    ],
+)
+def test_mean_abs_reduction_equals_abs_sum_on_every_path(make, path):
+    from nn_neuroimaging_lightning.taps import mean_abs_reduction
+
+    t = make()
+    value, n = mean_abs_reduction(t)
+    assert n == t.numel()
+    assert isinstance(value, float) == (path == "asum")
+    reference = np.abs(t.detach().to(torch.float64).numpy()).sum()  # independent: numpy in float64
+    got = float(value)
+    if np.isnan(reference):
+        assert np.isnan(got)
+    else:
+        assert got == pytest.approx(reference, rel=1e-5 if t.dtype != torch.bfloat16 else 1e-2, abs=1e-6)
+
+
+def test_samples_mix_host_floats_and_tensors():
+    """A float32 layer (asum, host float) beside a bf16 one (torch path) gives one float32 sample."""
+    net = nn.Sequential(nn.Linear(4, 6), nn.Linear(6, 3).to(torch.bfloat16))
+    net[0].register_forward_hook(lambda m, i, o: o.to(torch.bfloat16))
+    taps = ActivityTaps(select_layers(net))
+    x = torch.randn(5, 4)
+    with torch.no_grad(), taps.attached():
+        h = net[0](x)
+        y = net[1](h)
+        net[1](h)  # called twice: the mean of its calls
+    sample = taps.sample()
+    assert sample.dtype == torch.float32 and sample.shape == (2,)
+    ref = torch.stack([h.float().abs().mean(), y.float().abs().mean()])
+    torch.testing.assert_close(sample, ref, rtol=1e-2, atol=1e-3)
