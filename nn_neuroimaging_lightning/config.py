@@ -47,7 +47,7 @@ class EEGConfig:
     panels: bool = True
     max_events: int = 1000
     flag_history: int = 128
-    log_anomaly_every_step: bool = True
+    log_anomaly_every_step: bool = False
 
 
 @dataclass

@@ -190,6 +190,34 @@ def test_anomaly_running_max_mode_gives_the_same_epoch_value(tmp_path):
     assert values[True] == values[False] and values[True]["nn_eeg/anomaly"] == 1.0
 
 
+@pytest.mark.parametrize("log_every_n_steps", [1, 7])
+def test_default_logs_every_step_with_log_every_n_steps_1_and_misses_no_anomaly(tmp_path, log_every_n_steps):
+    """Default (running max): with ``log_every_n_steps=1`` the logged curve has every training step;
+    with 7 it has every 7th step plus the anomalous step itself, whose value is 1."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    model = MLPModule(n=8 * 30)
+    logger = TensorBoardLogger(str(tmp_path), name="tb")
+    eeg = NNEEGCallback(panels=False)
+    ref: List = [None]
+    trainer = fast_trainer(tmp_path, [eeg], logger=logger, max_epochs=1, log_every_n_steps=log_every_n_steps)
+    ref[0] = trainer
+    handle = zero_output_hook(model.net[2], ref, 20)
+    try:
+        trainer.fit(model)
+    finally:
+        handle.remove()
+    acc = EventAccumulator(logger.log_dir, size_guidance={"scalars": 0})
+    acc.Reload()
+    events = acc.Scalars("nn_eeg/anomaly_step")
+    steps = {e.step: e.value for e in events}
+    if log_every_n_steps == 1:
+        assert sorted(steps) == list(range(30))
+    else:
+        assert {6, 13, 27} <= set(steps) and len(steps) < 30
+    assert steps[20] == 1.0 and max(v for k, v in steps.items() if k < 20) == 0.0
+
+
 # ---------------------------------------------------------------------------------------- mode mismatch
 class _LeftInTrainMode(MLPModule):
     def on_validation_epoch_start(self):
