@@ -252,3 +252,69 @@ def load_demo(source: Union[None, str, os.PathLike, Mapping[str, Any]] = None, o
         if name in _REGISTRY:
             cfg[section] = load(_REGISTRY[name], cfg[section] or {}, where=f"{where} section `{section}`")
     return cfg
+
+
+def _docstring_args(cls: type) -> Dict[str, str]:
+    """``{argument: description}`` from the ``Args:`` section of a Google-style class docstring."""
+    import inspect
+
+    doc = inspect.getdoc(cls) or ""
+    args: Dict[str, str] = {}
+    inside, current, indent = False, None, None
+    for line in doc.splitlines():
+        stripped = line.strip()
+        if not inside:
+            inside = stripped == "Args:"
+            continue
+        if stripped and not line.startswith(" "):  # the next section (Raises:, Example::, ...)
+            break
+        if not stripped:
+            continue
+        width = len(line) - len(line.lstrip())
+        if indent is None:
+            indent = width
+        name, sep, text = stripped.partition(":")
+        if width == indent and sep and name.replace("_", "").isalnum():
+            current = name
+            args[current] = text.strip()
+        elif current is not None:
+            args[current] += " " + stripped
+    return args
+
+
+def reference_markdown() -> str:
+    """The configuration reference: one Markdown table per callback, generated from the configs.
+
+    Keys, types and defaults come from the structured configs (the YAML schema); descriptions from
+    the callbacks' docstrings. ``README.md`` embeds this text between ``<!-- config-reference -->``
+    markers and ``tests/test_config.py`` checks that it is current (regenerate with
+    ``python -m nn_neuroimaging_lightning.config``).
+
+    Example::
+
+        >>> print(reference_markdown().splitlines()[0])
+        ### `NNEEGCallback` (`configs/eeg.yaml`)
+    """
+    from nn_neuroimaging_lightning.callbacks import CrossModalCallback, NNEEGCallback, NNfMRICallback
+
+    files = {"NNEEGCallback": "eeg", "NNfMRICallback": "fmri", "CrossModalCallback": "cross_modal"}
+    out: List[str] = []
+    for cls in (NNEEGCallback, NNfMRICallback, CrossModalCallback):
+        described = _docstring_args(cls)
+        out += [f"### `{cls.__name__}` (`configs/{files[cls.__name__]}.yaml`)", "",
+                "| key | type | default | meaning |", "|---|---|---|---|"]
+        for f in dataclasses.fields(_REGISTRY[cls.__name__]):
+            default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default  # type: ignore[misc]
+            kind = getattr(f.type, "__name__", None) or str(f.type)
+            kind = str(kind).replace("typing.", "")
+            text = described.get(f.name, "").replace("|", "\\|")
+            out.append(f"| `{f.name}` | `{kind}` | `{default!r}` | {text} |")
+        python_only = [name for name in described if name not in {f.name for f in dataclasses.fields(_REGISTRY[cls.__name__])}]
+        if python_only:
+            out += ["", "Python only (no YAML key): " + ", ".join(f"`{n}`" for n in python_only) + "."]
+        out.append("")
+    return "\n".join(out).rstrip() + "\n"
+
+
+if __name__ == "__main__":
+    print(reference_markdown(), end="")

@@ -68,3 +68,26 @@ def test_config_from_missing_file_and_overrides(tmp_path):
 def test_shipped_demo_yaml_is_the_demo_default():
     assert C.load_demo("configs/demo.yaml") == C.load_demo(None)
     assert C.load_demo(None, {"trainer.max_epochs": 2})["trainer"]["max_epochs"] == 2
+
+
+def test_readme_configuration_reference_is_generated_from_the_configs():
+    """README's reference table is the output of `reference_markdown()` (regenerate when a key changes)."""
+    import pathlib
+
+    from nn_neuroimaging_lightning.config import reference_markdown
+
+    readme = (pathlib.Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    start, end = "<!-- config-reference:start -->\n", "<!-- config-reference:end -->"
+    assert start in readme and end in readme, "README.md lacks the config-reference markers"
+    embedded = readme.split(start, 1)[1].split(end, 1)[0]
+    assert embedded == reference_markdown(), "README config reference is stale: python -m nn_neuroimaging_lightning.config"
+
+
+def test_reference_describes_every_yaml_key():
+    from nn_neuroimaging_lightning.config import reference_markdown
+
+    text = reference_markdown()
+    for config_cls in (C.EEGConfig, C.FMRIConfig, C.CrossModalConfig):
+        for f in dataclasses.fields(config_cls):
+            row = next(line for line in text.splitlines() if line.startswith(f"| `{f.name}` |"))
+            assert not row.endswith("|  |"), f"`{f.name}` has no description in its callback's docstring"

@@ -1,0 +1,74 @@
+"""Run every CPU benchmark one after the other (``make benchmarks``), each in its own process.
+
+The benchmarks time things, so they run sequentially, never in parallel with each other, and are
+best run on an otherwise idle machine. Each one prints its own table; this script prints a header
+per benchmark and a summary of exit codes and wall times at the end. ``benchmarks/cuda_check.py``
+needs a GPU and is run only when CUDA is available. ``zeta_cost.py`` needs Captum
+(``pip install --no-deps captum``, the ``bench`` extra); it is skipped with a notice when missing.
+
+Usage::
+
+    .venv/bin/python benchmarks/run_all.py             # full settings, ~40 minutes on 2 cores
+    .venv/bin/python benchmarks/run_all.py --quick     # each benchmark's --quick/smoke settings
+    .venv/bin/python benchmarks/run_all.py eeg_overhead memory   # a selection
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Dict, List
+
+HERE = Path(__file__).resolve().parent
+
+#: benchmark -> (full arguments, quick arguments)
+BENCHMARKS: Dict[str, tuple] = {
+    "eeg_overhead": ([], ["--quick"]),
+    "eeg_states": ([], ["--seeds", "1", "--epochs", "2"]),
+    "fmri_overhead": ([], ["--quick"]),
+    "fmri_localisation": ([], ["--quick"]),
+    "zeta_cost": ([], ["--quick"]),
+    "memory": ([], ["--repeats", "1"]),
+    "cuda_check": ([], ["--epochs", "1", "--repeats", "1"]),
+}
+
+
+def main(argv: List[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("names", nargs="*", help=f"benchmarks to run (default: all of {', '.join(BENCHMARKS)})")
+    parser.add_argument("--quick", action="store_true", help="smoke settings (figures are not the reported ones)")
+    args = parser.parse_args(argv)
+    unknown = [n for n in args.names if n not in BENCHMARKS]
+    if unknown:
+        parser.error(f"unknown benchmark(s) {unknown}; allowed: {sorted(BENCHMARKS)}")
+    results = []
+    for name in args.names or list(BENCHMARKS):
+        if name == "zeta_cost" and importlib.util.find_spec("captum") is None:
+            print(f"== {name}: skipped (Captum not installed: pip install --no-deps captum)", flush=True)
+            results.append((name, "skipped", 0.0))
+            continue
+        if name == "cuda_check":
+            import torch
+
+            if not torch.cuda.is_available():
+                print(f"== {name}: skipped (no CUDA device)", flush=True)
+                results.append((name, "skipped", 0.0))
+                continue
+        full, quick = BENCHMARKS[name]
+        cmd = [sys.executable, str(HERE / f"{name}.py"), *(quick if args.quick else full)]
+        print(f"== {name}: {' '.join(cmd[1:])}", flush=True)
+        start = time.perf_counter()
+        rc = subprocess.call(cmd)
+        results.append((name, "ok" if rc == 0 else f"exit {rc}", time.perf_counter() - start))
+    print("\n| benchmark | result | wall (s) |\n|---|---|---:|")
+    for name, result, seconds in results:
+        print(f"| {name} | {result} | {seconds:.0f} |")
+    return 0 if all(r in ("ok", "skipped") for _, r, _ in results) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
