@@ -16,7 +16,7 @@ peak memory = median(variant) − median(none). Usage::
 
     .venv/bin/python benchmarks/memory.py              # 3 repeats, about 2-3 minutes on 2 cores
     .venv/bin/python benchmarks/memory.py --repeats 5 --epochs 3
-    .venv/bin/python benchmarks/memory.py --attribution   # + EEG alone, lesion batch capped at 256
+    .venv/bin/python benchmarks/memory.py --attribution   # + EEG alone, uncapped lesion forwards, no tractography
 """
 
 from __future__ import annotations
@@ -30,8 +30,9 @@ import sys
 import tempfile
 
 VARIANTS = ("none", "callbacks", "callbacks_no_panels")
-#: attribution runs (``--attribution``): the EEG callback alone; fMRI lesion forwards capped at 256 samples.
-ATTRIBUTION = ("eeg_only_no_panels", "no_panels_zeta_max_batch_256")
+#: attribution runs (``--attribution``): the EEG callback alone; no panels with the lesion forwards
+#: uncapped (``zeta_max_bytes=None``, the behaviour before the byte cap); no panels, no tractography.
+ATTRIBUTION = ("eeg_only_no_panels", "no_panels_zeta_max_bytes_none", "no_panels_no_tractography")
 
 CHILD = r"""
 import json, resource, sys, warnings
@@ -50,8 +51,10 @@ if variant != "none":
     if variant == "eeg_only_no_panels":
         callbacks = [NNEEGCallback(panels=False)]
     else:
-        batch = 256 if variant.endswith("_256") else 1024
-        callbacks = [NNEEGCallback(panels=panels), NNfMRICallback(panels=panels, zeta_max_batch=batch), CrossModalCallback(panels=panels)]
+        kw = {"zeta_max_bytes": None} if variant.endswith("_none") else {}
+        if variant.endswith("no_tractography"):
+            kw["tractography"] = False
+        callbacks = [NNEEGCallback(panels=panels), NNfMRICallback(panels=panels, **kw), CrossModalCallback(panels=panels)]
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 trainer = pl.Trainer(accelerator="cpu", devices=1, max_epochs=epochs, callbacks=callbacks, default_root_dir=root,
                      logger=TensorBoardLogger(root, name="mem"), enable_progress_bar=False, enable_model_summary=False,

@@ -7,7 +7,10 @@ on a fixed probe batch with every region of one target module's output that is *
 coalition (mask False) replaced by a baseline, and returns the model's performance.
 
 * **Batched coalitions.** ``K`` coalitions are evaluated in one forward of ``K*B`` samples (``K``
-  chunked so that ``K*B <= max_batch``). By default (``expand=True``, built-in metrics only) the
+  chunked so that ``K*B <= max_batch`` and, with ``max_bytes``, so that the largest activation of
+  the forward, ``K*B`` times its bytes per sample, stays within ``max_bytes``; see
+  :attr:`LesionGame.rows_per_forward`). Chunking changes only how rows are grouped into forwards:
+  every row's value is computed from its own ``B`` samples, whatever the grouping. By default (``expand=True``, built-in metrics only) the
   model runs on the ``B`` probe samples and a forward hook on the target module *expands* its
   ``(B, *units)`` output to ``(K*B, *units)`` through the ``(K, R)`` masks (expanded to units with
   :func:`~nn_neuroimaging_lightning.functional.grid.grid_partition`): everything upstream of the
@@ -138,10 +141,18 @@ class LesionGame:
         value_fn: ``value_fn(model, (inputs, targets)) -> (K*B,)`` per-sample values (higher is
             better), overriding ``metric``.
         output_selector: picks the tensor from the model's (and the target's) tuple/dict outputs.
-        max_batch: most samples ``K*B`` in one forward (memory cap).
+        max_batch: most samples ``K*B`` in one forward (memory cap); also the rows of one call
+            that a caller should batch (:attr:`rows_per_call`).
         expand: run the upstream once per call and expand the target's output (see the module
             docstring); ``False`` always repeats the inputs. :attr:`expanding` says which path is
             in use.
+        max_bytes: most bytes of the largest activation of one lesion forward (``None``: no
+            cap). The bytes per sample of every module's output are measured on the first,
+            unlesioned forward; a forward of ``K`` coalitions holds at most ``K*B`` times the
+            largest of them (the target's output and the modules after it when expanding, every
+            module and the inputs otherwise), so ``K`` is capped at ``max_bytes`` over ``B``
+            times that (at least 1). The peak of a forward is about twice this (a layer's input
+            and output are alive together).
 
     Raises:
         ValueError: for a bad ``baseline``/``metric``/``max_batch``, a ``target`` that is not a
@@ -172,6 +183,7 @@ class LesionGame:
         output_selector: Optional[Callable[[Any], Tensor]] = None,
         max_batch: int = 1024,
         expand: bool = True,
+        max_bytes: Optional[int] = None,
     ) -> None:
         if not isinstance(model, nn.Module) or not isinstance(target, nn.Module):
             raise TypeError(f"`model` and `target` must be nn.Modules, got {type(model).__name__} and {type(target).__name__}.")
@@ -191,6 +203,8 @@ class LesionGame:
             raise TypeError(f"`value_fn` must be callable(module, batch) -> per-sample values, got {value_fn!r}.")
         if isinstance(max_batch, bool) or not isinstance(max_batch, int) or max_batch < 1:
             raise ValueError(f"`max_batch` must be a positive int, got {max_batch!r}.")
+        if max_bytes is not None and (isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or max_bytes < 1):
+            raise ValueError(f"`max_bytes` must be None or a positive int (bytes), got {max_bytes!r}.")
         if value_fn is None:
             if targets is None:
                 raise ValueError("`targets` must be given when no `value_fn` is: the default value is minus the loss against them.")
@@ -212,6 +226,10 @@ class LesionGame:
         self.user_value_fn = value_fn
         self.output_selector = output_selector
         self.max_batch = max_batch
+        self.max_bytes = max_bytes
+        # largest activation bytes per probe sample, measured by _probe: after the target, and overall
+        self.sample_bytes_downstream = 0
+        self.sample_bytes_all = 0
         if not isinstance(expand, bool):
             raise TypeError(f"`expand` must be a bool, got {expand!r}.")
         # None: not yet verified (decided by the first call with K >= 2); True/False: decided.
@@ -232,18 +250,31 @@ class LesionGame:
     def _probe(self) -> None:
         """One clean forward: the target's output shape, hence the grid, and the region means."""
         seen: List[Tensor] = []
+        sizes_in_order: List[Tuple[bool, int]] = []  # (after the target?, output bytes per sample)
 
         def grab(module: nn.Module, args: Any, output: Any) -> None:
             t = first_tensor(output, self.output_selector)
             if t is not None and not seen:
                 seen.append(t.detach())
 
+        def measure(module: nn.Module, args: Any, output: Any) -> None:
+            t = output if isinstance(output, Tensor) else first_tensor(output, self.output_selector)
+            if isinstance(t, Tensor) and t.dim() >= 1 and t.shape[0] == self.batch:
+                sizes_in_order.append((bool(seen), t.numel() * t.element_size() // self.batch))
+
         handle = self.target.register_forward_hook(grab)
+        # registered after `grab`, so the target's own output counts as downstream (seen is set)
+        sizers = [m.register_forward_hook(measure) for m in self.model.modules()]
         try:
             with self.session():
                 self.model(self.inputs)
         finally:
             handle.remove()
+            for h in sizers:
+                h.remove()
+        per_input = self.inputs.numel() * self.inputs.element_size() // self.batch
+        self.sample_bytes_all = max([per_input] + [b for _, b in sizes_in_order])
+        self.sample_bytes_downstream = max([0] + [b for after, b in sizes_in_order if after])
         if not seen:
             raise ValueError(f"`target` ({type(self.target).__name__}) produced no tensor output in a forward of `model`: is it used in forward()?")
         a = seen[0]
@@ -289,15 +320,39 @@ class LesionGame:
 
     @property
     def rows_per_call(self) -> int:
-        """Coalitions evaluated in one forward (``max_batch // B``, at least 1)."""
+        """Coalitions a caller should pass per call (``max_batch // B``, at least 1).
+
+        A call may hold any number of rows; it runs in forwards of :attr:`rows_per_forward` rows.
+        """
         return max(1, self.max_batch // self.batch)
+
+    @property
+    def rows_per_forward(self) -> int:
+        r"""Coalitions evaluated in one forward: :attr:`rows_per_call`, capped by ``max_bytes``.
+
+        .. math:: K = \max\Big(1, \min\Big(\Big\lfloor \frac{\text{max\_batch}}{B} \Big\rfloor,
+            \Big\lfloor \frac{\text{max\_bytes}}{B\, s} \Big\rfloor\Big)\Big)
+
+        with ``s`` the largest activation bytes per sample (:attr:`sample_bytes_downstream` while
+        the output is expanded or not yet decided, :attr:`sample_bytes_all` on the plain path).
+        """
+        k = self.rows_per_call
+        if self.max_bytes is not None:
+            per_sample = self.sample_bytes_all if self._expand is False else self.sample_bytes_downstream
+            k = min(k, self.max_bytes // max(1, self.batch * per_sample))
+        return max(1, k)
 
     def __call__(self, masks: Tensor) -> Tensor:
         if not isinstance(masks, Tensor) or masks.dim() != 2 or masks.shape[1] != self.n_regions:
             got = tuple(masks.shape) if isinstance(masks, Tensor) else type(masks).__name__
             raise ValueError(f"`masks` must be a (K, {self.n_regions}) bool tensor, got {got}.")
+        outs = []
         with self.session():
-            outs = [self._chunk(masks[s : s + self.rows_per_call]) for s in range(0, masks.shape[0], self.rows_per_call)]
+            start = 0
+            while start < masks.shape[0]:
+                k = self.rows_per_forward  # re-read: the first multi-row chunk settles the path
+                outs.append(self._chunk(masks[start : start + k]))
+                start += k
         return torch.cat(outs).to("cpu", torch.float64)
 
     def _hook(self, module: nn.Module, args: Any, output: Any) -> Any:
@@ -400,6 +455,7 @@ def lesion_value_fn(
     output_selector: Optional[Callable[[Any], Tensor]] = None,
     max_batch: int = 1024,
     expand: bool = True,
+    max_bytes: Optional[int] = None,
 ) -> LesionGame:
     """Build a :class:`LesionGame` from a Lightning-style batch ``(inputs, targets, ...)``.
 
@@ -420,6 +476,7 @@ def lesion_value_fn(
         output_selector: picks the tensor from tuple/dict outputs.
         max_batch: most samples in one forward.
         expand: run the upstream once per call (see :class:`LesionGame`).
+        max_bytes: most bytes of the largest activation of one forward (see :class:`LesionGame`).
 
     Returns:
         The game, a ``value_fn(masks) -> values`` for
@@ -436,7 +493,8 @@ def lesion_value_fn(
         torch.Size([1])
     """
     inputs, targets = split_batch(batch, label_selector)
-    return LesionGame(model, target, inputs, targets, grid, baseline, metric, value_fn, output_selector, max_batch, expand)
+    return LesionGame(model, target, inputs, targets, grid, baseline, metric, value_fn, output_selector, max_batch, expand,
+                      max_bytes)
 
 
 def split_batch(batch: Any, label_selector: Optional[Callable[[Any], Tensor]] = None) -> Tuple[Tensor, Optional[Tensor]]:

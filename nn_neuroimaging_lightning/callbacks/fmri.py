@@ -205,7 +205,15 @@ class NNfMRICallback(MonitorCallback):
         antithetic: pair each permutation with its reverse.
         truncation_tol: relative truncation band of the estimator (``None``: none).
         confidence: level of the zeta intervals.
-        zeta_max_batch: most samples in one lesion forward (memory cap).
+        zeta_max_batch: most samples in one lesion forward (memory cap), and
+            ``zeta_max_batch // probe_size`` the coalitions per value call of the estimator.
+        zeta_max_bytes: most bytes of the largest activation of one lesion forward (``None``: no
+            cap): the coalitions per forward are capped so that their expanded activations
+            (coalitions x ``probe_size`` x the largest activation bytes per sample downstream of
+            the layer) stay within it, at least one coalition per forward (see
+            :attr:`~nn_neuroimaging_lightning.lesion.LesionGame.rows_per_forward`). Only the
+            grouping of coalitions into forwards changes, not the estimates. The default, 8 MiB,
+            keeps the lesion forwards below a demo training step's activations.
         tractography: compute tractography at each zeta evaluation.
         top_k: critical pathways and top regions reported.
         dead_ratio: a region below this fraction of its baseline mean ``|a|`` is dead.
@@ -255,6 +263,7 @@ class NNfMRICallback(MonitorCallback):
         truncation_tol: Optional[float] = None,
         confidence: float = 0.95,
         zeta_max_batch: int = 1024,
+        zeta_max_bytes: Optional[int] = 8 * 2**20,
         tractography: bool = True,
         top_k: int = 5,
         dead_ratio: float = 0.05,
@@ -303,6 +312,7 @@ class NNfMRICallback(MonitorCallback):
         if self.confidence >= 1.0:
             raise ValueError(f"`confidence` must be a number in (0, 1), got {confidence!r}.")
         self.zeta_max_batch = V.check_int("zeta_max_batch", zeta_max_batch, 1)
+        self.zeta_max_bytes = None if zeta_max_bytes is None else V.check_int("zeta_max_bytes", zeta_max_bytes, 1)
         self.tractography = V.check_bool("tractography", tractography)
         self.top_k = V.check_int("top_k", top_k, 1)
         self.dead_ratio = V.check_float("dead_ratio", dead_ratio, 0.0, 1.0)
@@ -731,7 +741,7 @@ class NNfMRICallback(MonitorCallback):
             else:
                 module = self._modules_all[name]
                 game = LesionGame(pl_module, module, x, y, self.grid, self.baseline, self.metric, self.value_fn,
-                                  self.output_selector, self.zeta_max_batch)
+                                  self.output_selector, self.zeta_max_batch, max_bytes=self.zeta_max_bytes)
                 setup = time.perf_counter() - t_layer
                 if game.clamped and name not in self._warned_clamp:
                     self._warn_clamped([(name, (x.shape[0],) + game.unit_shape, game.grid)])

@@ -20,6 +20,7 @@ __all__ = [
     "band_layout",
     "figure_to_array",
     "merge_layouts",
+    "png_bytes",
     "safe_tag",
     "table_text",
     "write_custom_scalars",
@@ -272,7 +273,14 @@ def write_stacked_spectrum(
 
 
 def figure_to_array(fig: Any) -> np.ndarray:
-    """Render a matplotlib figure to an ``(H, W, 3)`` uint8 RGB array, without pyplot."""
+    """Render a matplotlib figure to an ``(H, W, 3)`` uint8 RGB array, without pyplot.
+
+    An ``(H, W, 3)`` uint8 array is returned as it is (a panel already rendered as an image).
+    """
+    if isinstance(fig, np.ndarray):
+        if fig.dtype != np.uint8 or fig.ndim != 3 or fig.shape[2] != 3:
+            raise ValueError(f"`fig` as an array must be (H, W, 3) uint8 RGB, got {fig.dtype} {fig.shape}.")
+        return fig
     from matplotlib.backends.backend_agg import FigureCanvasAgg
 
     canvas = FigureCanvasAgg(fig)
@@ -281,13 +289,66 @@ def figure_to_array(fig: Any) -> np.ndarray:
     return np.ascontiguousarray(rgba[..., :3])
 
 
+def png_bytes(rgb: np.ndarray, level: int = 6) -> bytes:
+    r"""Encode an ``(H, W, 3)`` uint8 RGB array as PNG bytes (zlib only, no image library).
+
+    Rows are written with PNG filter 0 (none): the encoder holds one copy of the pixels plus one
+    byte per row, and the compressed stream.
+
+    .. math:: \text{PNG} = \text{signature} \,\|\, \text{IHDR} \,\|\, \text{IDAT}(\mathrm{zlib}(0 \,\|\, \text{row}_1 \,\|\, \dots)) \,\|\, \text{IEND}
+
+    Args:
+        rgb: ``(H, W, 3)`` uint8 pixels, top row first.
+        level: zlib compression level, 0 to 9.
+
+    Returns:
+        The PNG file's bytes.
+
+    Raises:
+        ValueError: If ``rgb`` is not a non-empty ``(H, W, 3)`` uint8 array.
+
+    Example::
+
+        >>> data = png_bytes(np.zeros((2, 3, 3), dtype=np.uint8))
+        >>> data[1:4], len(data) > 40
+        (b'PNG', True)
+    """
+    import struct
+    import zlib
+
+    if not isinstance(rgb, np.ndarray) or rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3 or 0 in rgb.shape:
+        got = f"{rgb.dtype} {rgb.shape}" if isinstance(rgb, np.ndarray) else type(rgb).__name__
+        raise ValueError(f"`rgb` must be a non-empty (H, W, 3) uint8 array, got {got}.")
+    h, w, _ = rgb.shape
+    raw = np.empty((h, 1 + 3 * w), dtype=np.uint8)  # (H, 1 + 3W): filter byte 0, then the row
+    raw[:, 0] = 0
+    raw[:, 1:] = rgb.reshape(h, 3 * w)
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    header = struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0)  # 8-bit RGB, no interlace
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw.tobytes(), level)) + chunk(b"IEND", b"")
+
+
 def write_figure(writer: Any, tag: str, fig: Any, step: int) -> None:
-    """Render ``fig`` with the Agg canvas and write it as an image.
+    """Render ``fig`` (a matplotlib figure, or an ``(H, W, 3)`` uint8 image) and write it as an image.
 
     Equivalent to ``writer.add_figure(tag, fig, step, close=True)`` but never touches pyplot (no
-    interactive backend is selected, nothing is kept in pyplot's figure registry).
+    interactive backend is selected, nothing is kept in pyplot's figure registry) and costs little
+    memory: the pixels are PNG-encoded here (:func:`png_bytes`) and the image summary goes to the
+    writer's event file directly, whereas ``add_image`` makes float32 copies of the image (12 bytes
+    per pixel each) and resamples it. A writer without a file writer gets ``add_image``.
     """
-    writer.add_image(tag, figure_to_array(fig), int(step), dataformats="HWC")
+    rgb = figure_to_array(fig)
+    get_file_writer = getattr(writer, "_get_file_writer", None)
+    if get_file_writer is None:
+        writer.add_image(tag, rgb, int(step), dataformats="HWC")
+        return
+    from tensorboard.compat.proto.summary_pb2 import Summary
+
+    image = Summary.Image(height=rgb.shape[0], width=rgb.shape[1], colorspace=3, encoded_image_string=png_bytes(rgb))
+    get_file_writer().add_summary(Summary(value=[Summary.Value(tag=tag, image=image)]), int(step))
 
 
 def _cell(value: Any) -> str:

@@ -213,3 +213,132 @@ def test_single_sample_probe_never_expands():
     assert game.expanding is False
     with pytest.raises(TypeError, match="`expand`"):
         LesionGame(net, net[0], x, y, grid=(2,), expand=1)
+
+
+# ---------------------------------------------------------------------------------- memory-aware batching
+class Funnel(nn.Module):
+    """``head(relu(wide(x)))``: 40 hidden floats per sample upstream of ``head``, 2 after it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(3)
+        self.wide = nn.Linear(3, 40)
+        self.head = nn.Linear(40, 2)
+
+    def forward(self, x):
+        return self.head(torch.relu(self.wide(x)))
+
+
+def _largest_outputs(model):
+    """Record the largest module output (bytes) of every forward while the context is open."""
+    sizes = []
+
+    def hook(module, args, output):
+        if isinstance(output, torch.Tensor):
+            sizes.append(output.numel() * output.element_size())
+
+    handles = [m.register_forward_hook(hook) for m in model.modules()]
+    return sizes, handles
+
+
+def test_bytes_per_sample_measured_and_rows_per_forward_by_hand():
+    net = Funnel()
+    x, y = torch.randn(5, 3), torch.tensor([0, 1, 1, 0, 1])
+    game = LesionGame(net, net.wide, x, y, grid=(4,), max_bytes=5 * 160 * 3 + 7)
+    # by hand: wide -> 40 floats (160 B), relu(wide) is not a module, head -> 2 floats (8 B); inputs 12 B
+    assert (game.sample_bytes_downstream, game.sample_bytes_all) == (160, 160)
+    assert game.rows_per_call == 1024 // 5
+    assert game.rows_per_forward == 3  # floor((5 * 160 * 3 + 7) / (5 * 160))
+    at_head = LesionGame(net, net.head, x, y, grid=(2,), max_bytes=5 * 8 * 10)
+    assert (at_head.sample_bytes_downstream, at_head.sample_bytes_all) == (8, 160)
+    assert at_head.rows_per_forward == 10  # expanded path: only head's (K*B, 2) output grows with K
+    tiny_budget = LesionGame(net, net.wide, x, y, grid=(4,), max_bytes=1)
+    assert tiny_budget.rows_per_forward == 1  # never below one coalition
+    assert LesionGame(net, net.wide, x, y, grid=(4,)).rows_per_forward == 1024 // 5  # no cap by default
+
+
+@pytest.mark.parametrize(("budget_rows",), [(1,), (2,), (3,), (7,)])
+def test_byte_budget_changes_forwards_not_values(budget_rows):
+    """Same values as one big forward, the largest activation within the budget, the expected forward count."""
+    net = Funnel()
+    x, y = torch.randn(5, 3), torch.tensor([0, 1, 1, 0, 1])
+    g = torch.Generator().manual_seed(0)
+    masks = torch.rand(11, 4, generator=g) > 0.5  # (K=11, R=4)
+    free = LesionGame(net, net.wide, x, y, grid=(4,), baseline="mean")
+    reference = free(masks)
+    budget = budget_rows * 5 * 160
+    game = LesionGame(net, net.wide, x, y, grid=(4,), baseline="mean", max_bytes=budget)
+    assert game.rows_per_forward == budget_rows
+    sizes, handles = _largest_outputs(net)
+    calls = []
+    counter = net.register_forward_pre_hook(lambda m, a: calls.append(a[0].shape[0]))
+    try:
+        values = game(masks)
+    finally:
+        counter.remove()
+        for h in handles:
+            h.remove()
+    # float32 products over other batch sizes may round differently: equal to float32 precision
+    assert torch.allclose(values, reference, rtol=1e-6, atol=1e-9)
+    hand = []
+    with torch.no_grad():
+        h = net.wide(x)  # (5, 40)
+        base = h.reshape(5, 4, 10).mean((0, 2)).repeat_interleave(10)  # (40,) region means
+        for keep in masks:
+            m = keep.repeat_interleave(10)
+            hand.append(float(-F.cross_entropy(net.head(torch.relu(torch.where(m, h, base))).double(), y)))
+    assert values.tolist() == pytest.approx(hand, rel=1e-6)
+    assert max(sizes) <= budget
+    # forwards: ceil(11 / k) of the expanded path (B inputs each) + the one plain check of 2 rows when k >= 2
+    n_expanded = -(-11 // budget_rows) if budget_rows >= 2 else 0
+    n_plain = (1 if budget_rows >= 2 else 11)
+    assert len(calls) == n_expanded + n_plain
+    assert game.expanding is (True if budget_rows >= 2 else None)
+
+
+def test_zeta_estimates_do_not_depend_on_the_byte_budget():
+    """shapley_zeta on the same permutations: a 1-coalition budget gives the scores of the uncapped game.
+
+    In float64, so that the products' rounding over other batch sizes (1e-16) cannot hide a difference.
+    """
+    from nn_neuroimaging_lightning.functional.shapley import shapley_zeta
+
+    net = Funnel().double()
+    x, y = torch.randn(6, 3, dtype=torch.float64), torch.tensor([0, 1, 1, 0, 1, 0])
+    results = []
+    for max_bytes in (None, 1, 6 * 160 * 4):
+        game = LesionGame(net, net.wide, x, y, grid=(8,), max_bytes=max_bytes and max_bytes * 2)
+        with game.session():
+            results.append(shapley_zeta(game, 8, n_permutations=6, batch_size=game.rows_per_call,
+                                        generator=torch.Generator().manual_seed(11)))
+    for res in results[1:]:
+        assert torch.allclose(res.scores, results[0].scores, rtol=1e-12, atol=1e-14)
+        assert torch.allclose(res.ci_high, results[0].ci_high, rtol=1e-12, atol=1e-14)
+        assert res.n_evaluations == results[0].n_evaluations
+
+
+@pytest.mark.parametrize(("value",), [(0,), (-5,), (1.5,), (True,), ("8MB",)])
+def test_bad_max_bytes(value):
+    net, x, y = tiny()
+    with pytest.raises(ValueError, match=r"`max_bytes` must be None or a positive int \(bytes\), got"):
+        LesionGame(net, net[0], x, y, grid=(2,), max_bytes=value)
+
+
+def test_callback_zeta_same_with_and_without_byte_cap(tmp_path):
+    """Fixed mode: NNfMRICallback(zeta_max_bytes=...) reproduces the uncapped scores."""
+    torch.manual_seed(0)
+    x, y = torch.randn(16, 4), torch.randn(16, 1)
+    scores = []
+    for cap in (None, 1):
+        torch.manual_seed(0)
+        model = Regressor()
+        fmri = NNfMRICallback(layers=["a"], grid=(3,), zeta_budget=64, tractography=False, zeta_time_fraction=None,
+                              zeta_max_bytes=cap)
+        assert fmri.zeta_max_bytes == cap
+        pl.Trainer(default_root_dir=tmp_path, logger=False, callbacks=[fmri], enable_checkpointing=False,
+                   enable_progress_bar=False, enable_model_summary=False).validate(
+            model, DataLoader(TensorDataset(x, y), batch_size=16), verbose=False)
+        scores.append(fmri.zeta["a"].scores)
+    assert torch.allclose(scores[0], scores[1], rtol=1e-6, atol=1e-9)
+    with pytest.raises(ValueError, match="`zeta_max_bytes`"):
+        NNfMRICallback(zeta_max_bytes=0)

@@ -103,6 +103,7 @@ ROWS: List[Tuple[type, str, Any, type, Tuple[str, ...]]] = [
     (FMRI, "truncation_tol", -0.1, ValueError, ("[0.0, inf]",)),
     (FMRI, "confidence", 1.0, ValueError, ("(0, 1)",)),
     (FMRI, "zeta_max_batch", 0, ValueError, ("[1, inf]",)),
+    (FMRI, "zeta_max_bytes", 0, ValueError, ("[1, inf]",)),
     (FMRI, "tractography", "off", TypeError, ("bool",)),
     (FMRI, "top_k", 0, ValueError, ("[1, inf]",)),
     (FMRI, "dead_ratio", -0.5, ValueError, ("[0.0, 1.0]",)),
