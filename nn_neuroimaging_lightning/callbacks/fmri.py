@@ -23,10 +23,12 @@ from nn_neuroimaging_lightning.functional.grid import (
     _as_grid_tuple,
     _check_lam_eps,
     _partition,
+    add_unit_sums_,
     grid_partition,
     region_density,
-    region_sums,
     resolve_grid,
+    scatter_unit_sums,
+    unit_sums,
 )
 from nn_neuroimaging_lightning.functional.tractography import critical_pathways, path_strength, pathway_efficiency
 from nn_neuroimaging_lightning.functional.tractography import tractography as trace_module
@@ -83,19 +85,20 @@ class NNfMRICallback(MonitorCallback):
 
     **Densities (every training step).** Each tapped layer's output is split into micro-regions
     (grid ``(g_h, g_w, g_c)`` over ``(H, W, C)``, ``(g_t, g_d)`` over tokens × hidden, ``(g_c,)`` over
-    features). Per step, one forward hook reduces the output of the first ``density_samples``
-    samples of the batch (default 4; ``None``: all) to per-region sums of ``|a|``, ``a`` and ``a^2``
-    on its device (no host sync; the batch is reduced first, then the ``(3, units)`` partial sums
-    are scattered into regions) and adds them to a window. Decision: the density is a statistic of
+    features). Per step, one forward hook copies the first ``density_samples`` samples of the
+    output (default 4; ``None``: the hook reduces the whole batch itself) and ``on_train_batch_end``
+    adds their per-unit sums of ``|a|``, ``a`` and ``a^2`` into the window on the device (no host
+    sync; ``abs``, ``mul`` and three ``addmm_`` per layer); the ``(3, units)`` sums are scattered
+    into per-region sums once per window. The hook has no region index, no data-dependent shape
+    and reads the clock only outside ``torch.compile`` tracing, so a compiled model keeps one graph
+    per mode (no graph break, no recompile). Decision: the density is a statistic of
     the layer's activity *distribution*, not of one batch, so a fixed subsample of every batch
     gives unbiased sums per sample (``E[|a|]``, ``E[a]``, ``E[a^2]``; the variance is then
     consistent) and the window still pools ``4 x check_every_n_steps`` samples (200 at the default
     50 steps). With shuffled loaders the first samples are a random subsample; with unshuffled
-    ones each batch still contributes different samples. On the reference CNN this cuts the
-    reduction of ``conv1``'s ``(64, 16, 28, 28)`` output from 1.27 ms to about 0.05 ms (0.085 ms
-    with 8 samples; one ``sum()`` of the whole output is 0.098 ms), and the densities' self-time
-    from 12-22 % to about 3-4 % of the step time on a loaded shared CPU (see
-    ``benchmarks/README.md``, ``fmri_overhead``). Every
+    ones each batch still contributes different samples. On the reference CNN (batch 64, one CPU
+    thread) the densities' self-time is about 2.3-3.1 % of the step time on a loaded shared CPU
+    (12-22 % with full-batch reductions; see ``benchmarks/README.md``, ``fmri_overhead``). Every
     ``check_every_n_steps`` steps (default: the trainer's ``log_every_n_steps``) the window's
     density :math:`\phi(g) = \overline{|a|}_g + \lambda \log(\sigma^2_g + \epsilon)` is available
     as :attr:`density`, and each region's mean ``|a|`` is compared with its running baseline (an
@@ -333,6 +336,8 @@ class NNfMRICallback(MonitorCallback):
         self._zeta_names: List[str] = []
         # per tapped layer (index-aligned with self._taps.names)
         self._acc: List[Optional[Tensor]] = []  # (R, 3) window sums of |a|, a, a^2
+        # (3, U) per-unit sums added since the last scatter into `_acc` (see `_flush_units`)
+        self._units: List[Optional[Tensor]] = []
         self._acc_n: List[int] = []  # samples in the window
         self._shape: List[Optional[Tuple[int, ...]]] = []  # unit shape
         self._grid_of: List[Optional[Tuple[int, ...]]] = []  # resolved grid
@@ -440,6 +445,7 @@ class NNfMRICallback(MonitorCallback):
             self._taps = LayerTaps(self._modules, reduce=self._reduce, selector=self.output_selector)
             n = len(self._modules)
             self._acc, self._acc_n, self._shape, self._grid_of = [None] * n, [0] * n, [None] * n, [None] * n
+            self._units = [None] * n
             self._last, self._base, self._windows, self._flag_state = [None] * n, [None] * n, [0] * n, [None] * n
         if self._pending_state is not None:
             self._apply_state(self._pending_state)
@@ -463,22 +469,38 @@ class NNfMRICallback(MonitorCallback):
             writer.flush()
 
     # ------------------------------------------------------------------ per step
-    def _reduce(self, t: Tensor) -> Optional[Tuple[Tensor, Tuple[int, ...], int]]:
-        t0 = time.perf_counter_ns()
+    def _reduce(self, t: Tensor) -> Optional[Tuple[Tensor, Tuple[int, ...], int, bool]]:
+        # Runs in the forward hook, inside the graph of a `torch.compile`d model: tensor ops without
+        # a region index or a data-dependent shape only, no Python side effect that dynamo cannot
+        # trace (the clock is read in eager mode only). With a subsample (the default) the hook only
+        # copies the first `density_samples` samples (one op; a copy because a later in-place op,
+        # e.g. `ReLU(inplace=True)`, may overwrite the output); the sums (`add_unit_sums_`) and the
+        # scatter into regions run in `on_train_batch_end`, outside the graph (on the reference CNN
+        # 15-25 % less self-time than reducing in the hook). With the whole batch
+        # (`density_samples=None`) the hook reduces it to (3, U) at once instead of copying it.
+        timed = not torch.compiler.is_compiling()
+        t0 = time.perf_counter_ns() if timed else 0
         if not 2 <= t.dim() <= 4 or t.is_complex():
             return None
-        shape = tuple(t.shape)
-        key = (shape[1:], t.device)
+        if self.density_samples is None:
+            out, n, reduced = unit_sums(t), t.shape[0], True  # (3, U)
+        else:
+            n = min(self.density_samples, t.shape[0])
+            out, reduced = t[:n].detach().clone(memory_format=torch.contiguous_format), False  # (n, *unit_shape)
+        if timed:
+            self._self_time_ns += time.perf_counter_ns() - t0
+        return out, tuple(t.shape), n, reduced
+
+    def _region_index(self, unit_shape: Tuple[int, ...], device: torch.device) -> Tuple[Tensor, int]:
+        """Flat region index ``(U,)`` and region count of a unit shape (cached; eager code only)."""
+        key = (unit_shape, device)
         hit = self._index_cache.get(key)
         if hit is None:
-            index, _, g = _partition(shape, self.grid, t.device)
+            index, _, g = _partition((1,) + unit_shape, self.grid, device)
             if len(self._index_cache) >= 64:
                 self._index_cache.clear()
-            hit = self._index_cache[key] = (index, math.prod(g))
-        n = shape[0] if self.density_samples is None else min(self.density_samples, shape[0])
-        sums = region_sums(t[:n], hit[0], hit[1])  # (R, 3) over the first n samples only
-        self._self_time_ns += time.perf_counter_ns() - t0
-        return sums, shape, n
+            hit = self._index_cache[key] = (index.reshape(-1), math.prod(g))
+        return hit
 
     def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int) -> None:
         if self._probe is None:
@@ -502,18 +524,23 @@ class NNfMRICallback(MonitorCallback):
                 if call is None:
                     self._unsupported.add(self._taps.names[i])
                     continue
-                sums, shape, n_used = call
+                out, shape, n_used, reduced = call
                 if self._shape[i] != shape[1:]:
                     g, clamped = resolve_grid(shape, self.grid)
                     if clamped and self._taps.names[i] not in self._warned_clamp:
                         new_clamped.append((self._taps.names[i], shape, g))
                     self._shape[i], self._grid_of[i] = shape[1:], g
-                    self._acc[i], self._acc_n[i] = None, 0
+                    self._acc[i], self._acc_n[i], self._units[i] = None, 0, None
                     self._base[i], self._windows[i], self._flag_state[i] = None, 0, None
-                if self._acc[i] is None:
-                    self._acc[i] = sums  # a fresh tensor from region_sums: owned, no copy needed
+                # Per-unit sums added in place (`add_unit_sums_`: abs, mul, three addmm_); the scatter
+                # into regions waits for the window's end (`_flush_units`): one op per window.
+                if self._units[i] is None:
+                    self._units[i] = torch.zeros(3, out.shape[-1] if reduced else math.prod(out.shape[1:]),
+                                                 dtype=torch.float32, device=out.device)
+                if reduced:
+                    self._units[i].add_(out)  # (3, U) reduced in the hook (whole batch)
                 else:
-                    self._acc[i] += sums
+                    add_unit_sums_(self._units[i], out)  # out: the hook's copy of the first n samples
                 self._acc_n[i] += n_used
         self._warn_clamped(new_clamped)
         every = self.check_every_n_steps or max(trainer.log_every_n_steps, 1)
@@ -530,7 +557,21 @@ class NNfMRICallback(MonitorCallback):
         listing = "; ".join(f"`{n}` output {s} -> grid {g}" for n, s, g in items)
         rank_zero_warn(f"NNfMRICallback: `grid`={self.grid} is larger than some layers and was clamped: {listing}.")
 
+    def _flush_units(self, i: int) -> None:
+        """Scatter layer ``i``'s pending per-unit sums into its ``(R, 3)`` window sums (one op)."""
+        units = self._units[i] if i < len(self._units) else None
+        if units is None:
+            return
+        self._units[i] = None
+        index, n_regions = self._region_index(tuple(self._shape[i]), units.device)
+        if self._acc[i] is None:
+            self._acc[i] = torch.zeros(n_regions, 3, dtype=torch.float32, device=units.device)
+        elif self._acc[i].device != units.device:
+            self._acc[i] = self._acc[i].to(units.device)  # e.g. restored on CPU, now on an accelerator
+        scatter_unit_sums(units, index, n_regions, out=self._acc[i])
+
     def _window(self, i: int) -> Tuple[Optional[Tensor], int]:
+        self._flush_units(i)
         if self._acc[i] is not None and self._acc_n[i] > 0:
             return self._acc[i], self._acc_n[i]
         if self._last[i] is not None:
@@ -548,6 +589,7 @@ class NNfMRICallback(MonitorCallback):
         flagged = set()
         step = trainer.global_step
         for i, name in enumerate(names):
+            self._flush_units(i)
             if self._acc[i] is None or self._acc_n[i] == 0:
                 if self._flag_state[i] is not None and self._flag_state[i].any():
                     flagged.add(name)
@@ -1039,6 +1081,8 @@ class NNfMRICallback(MonitorCallback):
     # ------------------------------------------------------------------ checkpointing
     def state_dict(self) -> Dict[str, Any]:
         state = super().state_dict()
+        for i in range(len(self._units)):
+            self._flush_units(i)
 
         def cpu(t: Optional[Tensor]) -> Optional[Tensor]:
             return None if t is None else t.detach().cpu().clone()
@@ -1077,6 +1121,7 @@ class NNfMRICallback(MonitorCallback):
         if saved is not None and list(saved) == list(self._taps.names):
             n = len(saved)
             self._acc = list(state.get("acc", [None] * n))
+            self._units = [None] * n
             self._acc_n = list(state.get("acc_n", [0] * n))
             self._shape = [None if s is None else tuple(s) for s in state.get("shape", [None] * n)]
             self._grid_of = [None if g is None else tuple(g) for g in state.get("grid_of", [None] * n)]

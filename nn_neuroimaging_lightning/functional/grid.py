@@ -14,8 +14,8 @@ Every axis is split like :func:`torch.tensor_split` with an int (the first ``n %
 one unit larger), so every unit belongs to exactly one region. A grid entry larger than its axis is
 clamped to the axis size; :func:`resolve_grid` reports it so the caller can warn once.
 
-Densities are computed from per-region sums of ``|a|``, ``a`` and ``a^2`` (one pass that reduces
-the batch first, then scatters units into regions), which is much cheaper on CPU than
+Densities are computed from per-region sums of ``|a|``, ``a`` and ``a^2`` (:func:`unit_sums` reduces
+the batch first, :func:`scatter_unit_sums` then scatters units into regions), which is much cheaper on CPU than
 ``torch.var_mean`` and lets a metric accumulate over steps and processes by plain summation.
 """
 
@@ -38,6 +38,9 @@ __all__ = [
     "grid_partition",
     "grid_region_sizes",
     "region_sums",
+    "unit_sums",
+    "add_unit_sums_",
+    "scatter_unit_sums",
     "region_density",
     "region_density_from_activation",
 ]
@@ -55,6 +58,9 @@ _CACHE_SIZE = 64
 # (unit_shape, grid, device) -> (region index (unit_shape) int64, region sizes (R,) int64).
 # Bounded LRU: a pure cache of shape-only data, it does not change any result.
 _PARTITION_CACHE: OrderedDict[tuple, tuple[Tensor, Tensor]] = OrderedDict()
+# (shape, dtype, device) -> ones (3, 1, B) or (1, B) for the batch sums of `unit_sums`/`add_unit_sums_`
+# (bounded, shape-only).
+_ONES_CACHE: dict = {}
 
 
 def _as_grid_tuple(grid: _GridLike) -> tuple[int, ...]:
@@ -245,12 +251,143 @@ def grid_region_sizes(
     return _partition(shape, grid, device)[1]
 
 
+def _ones_for_batch(n: int, dtype: torch.dtype, device: torch.device, stacked: bool = True) -> Tensor:
+    """Ones that sum a batch of ``n``: ``(3, 1, n)`` for one ``bmm`` over three stacked quantities, else ``(1, n)``."""
+    shape = (3, 1, n) if stacked else (1, n)
+    if torch.compiler.is_compiling():
+        return torch.ones(shape, dtype=dtype, device=device)  # a constant of the graph
+    key = (shape, dtype, device)
+    hit = _ONES_CACHE.get(key)
+    if hit is None:
+        if len(_ONES_CACHE) >= _CACHE_SIZE:
+            _ONES_CACHE.clear()
+        hit = _ONES_CACHE[key] = torch.ones(shape, dtype=dtype, device=device)
+    return hit
+
+
+def unit_sums(activation: Tensor) -> Tensor:
+    r"""Per-unit sums over the batch of ``|a|``, ``a`` and ``a^2``: the part of :func:`region_sums` that needs no grid.
+
+    Four aten ops on the activation (``abs``, ``mul``, ``cat``, one ``bmm`` with ones that sums the
+    batch of all three quantities at once); no region index, no data-dependent shape and no host
+    sync, so it is what a forward hook runs inside a ``torch.compile``'d model. The batch sum is a
+    product with ones only (never with zeros), so an infinite activation stays infinite.
+    Half-precision inputs are summed in float32, float64 in float64; the result is float32.
+
+    .. math:: s_u = \Big(\sum_b |a_{bu}|,\ \sum_b a_{bu},\ \sum_b a_{bu}^2\Big)
+
+    Args:
+        activation: ``(B, *unit_shape)``.
+
+    Returns:
+        float32 ``(3, U)`` on the activation's device, ``U = prod(unit_shape)`` in memory order.
+
+    Example::
+
+        >>> unit_sums(torch.tensor([[1.0, -2.0], [3.0, 0.5]]))
+        tensor([[ 4.0000,  2.5000],
+                [ 4.0000, -1.5000],
+                [10.0000,  4.2500]])
+    """
+    x = activation.detach()
+    if x.dtype != torch.float32 and x.dtype != torch.float64:
+        x = x.float()
+    n = x.shape[0]
+    x = x.flatten(1)  # (B, U); also for an empty batch, where reshape(0, -1) is ambiguous
+    stacked = torch.cat((x.abs(), x, x * x)).view(3, n, x.shape[1])  # (3, B, U)
+    per_unit = torch.bmm(_ones_for_batch(n, x.dtype, x.device), stacked)  # (3, 1, U)
+    return per_unit.view(3, -1).float()  # no-op for float32
+
+
+def add_unit_sums_(out: Tensor, activation: Tensor) -> Tensor:
+    r"""Add the per-unit batch sums of ``|a|``, ``a`` and ``a^2`` (see :func:`unit_sums`) into ``out`` in place.
+
+    For float32 (and half-precision, summed in float32) activations this is ``abs``, ``mul`` and
+    three ``addmm_`` with a ``(1, B)`` row of ones straight into the rows of ``out``: no
+    ``(3, B, U)`` stack and no separate add, about half the memory traffic of
+    ``out += unit_sums(a)``. float64 activations are summed in float64 by :func:`unit_sums`.
+
+    .. math:: \mathrm{out}_u \mathrel{+}= \Big(\sum_b |a_{bu}|,\ \sum_b a_{bu},\ \sum_b a_{bu}^2\Big)
+
+    Args:
+        out: float32 ``(3, U)`` accumulator, ``U = prod(unit_shape)``, on the activation's device.
+        activation: ``(B, *unit_shape)``.
+
+    Returns:
+        ``out``.
+
+    Raises:
+        ValueError: if ``out`` is not a float32 ``(3, U)`` tensor.
+
+    Example::
+
+        >>> acc = torch.zeros(3, 2)
+        >>> _ = add_unit_sums_(acc, torch.tensor([[1.0, -2.0], [3.0, 0.5]]))
+        >>> add_unit_sums_(acc, torch.tensor([[1.0, 1.0]]))
+        tensor([[ 5.0000,  3.5000],
+                [ 5.0000, -0.5000],
+                [11.0000,  5.2500]])
+    """
+    x = activation.detach()
+    n_units = math.prod(x.shape[1:])
+    if tuple(out.shape) != (3, n_units) or out.dtype != torch.float32:
+        raise ValueError(f"`out` must be a float32 (3, {n_units}) tensor, got {out.dtype} {tuple(out.shape)}.")
+    if x.dtype == torch.float64:
+        return out.add_(unit_sums(x))
+    x = x.float().flatten(1)  # (B, U); float() is a no-op for float32
+    ones = _ones_for_batch(x.shape[0], x.dtype, x.device, stacked=False)  # (1, B)
+    ab = x.abs()
+    out[0:1].addmm_(ones, ab)
+    out[1:2].addmm_(ones, x)
+    out[2:3].addmm_(ones, ab * ab)
+    return out
+
+
+def scatter_unit_sums(
+    per_unit: Tensor, region_index: Tensor, n_regions: int, out: Optional[Tensor] = None
+) -> Tensor:
+    r"""Add per-unit sums (see :func:`unit_sums`) into per-region sums with one ``scatter_add_``.
+
+    .. math:: S_g \mathrel{+}= \sum_{u \in g} s_u
+
+    Args:
+        per_unit: float32 ``(3, U)`` from :func:`unit_sums`.
+        region_index: int64 index of ``U`` units (any shape, e.g. ``unit_shape`` from
+            :func:`grid_partition`), on ``per_unit``'s device.
+        n_regions: number of regions (``prod(grid)``).
+        out: float32 ``(n_regions, 3)`` accumulator updated in place (``None``: a new zero one).
+
+    Returns:
+        ``out`` (or the new ``(n_regions, 3)`` tensor) holding the sums of ``|a|``, ``a``, ``a^2``.
+
+    Raises:
+        ValueError: if ``region_index`` does not have ``U`` entries or ``out`` is not ``(n_regions, 3)``.
+
+    Example::
+
+        >>> s = unit_sums(torch.tensor([[1.0, -2.0, 3.0]]))
+        >>> scatter_unit_sums(s, torch.tensor([0, 0, 1]), 2)
+        tensor([[ 3., -1.,  5.],
+                [ 3.,  3.,  9.]])
+    """
+    if region_index.numel() != per_unit.shape[-1]:
+        raise ValueError(
+            f"`region_index` must index the {per_unit.shape[-1]} units of `per_unit`, got {region_index.numel()} entries."
+        )
+    if out is None:
+        out = torch.zeros(n_regions, 3, dtype=torch.float32, device=per_unit.device)
+    elif tuple(out.shape) != (n_regions, 3):
+        raise ValueError(f"`out` must have shape ({n_regions}, 3), got {tuple(out.shape)}.")
+    out.t().scatter_add_(1, region_index.reshape(1, -1).expand(3, -1), per_unit)  # (3, R) view of out
+    return out
+
+
 def region_sums(activation: Tensor, region_index: Tensor, n_regions: int) -> Tensor:
     r"""Per-region sums of ``|a|``, ``a`` and ``a^2`` over the batch and the region's units.
 
-    The batch is reduced first (three reductions of the activation), then the ``(3, units)``
-    partial sums are scattered into regions with one ``scatter_add_``. Half-precision inputs are
-    summed in float32.
+    The batch is reduced first (:func:`unit_sums`), then the ``(3, units)`` partial sums are
+    scattered into regions with one ``scatter_add_`` (:func:`scatter_unit_sums`). Half-precision
+    inputs are summed in float32.
 
     .. math:: S_g = \Big(\sum_{b, u \in g} |a_{bu}|,\ \sum_{b, u \in g} a_{bu},\ \sum_{b, u \in g} a_{bu}^2\Big)
 
@@ -277,19 +414,7 @@ def region_sums(activation: Tensor, region_index: Tensor, n_regions: int) -> Ten
             f"`region_index` must have the activation's unit shape {tuple(activation.shape[1:])},"
             f" got {tuple(region_index.shape)}."
         )
-    x = activation.detach()
-    if x.dtype != torch.float32 and x.dtype != torch.float64:
-        x = x.float()
-    x = x.flatten(1)  # (B, U); also for an empty batch, where reshape(0, -1) is ambiguous
-    per_unit = torch.empty(3, x.shape[1], dtype=x.dtype, device=x.device)  # (3, U), written in place
-    torch.sum(x.abs(), 0, out=per_unit[0])
-    torch.sum(x, 0, out=per_unit[1])
-    torch.sum(x.square(), 0, out=per_unit[2])
-    per_unit = per_unit.float()  # no-op for float32
-    idx = region_index.reshape(1, -1).expand(3, -1)
-    out = torch.zeros(3, n_regions, dtype=torch.float32, device=x.device)
-    out.scatter_add_(1, idx, per_unit)
-    return out.t()  # (R, 3)
+    return scatter_unit_sums(unit_sums(activation), region_index, n_regions)
 
 
 def region_density(

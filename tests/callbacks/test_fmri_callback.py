@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import types
 import warnings
 
 import lightning.pytorch as pl
@@ -442,6 +443,21 @@ def test_density_uses_the_first_density_samples_of_each_batch(tmp_path):
     assert fmri._acc_n[0] == 15
 
 
+def test_density_of_the_whole_batch_matches_direct_computation(tmp_path):
+    # density_samples=None: the hook reduces each batch to per-unit sums itself (the other path)
+    from nn_neuroimaging_lightning.functional.grid import region_density_from_activation
+
+    model = TinyCNN(lr=0.0)
+    fmri = NNfMRICallback(layers=["conv"], grid=(2, 3, 2), density_samples=None, check_every_n_steps=100,
+                          zeta_every_n_epochs=100, tractography=False)
+    train, val = loaders()  # 48 samples, batches of 16
+    trainer(tmp_path, [fmri], max_epochs=1).fit(model, train, val)
+    with torch.no_grad():
+        direct = region_density_from_activation(model.conv(train.dataset.tensors[0]), (2, 3, 2))
+    assert torch.allclose(fmri.density["conv"], direct, rtol=1e-5, atol=1e-6)
+    assert fmri._acc_n[0] == 48
+
+
 # ---------------------------------------------------------------------------------- time budget, window
 def test_time_budget_ledger_and_window(tmp_path):
     from nn_neuroimaging_lightning.callbacks.fmri import MAX_SAMPLES_PER_EVALUATION
@@ -491,3 +507,38 @@ def test_time_mode_in_fit_stays_within_its_share(tmp_path):
     # than its running estimate, hence the slack; the budget logic itself is what is tested)
     for name, plan in fmri.last_zeta_plan.items():
         assert plan["spent_s"] <= plan["allowance_s"] + 4 * fmri._sample_cost(name) + 0.25
+
+
+# ---------------------------------------------------------------------------------- DDP epoch logs
+class _LogRecorder:
+    """Stands in for a LightningModule: records ``log`` calls; ``_trainer`` carries ``world_size``."""
+
+    def __init__(self, world_size):
+        self._trainer = types.SimpleNamespace(world_size=world_size)
+        self.calls = []
+
+    def log(self, name, value, **kwargs):
+        self.calls.append((name, kwargs))
+
+
+@pytest.mark.parametrize(("world_size", "kwargs", "synced"), [
+    (2, dict(on_step=False, on_epoch=True), True),  # epoch-only: reduced across ranks at the epoch end
+    (2, dict(), False),  # per step (the default): no collective
+    (2, dict(on_epoch=True), False),  # step and epoch: Lightning would sync every step, so no
+    (2, dict(on_step=False, on_epoch=True, sync_dist=False), False),  # explicit choice wins
+    (1, dict(on_step=False, on_epoch=True), False),  # single process: nothing to reduce
+])
+def test_log_syncs_epoch_only_scalars_under_ddp(world_size, kwargs, synced):
+    module = _LogRecorder(world_size)
+    NNfMRICallback._log(module, "nn_fmri/anomaly", 1.0, **kwargs)
+    (name, got), = module.calls
+    assert name == "nn_fmri/anomaly"
+    assert got.get("sync_dist", False) is synced
+    assert got["batch_size"] == 1 and got["add_dataloader_idx"] is False
+
+
+def test_log_without_trainer_does_not_sync():
+    module = _LogRecorder(2)
+    module._trainer = None
+    NNfMRICallback._log(module, "x", 1.0, on_step=False, on_epoch=True)
+    assert "sync_dist" not in module.calls[0][1]

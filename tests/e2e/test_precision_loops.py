@@ -184,3 +184,39 @@ def test_torch_compile_no_graph_breaks_no_recompiles(tmp_path: Any) -> None:
     # ... and nothing is compiled again after the warm-up epoch
     assert watched["end"] == watched["warm"]
     assert bare["end"] == bare["warm"]
+
+
+@pytest.mark.timeout(240)
+def test_torch_compile_fmri_and_all_three_no_graph_breaks_no_recompiles(tmp_path: Any) -> None:
+    # SPEC §6 / issue #6: the fMRI density hook (and the three callbacks together) inside a compiled
+    # model cause no graph break, no extra graph and no recompile after the warm-up epoch.
+    bare = _compiled_run(tmp_path / "bare", [])
+    fmri = NNfMRICallback(grid=(4,), check_every_n_steps=4, zeta_every_n_epochs=100, tractography=False, panels=False)
+    alone = _compiled_run(tmp_path / "fmri", [fmri])
+    # the densities still see every training forward of the compiled module, and match eager sums
+    assert fmri.layers == ["net._orig_mod.0", "net._orig_mod.2", "net._orig_mod.4"]
+    assert fmri._train_batches == 24 and set(fmri.density) == set(fmri.layers)
+    assert all(torch.isfinite(phi).all() for phi in fmri.density.values())
+    whole = NNfMRICallback(grid=(4,), density_samples=None, zeta_every_n_epochs=100, tractography=False, panels=False)
+    whole_run = _compiled_run(tmp_path / "whole", [whole])  # the hook reduces the whole batch itself
+    assert whole._train_batches == 24 and set(whole.density) == set(whole.layers)
+    three = _three(grid=(4,), check_every_n_steps=4)
+    together = _compiled_run(tmp_path / "three", three)
+    assert three[1].zeta_evaluations == 3 and three[2].consistency is not None
+    for run in (alone, whole_run, together):
+        assert run["end"]["graph_breaks"] == bare["end"]["graph_breaks"] == 0
+        assert run["end"]["unique_graphs"] == bare["end"]["unique_graphs"] == 2
+        assert run["end"]["frames"] == run["end"]["frames_ok"]
+        assert run["end"] == run["warm"]
+
+
+def test_fmri_hook_sums_match_eager_under_compile() -> None:
+    # the compiled hook path (`unit_sums` traced by dynamo) gives the eager per-unit sums
+    from nn_neuroimaging_lightning.functional.grid import unit_sums
+
+    torch._dynamo.reset()
+    x = torch.randn(6, 3, 5, 4)
+    compiled = torch.compile(unit_sums, backend="eager", fullgraph=True)  # fullgraph: a break raises
+    got = compiled(x)
+    ref = torch.stack([x.abs().sum(0).reshape(-1), x.sum(0).reshape(-1), (x * x).sum(0).reshape(-1)])
+    assert torch.allclose(got, ref, rtol=1e-6, atol=1e-6)

@@ -12,6 +12,9 @@ from nn_neuroimaging_lightning.functional.grid import (
     region_density_from_activation,
     region_sums,
     resolve_grid,
+    scatter_unit_sums,
+    add_unit_sums_,
+    unit_sums,
 )
 
 
@@ -208,3 +211,87 @@ def test_partition_is_cached_and_device_kept():
     assert a.device.type == "cpu"
     act = torch.randn(2, 3, 8, 8)
     assert region_density_from_activation(act, (2, 2, 2)).device == act.device
+
+
+# ---------------------------------------------------------------------------------- unit sums + scatter
+def _brute_region_sums(a, grid):
+    """Reference: per-region sums from boolean unit masks (tensor_split), in float64."""
+    x = a.double()
+    rows = []
+    for mask in _manual_regions(tuple(a.shape), resolve_grid(tuple(a.shape), grid)[0]):
+        vals = x[:, mask]
+        rows.append(torch.stack([vals.abs().sum(), vals.sum(), (vals * vals).sum()]))
+    return torch.stack(rows)
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    shape=st.sampled_from([(4, 16, 28, 28), (4, 32, 10, 10), (3, 64), (1, 10), (5, 7, 9), (2, 3, 5, 6)]),
+    grid=st.sampled_from([(8, 8, 4), (2, 3, 1), (4, 4, 4)]),
+    scale=st.floats(0.01, 100.0),
+    seed=st.integers(0, 2**16),
+)
+def test_unit_sums_then_scatter_match_brute_force(shape, grid, scale, seed):
+    g = torch.Generator().manual_seed(seed)
+    a = torch.randn(shape, generator=g) * scale
+    idx = grid_partition(a.shape, grid)
+    n_regions = int(grid_region_sizes(a.shape, grid).numel())
+    ref = _brute_region_sums(a, grid)
+    got = scatter_unit_sums(unit_sums(a), idx, n_regions)
+    assert got.shape == (n_regions, 3) and got.dtype == torch.float32
+    torch.testing.assert_close(got.double(), ref, rtol=1e-5, atol=1e-4 * (scale + scale * scale))
+    torch.testing.assert_close(region_sums(a, idx, n_regions), got)
+
+
+def test_unit_sums_hand_worked_dtypes_and_empty_batch():
+    a = torch.tensor([[1.0, -2.0], [3.0, 0.5]])
+    expected = [[4.0, 2.5], [4.0, -1.5], [10.0, 4.25]]
+    for dtype in (torch.float32, torch.float64, torch.bfloat16):
+        s = unit_sums(a.to(dtype))
+        assert s.dtype == torch.float32 and s.tolist() == expected
+    empty = unit_sums(torch.ones(0, 2, 3))
+    assert empty.shape == (3, 6) and (empty == 0).all()
+    # the batch sum multiplies by ones only: an infinite activation stays +inf in |a| and a^2
+    s = unit_sums(torch.tensor([[float("inf"), 1.0], [2.0, 1.0]]))
+    assert s[0, 0] == float("inf") and s[1, 0] == float("inf") and s[2, 0] == float("inf")
+    assert s[:, 1].tolist() == [2.0, 2.0, 2.0]
+
+
+def test_scatter_unit_sums_accumulates_in_place_and_checks_shapes():
+    a, b = torch.randn(3, 2, 4, 4), torch.randn(5, 2, 4, 4)
+    idx = grid_partition(a.shape, (2, 2, 2))
+    acc = torch.zeros(8, 3)
+    out = scatter_unit_sums(unit_sums(a), idx, 8, out=acc)
+    scatter_unit_sums(unit_sums(b), idx, 8, out=acc)
+    assert out is acc
+    torch.testing.assert_close(acc, region_sums(torch.cat([a, b]), idx, 8), rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="`region_index`"):
+        scatter_unit_sums(unit_sums(a), idx[:1], 8)
+    with pytest.raises(ValueError, match="`out`"):
+        scatter_unit_sums(unit_sums(a), idx, 8, out=torch.zeros(3, 8))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("shape", [(4, 16, 28, 28), (4, 32, 10, 10), (3, 64), (1, 10), (5, 7, 9)])
+def test_add_unit_sums_accumulates_brute_force_sums(dtype, shape):
+    g = torch.Generator().manual_seed(1)
+    a, b = (torch.randn(shape, generator=g) * 3).to(dtype), (torch.randn(shape, generator=g) - 1).to(dtype)
+    both = torch.cat([a, b]).double().flatten(1)  # reference in float64 from the rounded inputs
+    ref = torch.stack([both.abs().sum(0), both.sum(0), (both * both).sum(0)])
+    acc = torch.zeros(3, both.shape[1])
+    out = add_unit_sums_(add_unit_sums_(acc, a), b)
+    assert out is acc and acc.dtype == torch.float32
+    torch.testing.assert_close(acc.double(), ref, rtol=1e-5, atol=1e-4)
+
+
+def test_add_unit_sums_keeps_inf_handles_empty_batch_and_checks_out():
+    acc = torch.zeros(3, 2)
+    add_unit_sums_(acc, torch.ones(0, 2))
+    assert (acc == 0).all()
+    add_unit_sums_(acc, torch.tensor([[float("inf"), 2.0], [1.0, -2.0]]))
+    assert acc[:, 0].tolist() == [float("inf")] * 3  # ones times inf only: never 0 * inf = nan
+    assert acc[:, 1].tolist() == [4.0, 0.0, 8.0]
+    with pytest.raises(ValueError, match="`out`"):
+        add_unit_sums_(torch.zeros(3, 3), torch.ones(2, 2))
+    with pytest.raises(ValueError, match="`out`"):
+        add_unit_sums_(torch.zeros(3, 2, dtype=torch.float64), torch.ones(2, 2))
