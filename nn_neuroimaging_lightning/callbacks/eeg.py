@@ -50,6 +50,9 @@ _MAX_PENDING_WINDOWS = 4
 # Consecutive inference windows of one loop that the classifier must confidently call training
 # before that disagreement is a `state_mismatch`.
 _MISMATCH_WINDOWS = 3
+# Recent training windows whose median sample interval makes the cadence reference (their median):
+# the `cadence` state feature is a window's median interval relative to it.
+_CADENCE_REF_WINDOWS = 32
 
 
 class _History:
@@ -123,8 +126,10 @@ class NNEEGCallback(MonitorCallback):
     ``log_every_n_steps``) the window's Welch spectrum and band powers are computed and logged,
     and checked for a spectral shift against the calibrated baseline. Every complete window of
     ``state_window`` samples of one phase is queued and classified (a few windows at once) into
-    training / inference / idle / error by an online classifier that sees only signal features,
-    prequentially (predict, then learn); its accuracy against the Lightning lifecycle is logged as
+    training / inference / idle / error by an online classifier that sees only signal features
+    (per layer: level, variability, drift, spectrum; per window: the sampling cadence, i.e. the
+    main thread's CPU time between samples relative to recent training windows, see
+    :mod:`~nn_neuroimaging_lightning.functional.states`), prequentially (predict, then learn); its accuracy against the Lightning lifecycle is logged as
     ``nn_eeg/state_accuracy``. :attr:`flag_history` and :meth:`band_power` feed the cross-modal
     callback.
 
@@ -238,11 +243,21 @@ class NNEEGCallback(MonitorCallback):
         self.log_anomaly_every_step = log_anomaly_every_step
 
         self.tracker = PhaseTracker(idle_threshold=self.idle_threshold)
-        self.classifier = FST.StateClassifier(num_bands=len(self.bands))
+        self.classifier = FST.StateClassifier(num_bands=len(self.bands), window_features=len(FST.WINDOW_FEATURES))
+        # CPU time (s) of the main thread at each ring sample, aligned with the ring's slots: the clock of
+        # the `cadence` state feature (immune to other processes on the machine, unlike wall-clock time,
+        # and to OpenMP workers spin-waiting, unlike process CPU time).
+        self._cpu_time = np.zeros(self.window, dtype=np.float64)
+        self._cpu_offset = 0.0  # added to `time.thread_time()`: continues a restored checkpoint's clock
+        # median CPU interval (s) of recent training windows: the cadence feature's reference
+        self._cadence_ref: Deque[float] = deque(maxlen=_CADENCE_REF_WINDOWS)
         self._label_counts = np.zeros(len(FST.OperationalState), dtype=np.int64)  # host mirror of calibration
         self._trainer_ref: Optional[Trainer] = None
         self._warned_silent = False
-        self.state_accuracy = StateAccuracy()
+        # Each rank's classifier is calibrated on its own windows and its windows may differ in
+        # number: its accuracy is the rank's own (a synced compute is a collective that a rank with
+        # no window yet would skip, hanging the others).
+        self.state_accuracy = StateAccuracy(sync_on_compute=False)
         self._taps: Optional[ActivityTaps] = None
         self._ring: Optional[RingBuffer] = None
         self._history: Optional[_History] = None  # training samples only: the explosion/collapse baseline
@@ -513,7 +528,7 @@ class NNEEGCallback(MonitorCallback):
         if trainer.sanity_checking:
             return
         if self.state_accuracy.update_count:
-            self._log(pl_module, "nn_eeg/state_accuracy", self.state_accuracy.compute(), on_step=False, on_epoch=True)
+            self._log(pl_module, "nn_eeg/state_accuracy", self.state_accuracy.compute(), on_step=False, on_epoch=True, sync_dist=False)
 
     def on_test_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._flush_windows(trainer)
@@ -558,6 +573,7 @@ class NNEEGCallback(MonitorCallback):
     def _push(self, sample: Tensor, phase: Phase, step: int, wall_time: Optional[float] = None) -> None:
         """Write one sample; windows of ``state_window`` samples of one phase become due for states."""
         self._ring.push(sample, phase.code, step, wall_time)
+        self._cpu_time[(self._ring.pos - 1) % self._ring.window] = time.thread_time() + self._cpu_offset
         if phase.code != self._run_code:
             self._run_code, self._run_len = phase.code, 0
         self._run_len += 1
@@ -779,7 +795,15 @@ class NNEEGCallback(MonitorCallback):
         idx = np.concatenate([order[s:s + w] for s in starts])  # (N * w,)
         data = ring.values.index_select(1, torch.from_numpy(idx).to(ring.values.device))  # (layers, N * w)
         windows = data.view(ring.rows, len(starts), w).transpose(0, 1)  # (N, layers, w)
-        features = FST.window_features(windows, fs=self.fs, nperseg=self.nperseg, bands=self.bands)  # (N, F)
+        times = self._cpu_time[idx].reshape(len(starts), w)  # (N, w) host thread CPU seconds
+        # Cadence reference: the median interval of earlier training windows (none yet: each
+        # window is its own reference, cadence 0). Computed on the host, no device access.
+        own = np.median(np.diff(times, axis=1), axis=1)  # (N,)
+        ref = float(np.median(self._cadence_ref)) if self._cadence_ref else torch.from_numpy(np.where(own > 0, own, 1.0))
+        features = FST.window_features(windows, fs=self.fs, nperseg=self.nperseg, bands=self.bands,
+                                       times=torch.from_numpy(times), reference_interval=ref)  # (N, F)
+        training = int(FST.OperationalState.TRAINING)
+        self._cadence_ref.extend(float(v) for v, label in zip(own, labels) if label == training and v > 0)
         target = torch.tensor(labels, dtype=torch.long).to(features.device, non_blocking=True)
         events: List[AnomalyEvent] = []
         if self._calibrated:
@@ -948,6 +972,8 @@ class NNEEGCallback(MonitorCallback):
             {
                 "ring": None if self._ring is None else self._ring.state_dict(),
                 "classifier": self.classifier.state_dict(),
+                "cadence_ref": list(self._cadence_ref),
+                "cpu_time": torch.from_numpy(self._cpu_time.copy()),
                 "state_accuracy": {k: v.detach().cpu() for k, v in self.state_accuracy.metric_state.items()},
                 "band_baseline": None if self._band_baseline is None else self._band_baseline.detach().cpu(),
                 "baseline_windows": self._baseline_windows,
@@ -983,14 +1009,26 @@ class NNEEGCallback(MonitorCallback):
             run_code, run_len = state.get("run", (-1, 0))
             self._run_code, self._run_len = int(run_code), int(run_len)
         if state.get("classifier") is not None:
-            self.classifier.load_state_dict(state["classifier"])
+            try:
+                self.classifier.load_state_dict(state["classifier"])
+                self._label_counts[:] = np.asarray(state.get("label_counts", self._label_counts))
+            except ValueError as err:  # a checkpoint from another feature layout: recalibrate
+                rank_zero_warn(f"NNEEGCallback: state classifier not restored ({err}); it recalibrates.")
+                self._label_counts[:] = 0
+        self._cadence_ref.clear()
+        self._cadence_ref.extend(float(v) for v in state.get("cadence_ref", []))
+        cpu = state.get("cpu_time")
+        if cpu is not None and len(cpu) == len(self._cpu_time):
+            # another thread's clock: kept as saved, new stamps continue it from the newest sample
+            self._cpu_time[:] = np.asarray(cpu, dtype=np.float64)
+            newest = self._cpu_time[(self._ring.pos - 1) % self._ring.window] if self._ring is not None and self._ring.count else 0.0
+            self._cpu_offset = float(newest) - time.thread_time()
         for k, v in dict(state.get("state_accuracy", {})).items():
             setattr(self.state_accuracy, k, v.clone())
         self._band_baseline = state.get("band_baseline")
         self._baseline_windows = int(state.get("baseline_windows", 0))
         self.tracker.load_state_dict(state.get("tracker", {}))
         self._train_batches = int(state.get("train_batches", 0))
-        self._label_counts[:] = np.asarray(state.get("label_counts", self._label_counts))
         self.flag_history.clear()
         for step, layers in state.get("flag_history", []):
             self.flag_history.append((int(step), frozenset(layers)))

@@ -17,6 +17,28 @@ Feature set (per layer, in this order, ``FEATURES_PER_LAYER = 6 + n_bands``):
 ``rel_<band>`` relative Welch band power, one per band
 ============== ======================================================================
 
+Window-level features (``WINDOW_FEATURES``), appended once after the per-layer block only when the
+samples' ``times`` are given:
+
+============== ======================================================================
+``cadence``    ``log(median_k Δt_k / reference_interval)``: the sampling cadence, the median
+               interval between consecutive samples (intervals touching a silent sample,
+               i.e. an idle gap written as zeros, or not positive are left out; 0 when
+               none is left), relative to a reference interval (the callback passes the
+               median cadence of the run's recent training windows, so the feature is a
+               ratio that transfers across machines and models)
+============== ======================================================================
+
+The cadence is a property of how the signal was sampled: a training forward is followed by the
+backward pass and the optimizer step before the next forward, an inference forward only by the next
+batch, so training samples arrive 2-3x further apart than inference samples on the same machine.
+The clock is the caller's: :class:`~nn_neuroimaging_lightning.callbacks.eeg.NNEEGCallback` stamps
+each sample with the CPU time of the main thread (``time.thread_time``): on a shared machine
+wall-clock intervals are dominated by other processes (measured: training windows' median
+wall-clock interval 20-570 ms and inference windows' 60-220 ms in one run on a loaded 2-core
+host, overlapping), and process CPU time by intra-op worker threads spin-waiting; thread CPU time
+gave training 3.7-5.7 ms and inference 2.5-3.2 ms in the same setting (see ``benchmarks/README.md``).
+
 Short windows: the segment length is ``min(nperseg, W)`` and the FFT is zero-padded to the
 configured ``nperseg``, so every band keeps a (interpolated) bin at the nominal resolution even for
 ``W = 16``. Those interpolated powers are smooth but consistent from window to window, which is all
@@ -26,7 +48,8 @@ statistic and replaced by the window mean before the FFT (they add no power afte
 The hard distinction is training vs inference: during training the weights move every step, so a
 layer's level carries a low-frequency drift (``lag1``, ``trend``, ``rel_delta`` high) and dropout or
 batch-norm in train mode change ``level``/``log_cv``; inference on fixed weights varies only with
-the data (near-white). ``lag1``/``trend`` carry most of that signal.
+the data (near-white). ``lag1``/``trend`` carry most of that signal without time stamps; with them,
+the ``cadence`` separates the two on its own in the benchmark (``benchmarks/README.md``).
 """
 
 from __future__ import annotations
@@ -52,6 +75,7 @@ from nn_neuroimaging_lightning.functional.spectral import (
 __all__ = [
     "BASE_FEATURES",
     "OperationalState",
+    "WINDOW_FEATURES",
     "StateClassifier",
     "balanced_accuracy_from_confusion",
     "feature_names",
@@ -72,21 +96,24 @@ class OperationalState(IntEnum):
 
 #: Per-layer features before the relative band powers, in output order.
 BASE_FEATURES: tuple[str, ...] = ("level", "log_cv", "lag1", "trend", "non_finite", "silent")
+#: Window-level features appended after the per-layer block when ``times`` are given.
+WINDOW_FEATURES: tuple[str, ...] = ("cadence",)
 _I_NONFINITE = BASE_FEATURES.index("non_finite")
 _I_SILENT = BASE_FEATURES.index("silent")
 _LEVEL_EPS = 1e-8
 _CV_EPS = 1e-6
 
 
-def feature_names(layers: Any, bands: BandSpec = DEFAULT_BANDS) -> list[str]:
+def feature_names(layers: Any, bands: BandSpec = DEFAULT_BANDS, timed: bool = False) -> list[str]:
     """Names of the flat feature vector of :func:`window_features`, ``"<layer>/<feature>"``.
 
     Args:
         layers: number of layers or a sequence of layer names.
         bands: the bands used for the ``rel_<band>`` features.
+        timed: whether the features were computed with ``times`` (adds ``WINDOW_FEATURES`` last).
 
     Returns:
-        ``layers * (6 + n_bands)`` names, layer-major.
+        ``layers * (6 + n_bands)`` names, layer-major, then ``"cadence"`` when ``timed``.
 
     Example::
 
@@ -95,7 +122,7 @@ def feature_names(layers: Any, bands: BandSpec = DEFAULT_BANDS) -> list[str]:
     """
     names = [str(i) for i in range(layers)] if isinstance(layers, int) else [str(n) for n in layers]
     per = list(BASE_FEATURES) + [f"rel_{b}" for b in bands]
-    return [f"{layer}/{f}" for layer in names for f in per]
+    return [f"{layer}/{f}" for layer in names for f in per] + (list(WINDOW_FEATURES) if timed else [])
 
 
 def window_features(
@@ -105,13 +132,16 @@ def window_features(
     nperseg: int = DEFAULT_NPERSEG,
     bands: BandSpec = DEFAULT_BANDS,
     silent_atol: float = 0.0,
+    times: Optional[Tensor] = None,
+    reference_interval: Any = None,
 ) -> Tensor:
     """Flat feature vector of a window of per-layer activity (see the module docstring).
 
     .. math::
         \\text{lag1} = \\frac{\\sum_t d_t d_{t+1}}{\\sum_t d_t^2},\\quad
         \\text{trend} = \\frac{(\\sum_t \\tilde t\\, d_t)^2}{\\sum_t \\tilde t^2 \\sum_t d_t^2},\\quad
-        d_t = s_t - \\bar s,\\ \\tilde t = t - \\bar t
+        d_t = s_t - \\bar s,\\ \\tilde t = t - \\bar t,\\quad
+        \\text{cadence} = \\log \\frac{\\operatorname{median}_k (\\tau_{k+1} - \\tau_k)}{\\tau_{\\text{ref}}}
 
     Args:
         signal: ``(layers, W)`` window, or a batch ``(N, layers, W)``; ``W >= 4``.
@@ -121,15 +151,22 @@ def window_features(
         nperseg: Welch segment length (and FFT length); windows shorter than it use ``W``.
         bands: ``name -> (lo_hz, hi_hz)``; checked against ``fs``/``nperseg``.
         silent_atol: a sample with ``|s_t| <= silent_atol`` counts as silent (idle writes 0).
+        times: optional time stamp of each sample in seconds (wall-clock or CPU time), ``(W,)``
+            or ``(N, W)`` (float64 recommended); adds the window-level ``cadence`` feature. An interval touching
+            a sample silent in every layer, or a non-positive or non-finite one, is left out.
+        reference_interval: positive interval in seconds the cadence is relative to: a number
+            or a tensor broadcastable to the batch shape ``(N,)``; ``None`` gives the absolute
+            ``log`` median interval in seconds.
 
     Returns:
-        ``(layers * F,)`` or ``(N, layers * F)`` float features, ``F = 6 + n_bands``; finite for any
-        input (NaN/Inf samples are excluded; an all-non-finite layer gives level ``log(1e-8)``,
-        zeros elsewhere and ``non_finite = 1``).
+        ``(layers * F,)`` or ``(N, layers * F)`` float features, ``F = 6 + n_bands``, with one more
+        column (``cadence``) at the end when ``times`` is given; finite for any input (NaN/Inf
+        samples are excluded; an all-non-finite layer gives level ``log(1e-8)``, zeros elsewhere
+        and ``non_finite = 1``; a window without a usable interval has cadence 0).
 
     Raises:
-        ValueError: for a bad shape, a window shorter than 4 samples, a ``nonfinite`` mask of another
-            shape, or bands without a bin.
+        ValueError: for a bad shape, a window shorter than 4 samples, a ``nonfinite`` mask or
+            ``times`` of another shape, a non-positive ``reference_interval``, or bands without a bin.
 
     Example::
 
@@ -138,6 +175,9 @@ def window_features(
         >>> f = window_features(x).view(2, -1)
         >>> f[:, 4]  # non-finite share per layer
         tensor([0.0000, 0.1250])
+        >>> t = torch.arange(32, dtype=torch.float64) * 0.05  # one sample every 50 ms
+        >>> window_features(x, times=t, reference_interval=0.025)[-1]  # twice the reference
+        tensor(0.6931)
     """
     if not isinstance(signal, Tensor) or signal.ndim not in (2, 3):
         raise ValueError(
@@ -151,6 +191,18 @@ def window_features(
             f"`nonfinite` must be a bool tensor of shape {tuple(signal.shape)}, "
             f"got {getattr(nonfinite, 'shape', nonfinite)!r}."
         )
+    if times is not None and (not isinstance(times, Tensor) or times.shape != signal.shape[:-2] + (w,)):
+        raise ValueError(
+            f"`times` must be a tensor of shape {tuple(signal.shape[:-2]) + (w,)}, "
+            f"got {getattr(times, 'shape', times)!r}."
+        )
+    if reference_interval is not None and not isinstance(reference_interval, Tensor):
+        if isinstance(reference_interval, bool) or not isinstance(reference_interval, (int, float)) or not (
+            math.isfinite(reference_interval) and reference_interval > 0
+        ):
+            raise ValueError(
+                f"`reference_interval` must be a positive number of seconds or a tensor, got {reference_interval!r}."
+            )
     check_bands(bands, fs, nperseg)
     x = signal if signal.is_floating_point() else signal.to(torch.get_default_dtype())
     fin = torch.isfinite(x)  # (..., L, W)
@@ -186,8 +238,31 @@ def window_features(
     feats = torch.cat(
         [torch.stack([level, log_cv, lag1, trend, non_finite, silent], dim=-1), rel], dim=-1
     )  # (..., L, F)
-    feats = torch.nan_to_num(feats, nan=0.0, posinf=0.0, neginf=0.0)
-    return feats.flatten(-2)
+    feats = torch.nan_to_num(feats, nan=0.0, posinf=0.0, neginf=0.0).flatten(-2)  # (..., L * F)
+    if times is None:
+        return feats
+    silent_sample = (fin & (x.abs() <= silent_atol)).all(-2)  # (..., W) idle gap: every layer silent
+    cad = _cadence(times, silent_sample.to(times.device), reference_interval).to(device=x.device, dtype=x.dtype)
+    return torch.cat([feats, cad.unsqueeze(-1)], dim=-1)
+
+
+def _cadence(times: Tensor, silent: Tensor, reference: Any) -> Tensor:
+    """``log(median interval / reference)`` per window, ``(...,)``; 0 without a usable interval."""
+    tt = times.to(torch.float64)
+    dt = tt[..., 1:] - tt[..., :-1]  # (..., W - 1)
+    ok = torch.isfinite(dt) & (dt > 0) & ~silent[..., 1:] & ~silent[..., :-1]
+    k = ok.sum(-1)  # (...,)
+    srt = torch.where(ok, dt, torch.full_like(dt, math.inf)).sort(-1).values
+    mid = ((k - 1).clamp_min(0) // 2).unsqueeze(-1)  # lower median
+    med = srt.gather(-1, mid).squeeze(-1)  # (...,)
+    med = torch.where(k > 0, med, torch.ones_like(med))
+    if reference is None:
+        ref = torch.ones_like(med)
+    else:
+        ref = torch.as_tensor(reference, dtype=torch.float64, device=med.device)
+        ref = torch.where(torch.isfinite(ref) & (ref > 0), ref, torch.ones_like(ref)).expand_as(med)
+        ref = torch.where(k > 0, ref, torch.ones_like(ref))
+    return torch.log(med) - torch.log(ref)
 
 
 class StateClassifier:
@@ -201,12 +276,18 @@ class StateClassifier:
     shrunk towards its diagonal (linear discriminant analysis; it sees contrasts between layers, e.g.
     the level of a layer after dropout relative to one before it, which a diagonal model cannot),
     ``"pooled"`` a shared diagonal, ``"class"`` one diagonal per class. The full form keeps an
-    ``(F, F)`` scatter matrix (``F = layers × (6 + bands)``, 110 for 10 layers).
+    ``(F, F)`` scatter matrix (``F = layers × (6 + bands) + window_features``, 111 for 10 layers
+    with the cadence).
 
     Deterministic rules, applied on top of the probabilities (one-hot), in this order:
 
     1. ERROR whenever any layer's ``non_finite`` share is > 0.
     2. IDLE whenever the mean ``silent`` share over layers is >= ``idle_share`` (default 0.5).
+    3. Cold start only (INFERENCE has fewer than ``min_count`` windows, so the model cannot predict
+       it yet): INFERENCE when the window's ``cadence`` (first window-level feature) is below
+       ``inference_cadence`` (default ``log 0.7``: samples at least 1.43x closer together than in
+       recent training windows, which an inference forward without backward pass and optimizer step
+       is; measured ratios 1.4-1.8x on CPU for the benchmark's small models).
 
     .. math::
         \\log p(c \\mid x) \\propto -\\tfrac12 \\sum_j \\Big[\\frac{(x_j - \\mu_{cj})^2}{\\sigma_{cj}^2}
@@ -214,13 +295,19 @@ class StateClassifier:
 
     Args:
         num_bands: number of relative band-power features per layer (to locate the rule columns).
+        window_features: number of window-level features after the per-layer block (1 for
+            features computed with ``times``: the ``cadence``; 0 without).
         num_states: number of classes (4: :class:`OperationalState`).
         covariance: ``"full"``, ``"pooled"`` (shared diagonal) or ``"class"`` (diagonal per class).
-        shrinkage: weight of the diagonal in the ``"full"`` covariance, in ``[0, 1]``.
+        shrinkage: weight of the diagonal in the ``"full"`` covariance, in ``[0, 1]``, or ``"auto"``:
+            ``F / (F + n)`` clamped to ``[0.1, 0.5]``, for ``F`` features and ``n`` labelled windows
+            (few windows per feature: more weight on the diagonal).
         decay: multiplier applied to the statistics before each update, in ``(0, 1]``; 1 keeps all.
         min_count: windows a class needs before it is predicted.
         var_floor: added to every variance (features are O(1)).
         idle_share: mean silent share that makes a window IDLE.
+        inference_cadence: cadence (log ratio) below which a window is INFERENCE while that state is
+            not calibrated; ``None`` disables the rule (it needs ``window_features >= 1``).
 
     Raises:
         ValueError: for invalid arguments.
@@ -240,20 +327,31 @@ class StateClassifier:
         num_bands: int = len(DEFAULT_BANDS),
         num_states: int = len(OperationalState),
         covariance: str = "full",
-        shrinkage: float = 0.1,
+        shrinkage: Any = "auto",
         decay: float = 1.0,
         min_count: int = 4,
         var_floor: float = 1e-3,
         idle_share: float = 0.5,
+        window_features: int = 0,
+        inference_cadence: Optional[float] = math.log(0.7),
     ) -> None:
+        if isinstance(window_features, bool) or not isinstance(window_features, int) or window_features < 0:
+            raise ValueError(f"`window_features` must be a non-negative int, got {window_features!r}.")
+        if inference_cadence is not None and (
+            isinstance(inference_cadence, bool) or not isinstance(inference_cadence, (int, float))
+            or not math.isfinite(inference_cadence)
+        ):
+            raise ValueError(f"`inference_cadence` must be a finite number or None, got {inference_cadence!r}.")
         if isinstance(num_bands, bool) or not isinstance(num_bands, int) or num_bands < 0:
             raise ValueError(f"`num_bands` must be a non-negative int, got {num_bands!r}.")
         if isinstance(num_states, bool) or not isinstance(num_states, int) or num_states < 2:
             raise ValueError(f"`num_states` must be an int >= 2, got {num_states!r}.")
         if covariance not in ("full", "pooled", "class"):
             raise ValueError(f"`covariance` must be 'full', 'pooled' or 'class', got {covariance!r}.")
-        if not isinstance(shrinkage, (int, float)) or not 0.0 <= shrinkage <= 1.0:
-            raise ValueError(f"`shrinkage` must be in [0, 1], got {shrinkage!r}.")
+        if shrinkage != "auto" and (
+            isinstance(shrinkage, bool) or not isinstance(shrinkage, (int, float)) or not 0.0 <= shrinkage <= 1.0
+        ):
+            raise ValueError(f"`shrinkage` must be in [0, 1] or 'auto', got {shrinkage!r}.")
         if not isinstance(decay, (int, float)) or not 0.0 < decay <= 1.0:
             raise ValueError(f"`decay` must be in (0, 1], got {decay!r}.")
         if isinstance(min_count, bool) or not isinstance(min_count, int) or min_count < 1:
@@ -265,12 +363,14 @@ class StateClassifier:
         self.num_bands = num_bands
         self.num_states = num_states
         self.covariance = covariance
-        self.shrinkage = float(shrinkage)
+        self.shrinkage = shrinkage if shrinkage == "auto" else float(shrinkage)
         self.decay = float(decay)
         self.min_count = min_count
         self.var_floor = float(var_floor)
         self.idle_share = float(idle_share)
         self.per_layer = len(BASE_FEATURES) + num_bands
+        self.window_features = window_features
+        self.inference_cadence = None if inference_cadence is None else float(inference_cadence)
         self.count: Optional[Tensor] = None  # (C,) float64
         self.sum: Optional[Tensor] = None  # (C, F) float64
         self.sumsq: Optional[Tensor] = None  # (C, F) float64
@@ -283,10 +383,11 @@ class StateClassifier:
                 f"`features` must be a (N, F) tensor, got {getattr(features, 'shape', features)!r}."
             )
         nf = features.shape[1]
-        if nf == 0 or nf % self.per_layer != 0:
+        nl = nf - self.window_features
+        if nl <= 0 or nl % self.per_layer != 0:
             raise ValueError(
                 f"`features` must have a multiple of {self.per_layer} columns (6 + num_bands per "
-                f"layer), got {nf}."
+                f"layer) plus {self.window_features} window-level, got {nf}."
             )
         if self.sum is not None and self.sum.shape[1] != nf:
             raise ValueError(f"`features` must have {self.sum.shape[1]} columns as before, got {nf}.")
@@ -384,6 +485,12 @@ class StateClassifier:
             none = ~ready.any()
             logp = torch.where(none, torch.zeros_like(logp), logp)
         proba = torch.softmax(logp, dim=-1)
+        inf = int(OperationalState.INFERENCE)
+        if self.inference_cadence is not None and self.window_features > 0 and c > inf:
+            # cold start: inference not calibrated yet, but sampled clearly faster than training
+            cold = torch.ones((), dtype=torch.bool, device=x.device) if self.count is None else self.count[inf] < self.min_count
+            fast = cold & (x[:, x.shape[1] - self.window_features] < self.inference_cadence)  # (N,)
+            proba = torch.where(fast.unsqueeze(-1), (torch.arange(c, device=x.device) == inf).to(proba.dtype), proba)
         rules = self._rules(x)  # (N,) long, -1 for none
         hit = rules >= 0
         onehot = (rules.unsqueeze(-1) == torch.arange(c, device=x.device)).to(proba.dtype)  # (N, C)
@@ -396,13 +503,18 @@ class StateClassifier:
         within = (self.scatter - (mu.T * self.count) @ mu) / n  # (F, F)
         within = 0.5 * (within + within.T)
         diag = torch.diag(torch.diagonal(within).clamp_min(0.0))
-        cov = (1.0 - self.shrinkage) * within + self.shrinkage * diag
+        if self.shrinkage == "auto":
+            f = float(within.shape[0])
+            lam = (f / (f + n)).clamp(0.1, 0.5)  # 0-d tensor: no host sync
+        else:
+            lam = self.shrinkage
+        cov = (1.0 - lam) * within + lam * diag
         cov = cov + self.var_floor * torch.eye(cov.shape[0], dtype=cov.dtype, device=cov.device)
         chol, _ = torch.linalg.cholesky_ex(cov)
         return chol
 
     def _rules(self, x: Tensor) -> Tensor:
-        per = x.view(x.shape[0], -1, self.per_layer)  # (N, L, per_layer)
+        per = x[:, : x.shape[1] - self.window_features].reshape(x.shape[0], -1, self.per_layer)  # (N, L, per_layer)
         err = (per[..., _I_NONFINITE] > 0).any(-1)
         idle = per[..., _I_SILENT].mean(-1) >= self.idle_share
         out = torch.full((x.shape[0],), -1, dtype=torch.long, device=x.device)
@@ -428,6 +540,7 @@ class StateClassifier:
         return {
             "num_bands": self.num_bands,
             "num_states": self.num_states,
+            "window_features": self.window_features,
             "count": self.count,
             "sum": self.sum,
             "sumsq": self.sumsq,
@@ -441,16 +554,19 @@ class StateClassifier:
             state: mapping from :meth:`state_dict`.
 
         Raises:
-            ValueError: if the saved ``num_bands``/``num_states`` differ from this classifier's.
+            ValueError: if the saved ``num_bands``/``num_states``/``window_features`` differ from this
+                classifier's (a state without ``window_features`` was saved without the cadence: 0).
         """
-        for key, mine in (("num_bands", self.num_bands), ("num_states", self.num_states)):
-            theirs = state.get(key, mine)
+        checks = (("num_bands", self.num_bands, self.num_bands), ("num_states", self.num_states, self.num_states),
+                  ("window_features", self.window_features, 0 if state.get("sum") is not None else self.window_features))
+        for key, mine, default in checks:
+            theirs = state.get(key, default)
             if theirs != mine:
                 raise ValueError(f"`state['{key}']` must be {mine} for this classifier, got {theirs!r}.")
-        self.count = state.get("count")
-        self.sum = state.get("sum")
-        self.sumsq = state.get("sumsq")
-        self.scatter = state.get("scatter")
+        # copies: the statistics are updated in place, the caller's state must stay as saved
+        for key in ("count", "sum", "sumsq", "scatter"):
+            value = state.get(key)
+            setattr(self, key, None if value is None else value.detach().clone())
 
 
 # --------------------------------------------------------------------- accuracy (metric core)

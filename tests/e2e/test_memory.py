@@ -114,10 +114,12 @@ def test_state_bytes_are_equal_after_100_and_1000_steps(tmp_path) -> None:
     fmri = NNfMRICallback(grid=(2, 2, 4), zeta_time_fraction=None, zeta_budget=8, probe_size=8, zeta_window=1,
                           check_every_n_steps=5, max_events=1, flag_history=4)
     xm = CrossModalCallback(history=4, max_events=4)
-    # Two deques have fixed capacities with no constructor argument (512 cross-modal scores, one per
-    # zeta evaluation; 512 phase-timeline segments): shrink them so that they are full by step 100.
+    # Three deques have fixed capacities with no constructor argument (512 cross-modal scores, one per
+    # zeta evaluation; 512 phase-timeline segments; 32 training windows of the cadence reference):
+    # shrink them so that they are full by step 100.
     xm.scores = deque(maxlen=1)
     eeg.tracker.segments = deque(maxlen=2)
+    eeg._cadence_ref = deque(maxlen=2)
     monitors = [eeg, fmri, xm]
     for cb in monitors:
         assert unbounded_deques(cb) == [], f"{type(cb).__name__} holds unbounded deques"
