@@ -924,7 +924,8 @@ class NNfMRICallback(MonitorCallback):
     def compute_tractography(self, pl_module: nn.Module, inputs: Tensor) -> Dict[Tuple[str, str], TractInfo]:
         """One isolated forward on ``inputs``; connection matrices between consecutive tapped layers."""
         names = self._taps.names
-        captured: Dict[str, Tuple[Optional[Tensor], Tensor]] = {}
+        # name -> (input, output, output shape); tensors are kept only while a pair still needs them.
+        captured: Dict[str, Tuple[Optional[Tensor], Optional[Tensor], Tuple[int, ...]]] = {}
         order: List[str] = []
         leaf_calls: List[nn.Module] = []
         handles = []
@@ -937,7 +938,10 @@ class NNfMRICallback(MonitorCallback):
                 if out is None:
                     return
                 inp = args[0] if args and isinstance(args[0], Tensor) else None
-                captured[name] = (None if inp is None else inp.detach(), out.detach())
+                if not captured:  # the first tapped layer is only ever a source: its shape is enough
+                    captured[name] = (None, None, tuple(out.shape))
+                else:
+                    captured[name] = (None if inp is None else inp.detach(), out.detach(), tuple(out.shape))
                 order.append(name)
             return hook
 
@@ -955,36 +959,38 @@ class NNfMRICallback(MonitorCallback):
         tracts: Dict[Tuple[str, str], TractInfo] = {}
         for a_name, b_name in zip(order, order[1:]):
             tracts[(a_name, b_name)] = self._trace(a_name, b_name, captured, leaf_calls)
+            captured[b_name] = (None, None, captured[b_name][2])  # only its shape is needed from here on
         self.tracts = tracts
         self.path_strength = self._chains(order, tracts)
         return tracts
 
-    def _trace(self, a_name: str, b_name: str, captured: Mapping[str, Tuple[Optional[Tensor], Tensor]],
+    def _trace(self, a_name: str, b_name: str,
+               captured: Mapping[str, Tuple[Optional[Tensor], Optional[Tensor], Tuple[int, ...]]],
                leaf_calls: List[nn.Module]) -> TractInfo:
         module = self._modules[b_name]
-        out_a = captured[a_name][1]
-        in_b, out_b = captured[b_name]
+        shape_a = captured[a_name][2]  # only the source layer's output *shape* matters
+        in_b, out_b, _ = captured[b_name]
         kind = type(module).__name__
         if not isinstance(module, (nn.Linear, nn.Conv2d)):
             return TractInfo(a_name, b_name, None, False, f"{kind} has no known unit-to-unit mapping; only nn.Linear and nn.Conv2d are traced.")
-        if in_b is None or not 2 <= out_a.dim() <= 4 or not 2 <= out_b.dim() <= 4:
+        if in_b is None or out_b is None or not 2 <= len(shape_a) <= 4 or not 2 <= out_b.dim() <= 4:
             return TractInfo(a_name, b_name, None, False, "input or output of unsupported rank.")
-        grid_a, _ = resolve_grid(tuple(out_a.shape), self.grid)
-        src_a = grid_partition(tuple(out_a.shape), grid_a, in_b.device)
+        grid_a, _ = resolve_grid(shape_a, self.grid)
+        src_a = grid_partition(shape_a, grid_a, in_b.device)
         n_src = math.prod(grid_a)
-        if tuple(in_b.shape) == tuple(out_a.shape):
+        if tuple(in_b.shape) == shape_a:
             src, mapping = src_a, "exact"
-        elif in_b.shape[0] == out_a.shape[0] and in_b[0].numel() == out_a[0].numel():
+        elif in_b.shape[0] == shape_a[0] and math.prod(in_b.shape[1:]) == math.prod(shape_a[1:]):
             src, mapping = src_a.reshape(tuple(in_b.shape[1:])), "reshaped"
-        elif in_b.dim() == 4 and out_a.dim() == 4 and in_b.shape[:2] == out_a.shape[:2]:
+        elif in_b.dim() == 4 and len(shape_a) == 4 and tuple(in_b.shape[:2]) == shape_a[:2]:
             grid_b_in, _ = resolve_grid(tuple(in_b.shape), self.grid)
             if grid_b_in != grid_a:
                 return TractInfo(a_name, b_name, None, False,
-                                 f"{b_name}'s input {tuple(in_b.shape)} is a pooled {tuple(out_a.shape)} too small for the grid {grid_a}.")
+                                 f"{b_name}'s input {tuple(in_b.shape)} is a pooled {shape_a} too small for the grid {grid_a}.")
             src, mapping = grid_partition(tuple(in_b.shape), grid_a, in_b.device), "proportional"
         else:
             return TractInfo(a_name, b_name, None, False,
-                             f"{b_name}'s input {tuple(in_b.shape)} has no known unit mapping to {a_name}'s output {tuple(out_a.shape)}.")
+                             f"{b_name}'s input {tuple(in_b.shape)} has no known unit mapping to {a_name}'s output {shape_a}.")
         grid_b, _ = resolve_grid(tuple(out_b.shape), self.grid)
         tgt = grid_partition(tuple(out_b.shape), grid_b, out_b.device)
         activation = "identity"

@@ -52,9 +52,11 @@ Activation = Union[str, Callable[[Tensor], Tensor]]
 #: Names accepted by ``activation``; a callable ``z -> sigma'(z)`` is accepted too.
 ACTIVATIONS = ("relu", "identity", "sigmoid", "tanh")
 
-# Upper bound on the elements of the (positions, groups, Co/g, Ci/g*kh*kw) joint tensor that
-# `conv2d_tractography` materialises at once; larger layers are processed in chunks of output rows.
-_CHUNK_ELEMENTS = 1 << 22
+# Upper bound on the elements of each intermediate (joint, pair index, receptive-field copy) that the
+# tractography cores materialise at once: 2**18 elements = 1 MiB in float32, about 4 MiB of transient
+# memory in all. Larger layers/batches are processed in tiles of output positions and chunks of samples
+# (sums accumulated, so the result is the same up to float rounding).
+_CHUNK_ELEMENTS = 1 << 18
 
 
 @dataclass(frozen=True)
@@ -170,11 +172,6 @@ def _index_dtype(n_source: int, n_target: int) -> torch.dtype:
     return torch.int32 if (n_source + 1) * (n_target + 1) < 2**31 else torch.int64
 
 
-def _one_hot(regions: Tensor, n: int, dtype: torch.dtype) -> Tensor:
-    # Comparison instead of F.one_hot: no range check, hence no host sync; out-of-range ids -> 0 row.
-    return (regions.long().reshape(-1, 1) == torch.arange(n, device=regions.device)).to(dtype)
-
-
 def _check_regions(n_source: int, n_target: int) -> None:
     check_int("n_source", n_source, minimum=1)
     check_int("n_target", n_target, minimum=1)
@@ -234,9 +231,11 @@ def linear_tractography(
         C_{A \\to B} = \\frac{1}{N} \\sum_{n} \\sum_{i \\in A} \\sum_{j \\in B}
             |W_{ji}| \\, \\mathrm{ReLU}(a_{n,i}) \\, \\sigma'(z_{n,j})
 
-    Computed as ``R_A^T [(ReLU(a)^T sigma'(z) / N) * |W|^T] R_B`` with one-hot region matrices
-    ``R``: the ``(N, out, in)`` product is never materialised. Inputs with extra middle dimensions,
-    ``a`` of shape ``(N, *S, in)`` (e.g. tokens), connect position ``s`` only to position ``s``;
+    Computed as the joint ``ReLU(a)^T sigma'(z) / N`` weighted by ``|W|^T`` and accumulated into
+    the region pair of each ``(in, out)`` entry with one ``index_add_``: the ``(N, out, in)``
+    product is never materialised, and samples (and tokens) are processed in chunks so that no
+    intermediate holds more than about ``2**18`` elements beyond one ``(in, out)`` joint. Inputs
+    with extra middle dimensions, ``a`` of shape ``(N, *S, in)`` (e.g. tokens), connect position ``s`` only to position ``s``;
     regions are then indexed over ``(*S, in)`` and ``(*S, out)``.
 
     Args:
@@ -275,29 +274,36 @@ def linear_tractography(
     return _linear_core(weight, a, z, source_regions, target_regions, n_source, n_target, activation)
 
 
-def _linear_core(weight, a, z, src, tgt, n_source, n_target, activation) -> Tensor:
+def _linear_core(weight, a, z, src, tgt, n_source, n_target, activation,
+                 chunk_elements: int = _CHUNK_ELEMENTS) -> Tensor:
     dtype = _compute_dtype(a)
     src, tgt = src.to(a.device), tgt.to(a.device)  # no-op when the ids already live there
     batch = a.shape[0]
-    r = torch.relu(a.to(dtype))  # (N, *S, in)
-    s = activation_derivative(z.to(dtype), activation)  # (N, *S, out)
     w_abs_t = weight.detach().to(dtype).abs().t()  # (in, out)
-    if a.dim() == 2:
-        m = (r.t() @ s) / batch * w_abs_t  # (in, out)
-        r_src = _one_hot(src, n_source, dtype)  # (in, n_source)
-        r_tgt = _one_hot(tgt, n_target, dtype)  # (out, n_target)
-        return r_src.t() @ m @ r_tgt
     in_f, out_f = w_abs_t.shape
-    r = r.reshape(batch, -1, in_f)  # (N, T, in)
-    s = s.reshape(batch, -1, out_f)  # (N, T, out)
-    m = torch.bmm(r.permute(1, 2, 0), s.transpose(0, 1)) / batch * w_abs_t  # (T, in, out)
+    a3 = a.reshape(batch, -1, in_f)  # (N, T, in), T = 1 without middle dims
+    z3 = z.reshape(batch, -1, out_f)  # (N, T, out)
+    tokens = a3.shape[1]
     index_dtype = _index_dtype(n_source, n_target)
-    src_ids = _safe_ids(src.reshape(-1, in_f), n_source).to(index_dtype)  # (T, in)
-    tgt_ids = _safe_ids(tgt.reshape(-1, out_f), n_target).to(index_dtype)  # (T, out)
-    flat = src_ids[:, :, None] * (n_target + 1) + tgt_ids[:, None, :]  # (T, in, out)
+    src_ids = _safe_ids(src.reshape(tokens, in_f), n_source).to(index_dtype)  # (T, in)
+    tgt_ids = _safe_ids(tgt.reshape(tokens, out_f), n_target).to(index_dtype)  # (T, out)
     out = torch.zeros((n_source + 1) * (n_target + 1), dtype=dtype, device=a.device)
-    out.index_add_(0, flat.reshape(-1), m.reshape(-1))
-    return out.view(n_source + 1, n_target + 1)[:n_source, :n_target]
+    # Chunks of tokens and samples bound each buffer to about `chunk_elements` elements (at least
+    # one token's (in, out) joint, the size of the weight).
+    t_step = min(tokens, max(1, chunk_elements // (in_f * out_f)))
+    n_step = min(batch, max(1, chunk_elements // (t_step * max(in_f, out_f))))
+    for t0 in range(0, tokens, t_step):
+        t1 = min(tokens, t0 + t_step)
+        joint = None
+        for n0 in range(0, batch, n_step):
+            n1 = min(batch, n0 + n_step)
+            r = torch.relu(a3[n0:n1, t0:t1].to(dtype)).permute(1, 2, 0)  # (t, in, b)
+            s = activation_derivative(z3[n0:n1, t0:t1].to(dtype), activation).transpose(0, 1)  # (t, b, out)
+            joint = torch.bmm(r, s) if joint is None else joint.baddbmm_(r, s)  # (t, in, out)
+        joint.mul_(w_abs_t)
+        flat = src_ids[t0:t1, :, None] * (n_target + 1) + tgt_ids[t0:t1, None, :]  # (t, in, out)
+        out.index_add_(0, flat.reshape(-1), joint.reshape(-1))
+    return (out / batch).view(n_source + 1, n_target + 1)[:n_source, :n_target]
 
 
 # --------------------------------------------------------------------------------------------
@@ -378,8 +384,12 @@ def conv2d_tractography(
     values per output position) are contracted over the batch with ``sigma'(z)`` by one batched
     matmul into the joint ``(H_o W_o, G, C_o/G, K)``, weighted by ``|W|``, and accumulated into the
     region pair of each element with one ``index_add_`` (source region ids are windowed the same
-    way, so receptive field and padding are exact). Work is ``O(N C_o K H_o W_o)``; memory is
-    bounded by processing output rows in chunks of at most ``chunk_elements`` joint elements.
+    way, so receptive field and padding are exact). Work is ``O(N C_o K H_o W_o)``. Memory is
+    bounded: output positions are processed in tiles (rows, or parts of a row) and samples in
+    chunks, accumulated into one reused joint buffer, so that each intermediate (joint, pair index,
+    receptive-field copy) holds at most ``chunk_elements`` elements, or one output position's joint
+    (``C_o K``, the size of the weight) when that is larger. The default ``2**18`` keeps the
+    transient memory to a few MiB in float32 whatever the batch and layer size.
     Any ``groups`` is traced exactly.
 
     Args:
@@ -395,7 +405,7 @@ def conv2d_tractography(
         dilation: int or pair.
         groups: channel groups of the convolution.
         activation: nonlinearity after the module, see :func:`activation_derivative`.
-        chunk_elements: memory bound (elements of the joint tensor held at once).
+        chunk_elements: memory bound: elements of each per-chunk intermediate held at once.
 
     Returns:
         ``(n_source, n_target)`` tensor on ``a``'s device (float32, float64 for float64 input).
@@ -434,45 +444,78 @@ def conv2d_tractography(
                         stride_, pads, dilation_, groups, activation, chunk_elements)
 
 
+def _span(o0: int, o1: int, stride: int, extent: int, pad_lo: int, size: int) -> Tuple[int, int, int, int]:
+    """Input slice ``[i0, i1)`` and zero padding ``(lo, hi)`` whose windows are outputs ``[o0, o1)`` (one axis)."""
+    p0, p1 = o0 * stride, (o1 - 1) * stride + extent  # window span in padded coordinates
+    i0 = min(size, max(0, p0 - pad_lo))
+    i1 = max(i0, min(size, p1 - pad_lo))
+    lo = min(p1 - p0, max(0, pad_lo - p0))  # windows may lie wholly in the padding
+    return i0, i1, lo, (p1 - p0) - lo - (i1 - i0)
+
+
 def _conv2d_core(weight, a, z, src, tgt, n_source, n_target, stride, pads, dilation, groups,
                  activation, chunk_elements) -> Tensor:
     dtype = _compute_dtype(a)
     src, tgt = src.to(a.device), tgt.to(a.device)  # no-op when the ids already live there
-    n = a.shape[0]
+    n, _, h, w = a.shape
     co, ci_g, kh, kw = weight.shape
     co_g, k_g = co // groups, ci_g * kh * kw
     _, _, ho, wo = z.shape
     top, bottom, left, right = pads
-    pad = (left, right, top, bottom)
-
-    # Receptive fields as strided views (no im2col copy): (..., Ho, Wo, kh, kw).
-    r = _windows(F.pad(torch.relu(a.to(dtype)), pad), (kh, kw), stride, dilation)  # (N, Ci, Ho, Wo, kh, kw)
-    r = r.reshape(n, groups, ci_g, ho, wo, kh, kw)
-    s = activation_derivative(z.to(dtype), activation).reshape(n, groups, co_g, ho, wo)  # (N, G, Co/G, Ho, Wo)
+    eh, ew = dilation[0] * (kh - 1) + 1, dilation[1] * (kw - 1) + 1
 
     # Region pair index = src * (n_target + 1) + tgt; padded positions (-1) and ids out of range go
-    # to the dump row/column n_source / n_target, dropped at the end.
+    # to the dump row/column n_source / n_target, dropped at the end. Source ids are windowed like
+    # ReLU(a), per tile, so receptive fields and padding are exact.
     index_dtype = _index_dtype(n_source, n_target)
-    src_ids = F.pad(_safe_ids(src, n_source), pad, value=-1)  # (Ci, Hp, Wp)
-    src_ids = _windows(src_ids, (kh, kw), stride, dilation)  # (Ci, Ho, Wo, kh, kw)
-    src_ids = torch.where(src_ids < 0, torch.full_like(src_ids, n_source), src_ids)
-    src_part = (src_ids * (n_target + 1)).to(index_dtype).reshape(groups, ci_g, ho, wo, kh, kw)
-    src_part = src_part.permute(2, 3, 0, 1, 4, 5).reshape(ho, wo, groups, 1, k_g)  # (Ho, Wo, G, 1, K)
-    tgt_part = _safe_ids(tgt, n_target).to(index_dtype).reshape(groups, co_g, ho, wo)
-    tgt_part = tgt_part.permute(2, 3, 0, 1)[..., None]  # (Ho, Wo, G, Co/G, 1)
-
+    src_pad = F.pad(_safe_ids(src, n_source), (left, right, top, bottom), value=-1)  # (Ci, Hp, Wp)
+    tgt_ids = _safe_ids(tgt, n_target).to(index_dtype).reshape(groups, co_g, ho, wo)  # (G, Co/G, Ho, Wo)
     w_abs = weight.detach().to(dtype).abs().reshape(groups, co_g, k_g)  # (G, Co/G, K)
+
+    # Tiles of output positions (rows of full width, or part of one row) and chunks of samples such
+    # that every per-chunk buffer (joint, pair index, receptive-field copy) holds at most
+    # `chunk_elements` elements (but at least one position's joint, the size of the weight).
+    per_pos = co * k_g  # joint elements per output position (all groups)
+    cols = min(wo, max(1, chunk_elements // per_pos))
+    rows = 1 if cols < wo else min(ho, max(1, chunk_elements // (wo * per_pos)))
+    cap = rows * cols * groups  # bmm batch (positions x groups) of a full tile
+    samples = min(n, max(1, chunk_elements // (cap * max(k_g, co_g))))
+    joint_buf = torch.empty(cap * co_g * k_g, dtype=dtype, device=a.device)
+    index_buf = torch.empty(cap * co_g * k_g, dtype=index_dtype, device=a.device)
+
     out = torch.zeros((n_source + 1) * (n_target + 1), dtype=dtype, device=a.device)
-    rows = max(1, chunk_elements // max(1, co * k_g * wo))
     for y0 in range(0, ho, rows):
-        ys = slice(y0, min(ho, y0 + rows))
-        n_y = ys.stop - ys.start
-        # One (Co/G, N) @ (N, K) product per output position and group: joint over the batch.
-        lhs = s[:, :, :, ys].permute(3, 4, 1, 2, 0).reshape(n_y * wo * groups, co_g, n)  # (P, Co/G, N)
-        rhs = r[:, :, :, ys].permute(3, 4, 1, 0, 2, 5, 6).reshape(n_y * wo * groups, n, k_g)  # (P, N, K)
-        joint = torch.bmm(lhs, rhs).view(n_y, wo, groups, co_g, k_g) * w_abs  # (y, Wo, G, Co/G, K)
-        flat = src_part[ys] + tgt_part[ys]  # (y, Wo, G, Co/G, K)
-        out.index_add_(0, flat.reshape(-1), joint.reshape(-1))
+        y1 = min(ho, y0 + rows)
+        iy0, iy1, pt, pb = _span(y0, y1, stride[0], eh, top, h)
+        for x0 in range(0, wo, cols):
+            x1 = min(wo, x0 + cols)
+            ix0, ix1, pl, pr = _span(x0, x1, stride[1], ew, left, w)
+            ny, nx = y1 - y0, x1 - x0
+            p = ny * nx * groups
+            joint = joint_buf[: p * co_g * k_g].view(p, co_g, k_g)
+            for n0 in range(0, n, samples):
+                n1 = min(n, n0 + samples)
+                a_t = F.pad(torch.relu(a[n0:n1, :, iy0:iy1, ix0:ix1].to(dtype)), (pl, pr, pt, pb))  # (b, Ci, y', x')
+                r = _windows(a_t, (kh, kw), stride, dilation).reshape(n1 - n0, groups, ci_g, ny, nx, kh, kw)
+                rhs = r.permute(3, 4, 1, 0, 2, 5, 6).reshape(p, n1 - n0, k_g)  # (P, b, K)
+                s = activation_derivative(z[n0:n1, :, y0:y1, x0:x1].to(dtype), activation)  # (b, Co, y, x)
+                lhs = s.reshape(n1 - n0, groups, co_g, ny, nx).permute(3, 4, 1, 2, 0).reshape(p, co_g, n1 - n0)
+                # One (Co/G, b) @ (b, K) product per output position and group, summed over chunks.
+                if n0 == 0:
+                    torch.bmm(lhs, rhs, out=joint)  # (P, Co/G, K)
+                else:
+                    joint.baddbmm_(lhs, rhs)
+                del a_t, r, rhs, s, lhs
+            joint.view(ny, nx, groups, co_g, k_g).mul_(w_abs)
+            s_ids = _windows(src_pad[:, y0 * stride[0]: (y1 - 1) * stride[0] + eh,
+                                     x0 * stride[1]: (x1 - 1) * stride[1] + ew], (kh, kw), stride, dilation)
+            s_ids = torch.where(s_ids < 0, torch.full_like(s_ids, n_source), s_ids)  # (Ci, y, x, kh, kw)
+            s_part = (s_ids * (n_target + 1)).to(index_dtype).reshape(groups, ci_g, ny, nx, kh, kw)
+            s_part = s_part.permute(2, 3, 0, 1, 4, 5).reshape(ny, nx, groups, 1, k_g)  # (y, x, G, 1, K)
+            t_part = tgt_ids[:, :, y0:y1, x0:x1].permute(2, 3, 0, 1)[..., None]  # (y, x, G, Co/G, 1)
+            index = index_buf[: p * co_g * k_g].view(ny, nx, groups, co_g, k_g)
+            torch.add(s_part, t_part, out=index)
+            out.index_add_(0, index.view(-1), joint.view(-1))
     return (out / n).view(n_source + 1, n_target + 1)[:n_source, :n_target]
 
 

@@ -446,3 +446,56 @@ def test_bad_input_errors():
         path_strength(torch.ones(2, 2))
     with pytest.raises(ValueError, match="`c` must be a non-empty"):
         pathway_efficiency(torch.ones(3))
+
+
+# ------------------------------------------------------------------------------------------
+# bounded memory: tiled / sample-chunked cores give the brute-force numbers
+# ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("hw", "k", "stride", "padding", "dilation", "groups", "chunk_elements"),
+    [
+        ((9, 8), 3, 1, 1, 1, 1, 300),  # several positions per tile, several sample chunks
+        ((9, 8), 3, 2, 1, 1, 2, 2000),  # multi-row tiles, a partial last tile
+        ((6, 7), 3, 1, 4, 1, 1, 40),  # padding wider than the kernel: windows wholly in the padding
+        ((7, 9), (2, 3), (2, 1), (3, 0), (2, 1), 2, 1),  # one position and one sample at a time
+        ((5, 5), 3, 1, 0, 1, 1, 1 << 18),  # default-sized chunk: one tile, all samples
+    ],
+)
+def test_conv2d_chunked_matches_brute_force(hw, k, stride, padding, dilation, groups, chunk_elements):
+    g = torch.Generator().manual_seed(11)
+    kh, kw = _as_pair(k)
+    w = torch.randn(4, 4 // groups, kh, kw, generator=g, dtype=torch.float64)
+    a = torch.randn(7, 4, *hw, generator=g, dtype=torch.float64)
+    z = F.conv2d(a, w, None, stride, padding, dilation, groups)
+    src, n_src = _regions_chw(a.shape[1:], (2, 2, 3))
+    tgt, n_tgt = _regions_chw(z.shape[1:], (2, 3, 2))
+    expected = _brute_conv(w, a, z, src, tgt, n_src, n_tgt, stride, padding, dilation, groups, "tanh")
+    got = conv2d_tractography(w, a, z, src, tgt, n_src, n_tgt, stride, padding, dilation, groups, "tanh",
+                              chunk_elements=chunk_elements)
+    torch.testing.assert_close(got, expected)
+    assert expected[:, :].abs().sum() > 0  # the test sees actual strength
+
+
+@pytest.mark.parametrize("chunk_elements", [1, 7, 60, 1 << 18])
+@pytest.mark.parametrize("tokens", [(), (3,), (2, 2)])
+def test_linear_chunked_matches_brute_force(chunk_elements, tokens):
+    from nn_neuroimaging_lightning.functional.tractography import _linear_core
+
+    g = torch.Generator().manual_seed(5)
+    w = torch.randn(3, 4, generator=g, dtype=torch.float64)
+    a = torch.randn(5, *tokens, 4, generator=g, dtype=torch.float64)
+    z = a @ w.T
+    n_tok = math.prod(tokens)
+    src = torch.randint(0, 3, (*tokens, 4), generator=g)
+    tgt = torch.randint(0, 2, (*tokens, 3), generator=g)
+    got = _linear_core(w, a, z, src, tgt, 3, 2, "sigmoid", chunk_elements)
+    # brute force: token t of `a` only feeds token t of `z`
+    expected = torch.zeros(3, 2, dtype=torch.float64)
+    a2, z2 = a.reshape(5, n_tok, 4), z.reshape(5, n_tok, 3)
+    for t in range(n_tok):
+        expected += _brute_linear(w, a2[:, t], z2[:, t], src.reshape(n_tok, 4)[t], tgt.reshape(n_tok, 3)[t], 3, 2,
+                                  "sigmoid")
+    torch.testing.assert_close(got, expected)
+    torch.testing.assert_close(linear_tractography(w, a, z, src, tgt, 3, 2, "sigmoid"), expected)
