@@ -202,7 +202,7 @@ class CrossModalCallback(MonitorCallback):
         history = {k: [s.get(k, math.nan) for s in self.scores] for k in keys}
         history["joint_anomaly"] = [s["joint_anomaly"] for s in self.scores]
         step = trainer.global_step
-        writer.add_figure("cross_modal/consistency_history", PF.consistency_figure(history, steps=[s["step"] for s in self.scores]), step, close=True)
+        P.write_figure(writer, "cross_modal/consistency_history", PF.consistency_figure(history, steps=[s["step"] for s in self.scores]), step)
         latest = self.scores[-1]
         rows = [(n, g, z) for n, g, z in zip(latest["layers"], latest["gamma"], latest["zeta_max"])]
         writer.add_text("cross_modal/gamma_vs_zeta", P.table_text(rows, ("layer", f"EEG {self.band} power", "fMRI max zeta")), step)

@@ -949,7 +949,7 @@ class NNEEGCallback(MonitorCallback):
         step = trainer.global_step
         if self._latest_psd is not None:
             freqs, psd = (t.detach().cpu().numpy() for t in self._latest_psd)
-            writer.add_figure("nn_eeg/spectrum", PF.spectrum_figure(freqs, {n: psd[i] for i, n in enumerate(self._taps.names)}, self.bands), step, close=True)
+            P.write_figure(writer, "nn_eeg/spectrum", PF.spectrum_figure(freqs, {n: psd[i] for i, n in enumerate(self._taps.names)}, self.bands), step)
         data = self._ring.ordered()
         seg_f, seg_p = FS.segment_psd(data, fs=self.fs, nperseg=self.nperseg, noverlap=self.noverlap)  # (F,), (layers, S, F)
         seg_p = seg_p.detach().cpu().numpy()
@@ -957,9 +957,9 @@ class NNEEGCallback(MonitorCallback):
         steps = self._ring.steps()
         seg_t = steps[np.minimum(np.arange(seg_p.shape[1]) * hop + self.nperseg // 2, len(steps) - 1)]  # centre step of each segment
         for i, name in enumerate(self._taps.names):
-            writer.add_figure(P.safe_tag("nn_eeg", name, "spectrogram"), PF.spectrogram_figure(seg_t, seg_f.cpu().numpy(), seg_p[i], title=f"Spectrogram {name}"), step, close=True)
+            P.write_figure(writer, P.safe_tag("nn_eeg", name, "spectrogram"), PF.spectrogram_figure(seg_t, seg_f.cpu().numpy(), seg_p[i], title=f"Spectrogram {name}"), step)
         self.tracker.close()
-        writer.add_figure("nn_eeg/phase_timeline", PF.phase_timeline_figure([p.value for p in self.phases], times=self._ring.times(), durations=self.tracker.summary()), step, close=True)
+        P.write_figure(writer, "nn_eeg/phase_timeline", PF.phase_timeline_figure([p.value for p in self.phases], times=self._ring.times(), durations=self.tracker.summary()), step)
         if self._events:
             rows = [(e.step, e.phase, e.layer, e.kind, f"{e.value:.4g}") for e in list(self._events)[-50:]]
             writer.add_text("nn_eeg/events", P.table_text(rows, ("step", "phase", "layer", "kind", "value")), step)
