@@ -11,8 +11,8 @@ Three pieces, each usable without Lightning (``Monitor`` and the callbacks build
 * :class:`RingBuffer` — a preallocated ``(layers, window)`` tensor written at a device-side index,
   plus host-side rings of the same length for the phase, global step and wall-clock time.
 
-Per-step cost per tapped layer of the activity reduction is one BLAS ``asum`` on CPU (one aten op,
-``detach``) or two aten ops elsewhere (``abs``, ``sum``; see :func:`mean_abs_reduction`); dividing by the element count and writing the samples
+Per-step cost per tapped layer of the activity reduction is two aten ops (``abs``, ``sum``; see
+:func:`mean_abs_reduction`); dividing by the element count and writing the samples
 of all layers into the ring is done once per forward for all layers together.
 """
 
@@ -26,7 +26,6 @@ from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Seque
 
 import numpy as np
 import torch
-from scipy.linalg import blas
 from torch import Tensor, nn
 
 LayerSelector = Union[None, str, type, Sequence[Union[str, type]]]
@@ -147,33 +146,24 @@ def first_tensor(output: Any, selector: Optional[Callable[[Any], Tensor]] = None
     return None
 
 
-# BLAS level-1 ``asum`` (sum of absolute values in one vectorised pass, no temporary) by dtype.
-_ASUM = {torch.float32: blas.sasum, torch.float64: blas.dasum}
-
-
-def mean_abs_reduction(t: Tensor) -> Tuple[Union[Tensor, float], int]:
+def mean_abs_reduction(t: Tensor) -> Tuple[Tensor, int]:
     """The activity reduction of one call: ``(sum |a|, numel)``; the division happens per forward.
 
     .. math::
         r = \\sum_i |a_i|,\\qquad s_t = r / n
 
-    On CPU, for a dense float32/float64 activation outside ``torch.compile``, ``sum |a|`` is BLAS
-    ``?asum`` run on the tensor's own memory (``detach().numpy()`` shares it: one aten op,
-    ``detach``, and no copy), returned as a host float. ``torch.abs(t).sum()`` materialises
-    ``|a|`` first and costs 2–5× one ``sum()`` read on CPU; ``linalg_vector_norm(t, 1)`` 4–9×;
-    ``asum`` costs 0.2–1.1× (``benchmarks/eeg_overhead.py`` measures it on the model's real
-    activations). Everywhere else (CUDA, half precision, strided or compiled) it is two aten ops on
-    the activation's device, ``abs`` then ``sum`` accumulated in float32, with no host sync.
+    Two aten ops on the activation's device (``abs``, then ``sum`` accumulated in float32), no host
+    sync. Alternatives measured on CPU and rejected: ``linalg_vector_norm(t, 1)`` (one op, but its
+    ord-1 kernel is 1.3-3x slower than ``abs`` + ``sum``), and BLAS ``?asum`` on the tensor's own
+    memory (one op and 0.2-1x one ``sum()`` in isolation, but OpenBLAS's threads and torch's OpenMP
+    threads spin-wait on each other inside a training step: a 9 ms step became 80-120 ms; with one
+    BLAS thread it is no faster than ``abs`` + ``sum``).
 
     Example::
 
         >>> mean_abs_reduction(torch.tensor([[1.0, -2.0], [3.0, -4.0]]))
-        (10.0, 4)
+        (tensor(10.), 4)
     """
-    asum = _ASUM.get(t.dtype)
-    if (asum is not None and t.device.type == "cpu" and t.layout == torch.strided and t.is_contiguous()
-            and t.numel() > 0 and not torch.compiler.is_compiling()):
-        return float(asum(t.numpy(force=True).reshape(-1))), t.numel()
     return torch.abs(t).sum(dtype=torch.float32), t.numel()
 
 
@@ -339,27 +329,18 @@ class ActivityTaps(LayerTaps):
         if not any(calls):
             return None
         if all(len(c) == 1 for c in calls):
-            firsts = [c[0][0] for c in calls]
-            if all(isinstance(n, float) for n in firsts):  # CPU asum path: host floats, one tensor
-                return torch.tensor([n / max(c[0][1], 1) for n, c in zip(firsts, calls)], dtype=torch.float32)
-            norms = torch.stack(self._tensors(firsts))  # (layers,)
+            norms = torch.stack([c[0][0] for c in calls])  # (layers,)
             return norms * self._inv_numel(tuple(c[0][1] for c in calls), norms.device)
-        values: List[Any] = []
+        values = []
         for i, c in enumerate(calls):
             if c:
                 values.append(sum(n / k for n, k in c) / len(c))
             elif self._last is not None:
                 values.append(self._last[i])
             else:
-                values.append(0.0)
-        self._last = torch.stack(self._tensors(values))
+                values.append(torch.zeros((), dtype=torch.float32, device=next(x for cc in calls for x, _ in cc).device))
+        self._last = torch.stack(values)
         return self._last
-
-    @staticmethod
-    def _tensors(values: List[Any]) -> List[Tensor]:
-        """Host floats (CPU ``asum`` path) as 0-d float32 tensors beside the tensor values' device."""
-        device = next((v.device for v in values if isinstance(v, Tensor)), torch.device("cpu"))
-        return [v.to(torch.float32) if isinstance(v, Tensor) else torch.tensor(v, dtype=torch.float32, device=device) for v in values]
 
     def _inv_numel(self, numels: Tuple[int, ...], device: torch.device) -> Tensor:
         key = numels + (hash(str(device)),)
