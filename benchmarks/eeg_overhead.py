@@ -40,6 +40,7 @@ from typing import Any, Dict, List
 import numpy as np
 import torch
 from lightning.pytorch import Callback, Trainer
+from lightning.pytorch.loggers import TensorBoardLogger
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
@@ -185,7 +186,10 @@ def ab_run(model_fn, steps: int, block: int, every_step: bool, batch: int = 64) 
     Switchable.tap_ns = 0
     eeg = Switchable(log_anomaly_every_step=every_step)
     driver = ABDriver(eeg, block)
-    trainer = Trainer(max_steps=steps, limit_val_batches=0, callbacks=[eeg, driver], logger=False, default_root_dir=tempfile.mkdtemp(prefix="nn_eeg_bench_"),
+    root = tempfile.mkdtemp(prefix="nn_eeg_bench_")
+    # A TensorBoardLogger, as in real use: band powers and stacked spectra are written at each
+    # analysis step (both arms log the model's own `train_loss`).
+    trainer = Trainer(max_steps=steps, limit_val_batches=0, callbacks=[eeg, driver], logger=TensorBoardLogger(root, name="bench"), default_root_dir=root,
                       enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False,
                       log_every_n_steps=50, accelerator="cpu", devices=1)
     dm = DemoDataModule(n_train=batch * 64, n_val=batch, batch_size=batch)

@@ -73,7 +73,7 @@ class FMRIConfig:
     truncation_tol: Optional[float] = None
     confidence: float = 0.95
     zeta_max_batch: int = 1024
-    zeta_max_bytes: Optional[int] = 8 * 2**20
+    zeta_max_bytes: Optional[int] = 4 * 2**20
     tractography: bool = True
     top_k: int = 5
     dead_ratio: float = 0.05

@@ -215,7 +215,7 @@ class NNfMRICallback(MonitorCallback):
             (coalitions x ``probe_size`` x the largest activation bytes per sample downstream of
             the layer) stay within it, at least one coalition per forward (see
             :attr:`~nn_neuroimaging_lightning.lesion.LesionGame.rows_per_forward`). Only the
-            grouping of coalitions into forwards changes, not the estimates. The default, 8 MiB,
+            grouping of coalitions into forwards changes, not the estimates. The default, 4 MiB,
             keeps the lesion forwards below a demo training step's activations.
         tractography: compute tractography at each zeta evaluation.
         top_k: critical pathways and top regions reported.
@@ -266,7 +266,7 @@ class NNfMRICallback(MonitorCallback):
         truncation_tol: Optional[float] = None,
         confidence: float = 0.95,
         zeta_max_batch: int = 1024,
-        zeta_max_bytes: Optional[int] = 8 * 2**20,
+        zeta_max_bytes: Optional[int] = 4 * 2**20,
         tractography: bool = True,
         top_k: int = 5,
         dead_ratio: float = 0.05,

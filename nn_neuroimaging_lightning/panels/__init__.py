@@ -1,4 +1,4 @@
-"""TensorBoard panels: presentation of values computed elsewhere (matplotlib imported lazily)."""
+"""TensorBoard panels: presentation of values computed elsewhere (images drawn with numpy, no matplotlib)."""
 
 from nn_neuroimaging_lightning.panels.figures import (
     PHASE_COLOURS,
