@@ -25,10 +25,15 @@ test: $(STAMP)
 benchmarks: $(STAMP)
 	$(BIN)/python benchmarks/run_all.py
 
-# PNGs of the TensorBoard panels of a 2-epoch demo run into docs/ (headless Chromium, Debian package).
+# PNGs of the TensorBoard panels into docs/ (headless Chromium, Debian package): the 8-epoch demo run,
+# and for the events panel a run that diverges (examples/early_stopping_on_anomaly.py).
 screenshots: $(STAMP)
 	test -x /usr/bin/chromium || (apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y chromium)
-	$(BIN)/python scripts/screenshots.py $(ARGS)
+	rm -rf build/screens && mkdir -p build
+	$(BIN)/nn-neuroimaging demo --log-dir build/screens > build/screens.log 2>&1 || (cat build/screens.log; exit 1)
+	$(BIN)/python examples/early_stopping_on_anomaly.py --tensorboard --log-dir build/screens --control-lr 0
+	$(BIN)/python scripts/screenshots.py --log-dir build/screens/demo --out-dir docs $(ARGS)
+	$(BIN)/python scripts/screenshots.py --log-dir build/screens/diverging --out-dir docs --only events.png $(ARGS)
 
 clean:
 	rm -rf $(VENV) runs build *.egg-info

@@ -77,12 +77,12 @@ def make_loader(n: int, batch_size: int, seed: int, in_features: int = 16) -> Da
     return DataLoader(TensorDataset(x, y), batch_size=batch_size, shuffle=True, generator=torch.Generator().manual_seed(seed))
 
 
-def run(callbacks, args: argparse.Namespace, root: str, lr: float) -> tuple[int, bool]:
+def run(callbacks, args: argparse.Namespace, root: str, lr: float, logger=False) -> tuple[int, bool]:
     """Train once; returns ``(trainer.global_step, whether the final loss is finite)``."""
     pl.seed_everything(args.seed, verbose=False)
     model = WarmupRegressor(lr=lr, warmup_steps=args.warmup_steps)
     trainer = pl.Trainer(
-        max_epochs=args.max_epochs, callbacks=callbacks, logger=False, enable_checkpointing=False,
+        max_epochs=args.max_epochs, callbacks=callbacks, logger=logger, enable_checkpointing=False,
         enable_progress_bar=False, enable_model_summary=False, default_root_dir=root, accelerator="cpu",
         log_every_n_steps=10,
     )
@@ -103,13 +103,20 @@ def main(argv=None) -> int:
     p.add_argument("--max-epochs", type=int, default=5)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--log-dir", default=None, help="where events.jsonl goes (default: a temporary directory)")
+    p.add_argument("--tensorboard", action="store_true",
+                   help="log the gated run to a TensorBoardLogger under --log-dir (name 'diverging'), panels on")
     args = p.parse_args(argv)
     torch.set_num_threads(1)  # a tiny model: intra-op threads only contend
     root = args.log_dir or tempfile.mkdtemp(prefix="nn_eeg_gate_")
     steps_per_epoch = -(-args.n_train // args.batch_size)
 
-    gate = NNEEGCallback(stop_on=("non_finite", "explosion"), explosion_z=args.explosion_z, panels=False)
-    gate_step, _ = run([gate], args, root, args.lr)
+    gate = NNEEGCallback(stop_on=("non_finite", "explosion"), explosion_z=args.explosion_z, panels=args.tensorboard)
+    tb = False
+    if args.tensorboard:
+        from lightning.pytorch.loggers import TensorBoardLogger
+
+        tb = TensorBoardLogger(root, name="diverging")
+    gate_step, _ = run([gate], args, root, args.lr, logger=tb)
     first = next((e for e in gate.events if e.kind in gate.stop_on), None)
     loss_stop = EarlyStopping(monitor="train_loss", check_finite=True, check_on_train_epoch_end=True, patience=args.max_epochs, mode="min")
     nan_probe = FirstNonFiniteLoss()

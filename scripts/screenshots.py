@@ -8,9 +8,13 @@ with headless Chromium into ``docs/``:
 ``band_powers.png``         Custom Scalars: band powers grouped per layer
 ``stacked_spectra.png``     Histograms filtered to the ``nn_eeg`` spectra (one spectrum per step)
 ``zeta_heatmap.png``        Images filtered to ``nn_fmri.*zeta`` (zeta heatmaps, significance dots)
-``consistency.png``         Scalars filtered to ``cross_modal``
+``consistency.png``         Scalars: ``cross_modal/{consistency,rho,agreement,coherence}``
 ``spectrum.png``            Images: ``nn_eeg/spectrum`` (power spectrum per layer, bands shaded)
 ``phase_timeline.png``      Images: ``nn_eeg/phase_timeline``
+``density_heatmap.png``     Images filtered to ``nn_fmri.*density`` (region densities)
+``tractography.png``        Images filtered to ``nn_fmri/tract`` (region-to-region connection strength)
+``gamma_vs_zeta.png``       Text: ``cross_modal/gamma_vs_zeta`` (per-layer table behind ``rho``)
+``events.png``              Text: ``nn_eeg/events`` (anomaly events; empty for a healthy run: see ``--only``)
 ==========================  =======================================================================
 
 TensorBoard is a single-page app that renders after its data requests return, so Chromium runs with
@@ -65,9 +69,13 @@ SHOTS: Tuple[Tuple[str, str, Optional[str]], ...] = (
     ("band_powers.png", "custom_scalars", None),
     ("stacked_spectra.png", "histograms", r"nn_eeg.*spectrum"),
     ("zeta_heatmap.png", "images", r"nn_fmri.*zeta"),
-    ("consistency.png", "scalars", r"cross_modal"),
+    ("consistency.png", "scalars", r"cross_modal/(consistency|rho|agreement|coherence)$"),
     ("spectrum.png", "images", r"^nn_eeg/spectrum$"),
     ("phase_timeline.png", "images", r"phase_timeline"),
+    ("density_heatmap.png", "images", r"nn_fmri.*density"),
+    ("tractography.png", "images", r"nn_fmri/tract"),
+    ("gamma_vs_zeta.png", "text", r"gamma_vs_zeta"),
+    ("events.png", "text", r"nn_eeg/events"),
 )
 
 
@@ -186,9 +194,9 @@ def content_score(path: Path) -> float:
 
 
 def take_all(base: str, out_dir: Path, work: Path, size: Tuple[int, int], budget_ms: int, chromium: str,
-             min_score: float) -> List[str]:
+             min_score: float, shots: Sequence[Tuple[str, str, Optional[str]]] = SHOTS) -> List[str]:
     problems: List[str] = []
-    for i, (name, dashboard, tag_filter) in enumerate(SHOTS):
+    for i, (name, dashboard, tag_filter) in enumerate(shots):
         url = url_for(base, dashboard, tag_filter)
         target = out_dir / name
         score = 0.0
@@ -215,11 +223,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--n-val", type=int, help="demo synthetic validation images")
     parser.add_argument("--chromium", default="/usr/bin/chromium", help="Chromium executable")
     parser.add_argument("--width", type=int, default=1400)
-    parser.add_argument("--height", type=int, default=900)
+    parser.add_argument("--height", type=int, default=1000)
     parser.add_argument("--budget-ms", type=int, default=15000, help="Chromium virtual time budget per page")
     parser.add_argument("--min-score", type=float, default=0.004, help="content check threshold (see content_score)")
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory (logs, raw shots)")
+    parser.add_argument("--only", nargs="+", metavar="NAME", help=f"take only these shots (of {[n for n, _, _ in SHOTS]})")
     args = parser.parse_args(argv)
+    shots = [s for s in SHOTS if not args.only or s[0] in args.only]
+    unknown = sorted(set(args.only or ()) - {n for n, _, _ in SHOTS})
+    if unknown:
+        parser.error(f"--only: unknown shot(s) {unknown}; allowed: {[n for n, _, _ in SHOTS]}")
 
     if not (os.path.isfile(args.chromium) and os.access(args.chromium, os.X_OK)):
         log(f"Chromium not found at {args.chromium}; install it with `apt-get update && apt-get install -y chromium`.")
@@ -258,8 +271,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             sys.stderr.write((work / "tensorboard.log").read_text(errors="replace")[-3000:])
             raise
         problems = take_all(base, out_dir, work, (args.width, args.height), args.budget_ms, args.chromium,
-                            args.min_score)
-        for name, _, _ in SHOTS:
+                            args.min_score, shots)
+        for name, _, _ in shots:
             log(f"wrote {out_dir / name}")
         for problem in problems:
             log("warning: " + problem)

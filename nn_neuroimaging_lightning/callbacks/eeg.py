@@ -113,6 +113,11 @@ _PHASE_TO_STATE = {
 _LOOP_PHASE = {"train": Phase.TRAIN, "validation": Phase.VALIDATE, "test": Phase.TEST, "predict": Phase.PREDICT}
 
 
+def _since_first(times: np.ndarray) -> np.ndarray:
+    """Wall-clock times as seconds since the first one (the timeline's axis starts at 0)."""
+    return times - times[0] if len(times) else times
+
+
 class NNEEGCallback(MonitorCallback):
     r"""Watch each tapped layer's activity as a time series, like EEG electrodes on a brain.
 
@@ -952,12 +957,18 @@ class NNEEGCallback(MonitorCallback):
 
     def _write_epoch_panels(self, trainer: Trainer, pl_module: LightningModule) -> None:
         writer = self._tensorboard(trainer) if self.panels else None
-        if writer is None or self._ring is None or self._ring.count < self.nperseg:
+        if writer is None or self._ring is None:
             return
         from nn_neuroimaging_lightning.panels import figures as PF
         from nn_neuroimaging_lightning.panels import tensorboard as P
 
         step = trainer.global_step
+        if self._events:  # written even when the run stopped before a spectrum was possible
+            rows = [(e.step, e.phase, e.layer, e.kind, f"{e.value:.4g}") for e in list(self._events)[-50:]]
+            writer.add_text("nn_eeg/events", P.table_text(rows, ("step", "phase", "layer", "kind", "value")), step)
+        if self._ring.count < self.nperseg:  # too few samples for a spectrum yet
+            writer.flush()
+            return
         if self._latest_psd is not None:
             freqs, psd = (t.detach().cpu().numpy() for t in self._latest_psd)
             P.write_figure(writer, "nn_eeg/spectrum", PF.spectrum_figure(freqs, {n: psd[i] for i, n in enumerate(self._taps.names)}, self.bands), step)
@@ -970,10 +981,7 @@ class NNEEGCallback(MonitorCallback):
         for i, name in enumerate(self._taps.names):
             P.write_figure(writer, P.safe_tag("nn_eeg", name, "spectrogram"), PF.spectrogram_figure(seg_t, seg_f.cpu().numpy(), seg_p[i], title=f"Spectrogram {name}"), step)
         self.tracker.close()
-        P.write_figure(writer, "nn_eeg/phase_timeline", PF.phase_timeline_figure([p.value for p in self.phases], times=self._ring.times(), durations=self.tracker.summary()), step)
-        if self._events:
-            rows = [(e.step, e.phase, e.layer, e.kind, f"{e.value:.4g}") for e in list(self._events)[-50:]]
-            writer.add_text("nn_eeg/events", P.table_text(rows, ("step", "phase", "layer", "kind", "value")), step)
+        P.write_figure(writer, "nn_eeg/phase_timeline", PF.phase_timeline_figure([p.value for p in self.phases], times=_since_first(self._ring.times()), durations=self.tracker.summary()), step)
         writer.flush()
 
     # ------------------------------------------------------------------ checkpointing

@@ -486,7 +486,7 @@ def phase_timeline_figure(
     finite = n > 0 and np.all(np.isfinite(x)) and np.isfinite(ends[-1])
     xlim = (float(x[0]), float(ends[-1])) if finite else (0.0, 1.0)
     ax = _Axes(c, (2, top, split - 4, c.height - 2 - legend_rows * _ROW - 2), xlim, (0.0, 1.0),
-               _linear_ticks(*xlim, n=6), (np.zeros(0), []), "sample" if times is None else "time")
+               _linear_ticks(*xlim, n=6), (np.zeros(0), []), "sample" if times is None else "time (s)")
     if finite:
         i = 0
         while i < n:  # one block per run of identical labels: O(runs) rectangles, not O(samples)
