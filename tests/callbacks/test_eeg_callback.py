@@ -451,3 +451,26 @@ def test_module_that_never_fires_is_not_flagged(tmp_path):
         fast_trainer(tmp_path, [eeg], max_epochs=2).fit(model)
     assert eeg.silent_layers == ["unused"]
     assert not [e for e in eeg.events if e.layer == "unused"]
+
+
+def test_events_table_written_when_the_run_stops_before_a_spectrum(tmp_path):
+    """A run stopped at step 6 (fewer samples than one Welch segment) still gets its events panel."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    model = MLPModule(n=8 * 40)
+    logger = TensorBoardLogger(str(tmp_path), name="tb")
+    eeg = NNEEGCallback(stop_on=("non_finite",))
+    ref: List = [None]
+    trainer = fast_trainer(tmp_path, [eeg], logger=logger, max_epochs=1)
+    ref[0] = trainer
+    handle = nan_output_hook(model.net[2], ref, 6)
+    try:
+        trainer.fit(model)
+    finally:
+        handle.remove()
+    assert trainer.global_step == 7 and eeg._ring.count < eeg.nperseg
+    acc = EventAccumulator(logger.log_dir, size_guidance={"tensors": 0})
+    acc.Reload()
+    assert "nn_eeg/events/text_summary" in acc.Tags()["tensors"]
+    text = acc.Tensors("nn_eeg/events/text_summary")[-1].tensor_proto.string_val[0].decode()
+    assert "non_finite" in text and "net.2" in text
