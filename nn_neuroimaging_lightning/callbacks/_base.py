@@ -164,7 +164,33 @@ class MonitorCallback(Callback):
         return {"events": [asdict(e) for e in self._events]}
 
     def load_state_dict(self, state_dict: Dict[str, Any]) -> None:
+        """Restore the events; the rest of the state when the layers are known, else in ``setup``.
+
+        Lightning restores callback state before ``setup`` when resuming, while the layers (and so
+        the buffers the state fills) are only known in ``setup``: a subclass with layer-bound
+        state implements ``_apply_state`` and ``_layers_ready`` and calls
+        :meth:`_apply_pending_state` once its buffers exist.
+        """
         self._events.clear()
         for e in state_dict.get("events", []):
             self._events.append(AnomalyEvent(**e))
+        if type(self)._apply_state is MonitorCallback._apply_state:
+            return
+        if self._layers_ready():
+            self._apply_state(state_dict)
+        else:
+            self._pending_state = dict(state_dict)
+
+    def _layers_ready(self) -> bool:
+        """Whether the layer-bound buffers exist (the state can be applied now)."""
+        return True
+
+    def _apply_state(self, state: Dict[str, Any]) -> None:
+        """Restore the layer-bound state (subclasses)."""
+
+    def _apply_pending_state(self) -> None:
+        """Apply a state loaded before ``setup`` (call once the buffers exist)."""
+        pending, self._pending_state = getattr(self, "_pending_state", None), None
+        if pending is not None:
+            self._apply_state(pending)
 

@@ -407,9 +407,7 @@ class NNEEGCallback(MonitorCallback):
             self._taps = ActivityTaps(modules, selector=self.output_selector)
             self._ring = RingBuffer(len(modules), self.window)
             self._history = _History(len(modules), max(2 * self.min_history, 32))
-        if self._pending_state is not None:
-            self._apply_state(self._pending_state)
-            self._pending_state = None
+        self._apply_pending_state()
         self._mode_modules = [pl_module] + [m for m in pl_module.modules() if m is not pl_module]
         self._mode_names = {id(m): (n or "<model>") for n, m in pl_module.named_modules()}
         self._taps.attach(root=pl_module, on_forward_end=self._commit)
@@ -1007,12 +1005,9 @@ class NNEEGCallback(MonitorCallback):
         )
         return state
 
-    def load_state_dict(self, state_dict: Dict[str, Any]) -> None:
-        super().load_state_dict(state_dict)
-        if self._ring is None:
-            self._pending_state = dict(state_dict)  # applied in `setup`, once the layers are known
-        else:
-            self._apply_state(state_dict)
+    def _layers_ready(self) -> bool:
+        return self._ring is not None
+
 
     def _apply_state(self, state: Mapping[str, Any]) -> None:
         saved_layers = state.get("layers")

@@ -447,9 +447,7 @@ class NNfMRICallback(MonitorCallback):
             self._acc, self._acc_n, self._shape, self._grid_of = [None] * n, [0] * n, [None] * n, [None] * n
             self._units = [None] * n
             self._last, self._base, self._windows, self._flag_state = [None] * n, [None] * n, [0] * n, [None] * n
-        if self._pending_state is not None:
-            self._apply_state(self._pending_state)
-            self._pending_state = None
+        self._apply_pending_state()
         self._taps.enabled = False  # densities are taken on training batches only
         self._taps.attach()
 
@@ -1115,12 +1113,9 @@ class NNfMRICallback(MonitorCallback):
         })
         return state
 
-    def load_state_dict(self, state_dict: Dict[str, Any]) -> None:
-        super().load_state_dict(state_dict)
-        if self._taps is None:
-            self._pending_state = dict(state_dict)  # applied in `setup`, once the layers are known
-        else:
-            self._apply_state(state_dict)
+    def _layers_ready(self) -> bool:
+        return self._taps is not None
+
 
     def _apply_state(self, state: Mapping[str, Any]) -> None:
         saved = state.get("layers")
