@@ -195,6 +195,18 @@ def _pair(name: str, value: object) -> Tuple[int, int]:
 # --------------------------------------------------------------------------------------------
 
 
+def _region_shape_problem(a: Tensor, z: Tensor, src: Tensor, tgt: Tensor, between: str) -> Optional[str]:
+    """The message when the region maps do not have the shape of one sample of ``a`` / ``z``."""
+    if tuple(src.shape) != tuple(a.shape[1:]):
+        return (
+            f"`source_regions` must have the shape of one sample of `a` {tuple(a.shape[1:])}, got "
+            f"{tuple(src.shape)} (is a {between} between the tapped layer and the module?)."
+        )
+    if tuple(tgt.shape) != tuple(z.shape[1:]):
+        return f"`target_regions` must have the shape of one sample of `z` {tuple(z.shape[1:])}, got {tuple(tgt.shape)}."
+    return None
+
+
 def _linear_mismatch(weight: Tensor, a: Tensor, z: Tensor, src: Tensor, tgt: Tensor) -> Optional[str]:
     if weight.dim() != 2:
         return f"`weight` must be (out, in), got shape {tuple(weight.shape)}."
@@ -205,14 +217,7 @@ def _linear_mismatch(weight: Tensor, a: Tensor, z: Tensor, src: Tensor, tgt: Ten
         return f"`z` must have shape {tuple(a.shape[:-1] + (out_f,))} to match `a` and `weight`, got {tuple(z.shape)}."
     if a.shape[0] == 0:
         return "`a` has an empty batch."
-    if tuple(src.shape) != tuple(a.shape[1:]):
-        return (
-            f"`source_regions` must have the shape of one sample of `a` {tuple(a.shape[1:])}, got "
-            f"{tuple(src.shape)} (is a flatten/pool between the tapped layer and the module?)."
-        )
-    if tuple(tgt.shape) != tuple(z.shape[1:]):
-        return f"`target_regions` must have the shape of one sample of `z` {tuple(z.shape[1:])}, got {tuple(tgt.shape)}."
-    return None
+    return _region_shape_problem(a, z, src, tgt, "flatten/pool")
 
 
 def linear_tractography(
@@ -343,14 +348,7 @@ def _conv_mismatch(weight, a, z, src, tgt, stride, pads, dilation, groups) -> Op
     expected = (a.shape[0], co, ho, wo)
     if ho < 1 or wo < 1 or tuple(z.shape) != expected:
         return f"`z` must have shape {expected} for this convolution of `a` {tuple(a.shape)}, got {tuple(z.shape)}."
-    if tuple(src.shape) != tuple(a.shape[1:]):
-        return (
-            f"`source_regions` must have the shape of one sample of `a` {tuple(a.shape[1:])}, got "
-            f"{tuple(src.shape)} (is a pool/resize between the tapped layer and the module?)."
-        )
-    if tuple(tgt.shape) != tuple(z.shape[1:]):
-        return f"`target_regions` must have the shape of one sample of `z` {tuple(z.shape[1:])}, got {tuple(tgt.shape)}."
-    return None
+    return _region_shape_problem(a, z, src, tgt, "pool/resize")
 
 
 def conv2d_tractography(
