@@ -216,7 +216,10 @@ class NNfMRICallback(MonitorCallback):
             the layer) stay within it, at least one coalition per forward (see
             :attr:`~nn_neuroimaging_lightning.lesion.LesionGame.rows_per_forward`). Only the
             grouping of coalitions into forwards changes, not the estimates. The default, 4 MiB,
-            keeps the lesion forwards below a demo training step's activations.
+            keeps the lesion forwards below a demo training step's activations; on a time
+            budget, fewer coalitions per forward also means fewer samples in the budget on small
+            models (``benchmarks/fmri_localisation.py``: 17/20 at 4 MiB, 20/20 uncapped), so
+            raise it when memory allows.
         tractography: compute tractography at each zeta evaluation.
         top_k: critical pathways and top regions reported.
         dead_ratio: a region below this fraction of its baseline mean ``|a|`` is dead.
