@@ -38,6 +38,10 @@ from nn_neuroimaging_lightning.taps import LayerSelector, LayerTaps, first_tenso
 
 #: Anomaly kinds NN-fMRI can raise; ``stop_on`` takes any of them.
 FMRI_ANOMALY_KINDS: Tuple[str, ...] = ("dead_region", "saturated_region", "zeta_concentration")
+#: The hook's density-sample copies of a layer are summed per unit once this many steps' copies,
+#: or this many bytes of them, are pending (fewer dispatched ops per step; a bounded buffer).
+_ROWS_MAX_CALLS = 16
+_ROWS_MAX_BYTES = 1 << 20
 
 #: Default zeta budget: value rows (probe forwards) per layer and evaluation. It is raised, per
 #: layer, to the minimum that gives two samples (``2 + 4 (R - 1)`` rows with antithetic pairs), so
@@ -341,6 +345,9 @@ class NNfMRICallback(MonitorCallback):
         self._acc: List[Optional[Tensor]] = []  # (R, 3) window sums of |a|, a, a^2
         # (3, U) per-unit sums added since the last scatter into `_acc` (see `_flush_units`)
         self._units: List[Optional[Tensor]] = []
+        # the hook's sample copies not yet summed into `_units` (see `_sum_rows`), and their bytes
+        self._rows: List[List[Tensor]] = []
+        self._rows_bytes: List[int] = []
         self._acc_n: List[int] = []  # samples in the window
         self._shape: List[Optional[Tuple[int, ...]]] = []  # unit shape
         self._grid_of: List[Optional[Tuple[int, ...]]] = []  # resolved grid
@@ -449,6 +456,7 @@ class NNfMRICallback(MonitorCallback):
             n = len(self._modules)
             self._acc, self._acc_n, self._shape, self._grid_of = [None] * n, [0] * n, [None] * n, [None] * n
             self._units = [None] * n
+            self._rows, self._rows_bytes = [[] for _ in range(n)], [0] * n
             self._last, self._base, self._windows, self._flag_state = [None] * n, [None] * n, [0] * n, [None] * n
         self._apply_pending_state()
         self._taps.enabled = False  # densities are taken on training batches only
@@ -532,16 +540,19 @@ class NNfMRICallback(MonitorCallback):
                         new_clamped.append((self._taps.names[i], shape, g))
                     self._shape[i], self._grid_of[i] = shape[1:], g
                     self._acc[i], self._acc_n[i], self._units[i] = None, 0, None
+                    self._rows[i], self._rows_bytes[i] = [], 0
                     self._base[i], self._windows[i], self._flag_state[i] = None, 0, None
-                # Per-unit sums added in place (`add_unit_sums_`: abs, mul, three addmm_); the scatter
-                # into regions waits for the window's end (`_flush_units`): one op per window.
-                if self._units[i] is None:
-                    self._units[i] = torch.zeros(3, out.shape[-1] if reduced else math.prod(out.shape[1:]),
-                                                 dtype=torch.float32, device=out.device)
+                # The hook's copies of the first samples are summed per unit several steps at a time
+                # (`_sum_rows`: one `cat`, then `add_unit_sums_`'s abs, mul and three addmm_, for up
+                # to `_ROWS_MAX_CALLS` steps or `_ROWS_MAX_BYTES` of copies); the scatter into
+                # regions waits for the window's end (`_flush_units`): one op per window.
                 if reduced:
-                    self._units[i].add_(out)  # (3, U) reduced in the hook (whole batch)
+                    self._unit_acc(i, out).add_(out)  # (3, U) reduced in the hook (whole batch)
                 else:
-                    add_unit_sums_(self._units[i], out)  # out: the hook's copy of the first n samples
+                    self._rows[i].append(out)  # (n, *unit_shape), the hook's own copy
+                    self._rows_bytes[i] += out.numel() * out.element_size()
+                    if len(self._rows[i]) >= _ROWS_MAX_CALLS or self._rows_bytes[i] >= _ROWS_MAX_BYTES:
+                        self._sum_rows(i)
                 self._acc_n[i] += n_used
         self._warn_clamped(new_clamped)
         every = self.check_every_n_steps or max(trainer.log_every_n_steps, 1)
@@ -558,8 +569,24 @@ class NNfMRICallback(MonitorCallback):
         listing = "; ".join(f"`{n}` output {s} -> grid {g}" for n, s, g in items)
         rank_zero_warn(f"NNfMRICallback: `grid`={self.grid} is larger than some layers and was clamped: {listing}.")
 
+    def _unit_acc(self, i: int, like: Tensor) -> Tensor:
+        """Layer ``i``'s ``(3, U)`` per-unit accumulator (created on ``like``'s device)."""
+        if self._units[i] is None:
+            self._units[i] = torch.zeros(3, math.prod(self._shape[i]), dtype=torch.float32, device=like.device)
+        return self._units[i]
+
+    def _sum_rows(self, i: int) -> None:
+        """Add layer ``i``'s pending sample copies to its per-unit sums (one ``cat`` for all)."""
+        rows = self._rows[i] if i < len(self._rows) else None
+        if not rows:
+            return
+        x = rows[0] if len(rows) == 1 else torch.cat(rows)  # (sum n, *unit_shape)
+        self._rows[i], self._rows_bytes[i] = [], 0
+        add_unit_sums_(self._unit_acc(i, x), x)
+
     def _flush_units(self, i: int) -> None:
         """Scatter layer ``i``'s pending per-unit sums into its ``(R, 3)`` window sums (one op)."""
+        self._sum_rows(i)
         units = self._units[i] if i < len(self._units) else None
         if units is None:
             return
@@ -1126,6 +1153,7 @@ class NNfMRICallback(MonitorCallback):
             n = len(saved)
             self._acc = list(state.get("acc", [None] * n))
             self._units = [None] * n
+            self._rows, self._rows_bytes = [[] for _ in range(n)], [0] * n
             self._acc_n = list(state.get("acc_n", [0] * n))
             self._shape = [None if s is None else tuple(s) for s in state.get("shape", [None] * n)]
             self._grid_of = [None if g is None else tuple(g) for g in state.get("grid_of", [None] * n)]
