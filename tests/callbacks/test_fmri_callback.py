@@ -443,6 +443,34 @@ def test_density_uses_the_first_density_samples_of_each_batch(tmp_path):
     assert fmri._acc_n[0] == 15
 
 
+def test_density_copies_are_summed_in_bounded_groups_and_match_direct_computation(tmp_path):
+    """40 steps with the window open: the pending copies never exceed `_ROWS_MAX_CALLS`, and the
+    density over all 40 steps (summed in groups of 16, 16 and 8) equals a direct computation."""
+    from lightning.pytorch import Callback
+
+    from nn_neuroimaging_lightning.callbacks import fmri as FM
+    from nn_neuroimaging_lightning.functional.grid import region_density_from_activation
+
+    seen = []
+
+    class Watch(Callback):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            seen.append(len(fmri._rows[0]))
+
+    model = TinyCNN(lr=0.0)
+    fmri = NNfMRICallback(layers=["conv"], grid=(2, 2, 2), density_samples=2, check_every_n_steps=1000,
+                          zeta_every_n_epochs=100, tractography=False)
+    x = torch.randn(40 * 4, 1, 6, 6, generator=torch.Generator().manual_seed(3))
+    train = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, torch.zeros(len(x), dtype=torch.long)), batch_size=4)
+    trainer(tmp_path, [fmri, Watch()], max_epochs=1, limit_val_batches=0).fit(model, train)
+    assert max(seen) == FM._ROWS_MAX_CALLS - 1 and seen[FM._ROWS_MAX_CALLS - 1] == 0  # summed at the 16th step
+    picked = torch.cat([x[s : s + 2] for s in range(0, len(x), 4)])  # (80, 1, 6, 6)
+    with torch.no_grad():
+        direct = region_density_from_activation(model.conv(picked), (2, 2, 2))
+    assert torch.allclose(fmri.density["conv"], direct, rtol=1e-5, atol=1e-6)
+    assert fmri._acc_n[0] == 80
+
+
 def test_density_of_the_whole_batch_matches_direct_computation(tmp_path):
     # density_samples=None: the hook reduces each batch to per-unit sums itself (the other path)
     from nn_neuroimaging_lightning.functional.grid import region_density_from_activation
