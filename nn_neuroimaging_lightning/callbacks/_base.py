@@ -133,22 +133,20 @@ class MonitorCallback(Callback):
     def _log(pl_module: LightningModule, name: str, value: Any, **kwargs: Any) -> None:
         """``pl_module.log`` with the defaults our scalars need (one value per step, batch size 1).
 
-        Under DDP (``trainer.world_size > 1``) an epoch-only scalar (``on_epoch=True``,
-        ``on_step=False``) is logged with ``sync_dist=True``, so its epoch value is reduced across
-        ranks (with ``reduce_fx``, default mean) once, at the epoch's end. Per-step scalars stay
-        free of collectives: Lightning would all-reduce a ``sync_dist`` value at every step, so a
-        scalar logged both per step and per epoch is not synced either (its epoch value is the
-        rank's own). An explicit ``sync_dist`` wins. Every rank must log the same epoch-only
-        names, as for any ``sync_dist`` log.
+        Under DDP nothing is synced (``sync_dist`` stays False unless a caller sets it): a synced
+        log is a collective that every rank must make with the same names at the same point, and
+        which names a rank logs can depend on what it saw (an undefined ``rho`` after a NaN on one
+        rank, a state accuracy not computed yet). A mismatched collective hangs or aborts the run
+        (a version that synced epoch-only scalars had a rank abort once in CI, in the DDP NaN
+        test; not reproduced in 14 reruns, and this is the likely cause). The values
+        that must agree are made equal before logging instead (zeta permutations are merged across
+        ranks, the stop decision is reduced), the rest are the rank's own, and only rank 0's
+        logger writes.
         """
         kwargs.setdefault("on_step", True)
         kwargs.setdefault("on_epoch", False)
         kwargs.setdefault("batch_size", 1)
         kwargs.setdefault("add_dataloader_idx", False)
-        if "sync_dist" not in kwargs and kwargs["on_epoch"] and not kwargs["on_step"]:
-            trainer = getattr(pl_module, "_trainer", None)
-            if trainer is not None and trainer.world_size > 1:
-                kwargs["sync_dist"] = True
         if isinstance(value, torch.Tensor) and value.dtype not in (torch.float32, torch.float64):
             value = value.float()
         pl_module.log(name, value, **kwargs)

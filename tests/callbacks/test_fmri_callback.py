@@ -550,13 +550,13 @@ class _LogRecorder:
 
 
 @pytest.mark.parametrize(("world_size", "kwargs", "synced"), [
-    (2, dict(on_step=False, on_epoch=True), True),  # epoch-only: reduced across ranks at the epoch end
+    (2, dict(on_step=False, on_epoch=True), False),  # epoch-only: no collective (see `_log`)
     (2, dict(), False),  # per step (the default): no collective
-    (2, dict(on_epoch=True), False),  # step and epoch: Lightning would sync every step, so no
-    (2, dict(on_step=False, on_epoch=True, sync_dist=False), False),  # explicit choice wins
-    (1, dict(on_step=False, on_epoch=True), False),  # single process: nothing to reduce
+    (2, dict(on_epoch=True), False),
+    (2, dict(on_step=False, on_epoch=True, sync_dist=True), True),  # an explicit choice is kept
+    (1, dict(on_step=False, on_epoch=True), False),
 ])
-def test_log_syncs_epoch_only_scalars_under_ddp(world_size, kwargs, synced):
+def test_log_never_adds_a_collective_under_ddp(world_size, kwargs, synced):
     module = _LogRecorder(world_size)
     NNfMRICallback._log(module, "nn_fmri/anomaly", 1.0, **kwargs)
     (name, got), = module.calls
