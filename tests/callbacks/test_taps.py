@@ -146,7 +146,11 @@ def test_ring_buffer_order_and_wraparound():
     assert ring.steps().tolist() == [30, 40, 50, 60]
     assert ring.phases().tolist() == [0, 1, 2, 0]
     assert ring.ordered(last=2).tolist() == [[5.0, 6.0], [-5.0, -6.0]]
-    assert int(ring.index) == ring.pos == 2  # the device index mirrors the host position
+    # CPU float32 samples go through the numpy view; a sample that cannot (here float64) takes the
+    # device-index path, whose index first catches up with the host position
+    ring.push(torch.tensor([7.0, -7.0], dtype=torch.float64), phase=0, step=70)
+    assert int(ring.index) == ring.pos == 3
+    assert ring.ordered().tolist() == [[4.0, 5.0, 6.0, 7.0], [-4.0, -5.0, -6.0, -7.0]]
     ring.relabel(0, 6)
     assert ring.phases(last=1).tolist() == [6]
 
@@ -221,3 +225,37 @@ def test_samples_of_a_mixed_precision_model():
     assert sample.dtype == torch.float32 and sample.shape == (2,)
     ref = torch.stack([h.float().abs().mean(), y.float().abs().mean()])
     torch.testing.assert_close(sample, ref, rtol=1e-2, atol=1e-3)
+
+
+@pytest.mark.parametrize("n", [1, 7, 8, 9, 23, 64])
+def test_chunked_mean_abs_reduction_equals_direct(n):
+    """Large CPU activations are reduced in scratch-sized chunks: same value, NaN/inf still propagate."""
+    from nn_neuroimaging_lightning.taps import mean_abs_reduction
+
+    g = torch.Generator().manual_seed(n)
+    t = torch.randn(n, 3, generator=g)
+    scratch = torch.full((8,), 123.0)  # garbage left in the scratch must not leak into the value
+    value, count = mean_abs_reduction(t, scratch)
+    assert count == t.numel() and value.dtype == torch.float32
+    assert float(value) == pytest.approx(np.abs(t.numpy().astype(np.float64)).sum(), rel=1e-6)
+    t.view(-1)[-1] = float("nan")
+    assert np.isnan(float(mean_abs_reduction(t, scratch)[0]))
+    t.view(-1)[-1] = float("-inf")
+    assert float(mean_abs_reduction(t, scratch)[0]) == float("inf")
+
+
+def test_activity_taps_chunk_a_large_cpu_activation():
+    """An output above ``ABS_CHUNKED_ABOVE`` elements gives the same sample through the chunked path."""
+    from nn_neuroimaging_lightning import taps as T
+
+    net = nn.Sequential(nn.Conv2d(3, 64, 3, padding=1), nn.ReLU(), nn.Conv2d(64, 2, 1))
+    x = torch.randn(5, 3, 64, 64)  # conv0 output 5*64*64*64 = 1.31M elements > 2**20
+    taps = ActivityTaps(select_layers(net))
+    with torch.no_grad():
+        with taps.attached():
+            net(x)
+        a0 = net[0](x)
+    sample = taps.sample()
+    assert a0.numel() > T.ABS_CHUNKED_ABOVE and torch.float32 in taps._scratch
+    ref = a0.double().abs().mean()
+    assert float(sample[0]) == pytest.approx(float(ref), rel=1e-5)
