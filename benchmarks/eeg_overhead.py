@@ -277,6 +277,53 @@ def ops_and_cost(model_fn) -> Dict[str, float]:
     return {"ops_per_layer": sum(extra.values()) / len(modules), "ops": dict(+extra), "cost_vs_sum": red / ref}
 
 
+def in_situ_cost(model_fn, steps: int = 60) -> Dict[str, float]:
+    """The reduction's cost inside real training steps, against ``sum()`` of the same activation.
+
+    Hooks on the tapped layers time three reductions of each output in a rotating order: the taps'
+    own (:meth:`ActivityTaps._reduce`, chunked above 4 MiB on CPU), plain ``abs().sum()``, and
+    ``sum()``. Per step, the cost summed over layers; medians over steps after 10 warm-up steps.
+    Unlike :func:`ops_and_cost` this sees the allocator as training leaves it (fresh pages for a
+    large ``abs`` output).
+    """
+    from nn_neuroimaging_lightning.taps import ActivityTaps, mean_abs_reduction
+
+    torch.manual_seed(0)
+    net = model_fn()
+    modules = select_layers(net)
+    taps = ActivityTaps(modules)
+    kinds = {"taps": taps._reduce, "abs+sum": mean_abs_reduction, "sum": lambda t: t.sum()}
+    order = list(kinds)
+    per_step: Dict[str, List[float]] = {k: [] for k in kinds}
+    acc = {k: 0 for k in kinds}
+
+    def hook(module, inputs, output):  # noqa: ANN001
+        with torch.no_grad():
+            for k in order:
+                t0 = time.perf_counter_ns()
+                kinds[k](output)
+                acc[k] += time.perf_counter_ns() - t0
+
+    handles = [m.register_forward_hook(hook) for m in modules.values()]
+    opt = torch.optim.Adam(net.parameters(), 1e-3)
+    x, y = torch.randn(64, 3, 32, 32), torch.randint(0, 10, (64,))
+    for i in range(steps + 10):
+        for k in acc:
+            acc[k] = 0
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(net(x), y).backward()
+        opt.step()
+        order.append(order.pop(0))
+        if i >= 10:
+            for k in kinds:
+                per_step[k].append(acc[k] / 1e3)
+    for h in handles:
+        h.remove()
+    med = {k: statistics.median(v) for k, v in per_step.items()}
+    return {"taps_us": med["taps"], "abs_sum_us": med["abs+sum"], "sum_us": med["sum"],
+            "taps_vs_sum": med["taps"] / med["sum"], "abs_sum_vs_sum": med["abs+sum"] / med["sum"]}
+
+
 def analysis_latency(layers: int = 10, n: int = 128, reps: int = 50) -> Dict[str, float]:
     """Spectra + band powers + spectral shift + state features/classification of 8 windows + baseline."""
     torch.manual_seed(0)
@@ -328,6 +375,7 @@ def main() -> None:
             rows.append((name, every, r))
             print(name, every, r, flush=True)
     counters = {name: (syncs_per_step(fn, True), syncs_per_step(fn, False), ops_and_cost(fn)) for name, fn in models.items()}
+    in_situ = {name: in_situ_cost(fn, 30 if args.quick else 60) for name, fn in models.items()}
     lat = analysis_latency()
 
     print("\n| model | anomaly logged | step (ms) | self-time % (hooks + taps) | of which taps % | A/B ratio (95 % CI) | pairs |")
@@ -339,6 +387,10 @@ def main() -> None:
     print("|---|---|---|---|")
     for name, (w, wo, oc) in counters.items():
         print(f"| {name} | {w:.0f} / {wo:.0f} | {oc['ops_per_layer']:.1f} ({', '.join(oc['ops'])}) | {oc['cost_vs_sum']:.1f}x |")
+    print("\n| model | in a training step, per step: taps' reduction | `abs().sum()` | `sum()` | taps / `sum()` | `abs().sum()` / `sum()` |")
+    print("|---|---|---|---|---|---|")
+    for name, r in in_situ.items():
+        print(f"| {name} | {r['taps_us']:.0f} us | {r['abs_sum_us']:.0f} us | {r['sum_us']:.0f} us | {r['taps_vs_sum']:.1f}x | {r['abs_sum_vs_sum']:.1f}x |")
     print(f"\nanalysis latency, 10 layers x 128 samples: median {lat['median_ms']:.2f} ms, p90 {lat['p90_ms']:.2f} ms")
 
 
