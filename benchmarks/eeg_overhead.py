@@ -280,9 +280,11 @@ def ops_and_cost(model_fn) -> Dict[str, float]:
 def in_situ_cost(model_fn, steps: int = 60) -> Dict[str, float]:
     """The reduction's cost inside real training steps, against ``sum()`` of the same activation.
 
-    Hooks on the tapped layers time three reductions of each output in a rotating order: the taps'
-    own (:meth:`ActivityTaps._reduce`, chunked above 4 MiB on CPU), plain ``abs().sum()``, and
-    ``sum()``. Per step, the cost summed over layers; medians over steps after 10 warm-up steps.
+    Hooks on the tapped layers time one of three reductions of each output, the kind rotating from
+    step to step (each meets the activation as fresh from the layer as the others): the taps' own
+    (:meth:`ActivityTaps._reduce`, chunked above 4 MiB on CPU), plain ``abs().sum()``, and
+    ``sum()``. Per step, the cost summed over layers; per kind, the median over its steps after 10
+    warm-up steps.
     Unlike :func:`ops_and_cost` this sees the allocator as training leaves it (fresh pages for a
     large ``abs`` output).
     """
@@ -299,24 +301,22 @@ def in_situ_cost(model_fn, steps: int = 60) -> Dict[str, float]:
 
     def hook(module, inputs, output):  # noqa: ANN001
         with torch.no_grad():
-            for k in order:
-                t0 = time.perf_counter_ns()
-                kinds[k](output)
-                acc[k] += time.perf_counter_ns() - t0
+            k = order[0]
+            t0 = time.perf_counter_ns()
+            kinds[k](output)
+            acc[k] += time.perf_counter_ns() - t0
 
     handles = [m.register_forward_hook(hook) for m in modules.values()]
     opt = torch.optim.Adam(net.parameters(), 1e-3)
     x, y = torch.randn(64, 3, 32, 32), torch.randint(0, 10, (64,))
-    for i in range(steps + 10):
-        for k in acc:
-            acc[k] = 0
+    for i in range(3 * steps + 10):
+        acc[order[0]] = 0
         opt.zero_grad()
         torch.nn.functional.cross_entropy(net(x), y).backward()
         opt.step()
-        order.append(order.pop(0))
         if i >= 10:
-            for k in kinds:
-                per_step[k].append(acc[k] / 1e3)
+            per_step[order[0]].append(acc[order[0]] / 1e3)
+        order.append(order.pop(0))
     for h in handles:
         h.remove()
     med = {k: statistics.median(v) for k, v in per_step.items()}

@@ -144,6 +144,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="fewer pairs and a smaller epoch")
     parser.add_argument("--densities-only", action="store_true",
                         help="only the A/B blocks and the self-time of the densities (measures 1-2, about 1 min)")
+    parser.add_argument("--pairs", type=int, default=None, help="A/B pairs (default 10; 4 with --quick)")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch intra-op threads (default 1: on a shared machine, 2-thread OpenMP regions "
                              "spin-wait for descheduled threads and single ops take 10-100x longer at random)")
@@ -152,6 +153,7 @@ def main() -> None:
     warnings.filterwarnings("ignore")
     torch.manual_seed(0)
     pairs, steps = (4, 15) if args.quick else (10, 40)
+    pairs = args.pairs or pairs
     ab = ab_blocks(pairs, steps)
     print(f"\nNN-fMRI overhead, reference CNN, batch 64, CPU ({torch.get_num_threads()} threads)\n")
     print("| measure | value | target |")

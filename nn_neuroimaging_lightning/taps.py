@@ -168,8 +168,10 @@ def mean_abs_reduction(t: Tensor, scratch: Optional[Tensor] = None) -> Tuple[Ten
     per step, the variants alternated in one process): in 1 of 4 processes the allocator handed
     ``abs`` fresh pages every step, and ``abs`` + ``sum`` cost 3.3 ms against 1.0 ms chunked; in
     the other 3 they were equal (0.97-1.01 ms against 0.90-1.04 ms; ``sum`` alone 0.37-0.49 ms).
-    Activations up to :data:`ABS_CHUNKED_ABOVE` elements keep the two-op form (chunking a 3 MB
-    one was slower). Under ``torch.compile`` and off CPU the two-op form is always used (inductor
+    Activations up to :data:`ABS_CHUNKED_ABOVE` elements keep the two-op form: for the reference
+    CNN's conv1 (3.2 MB, plain training loops, 13 processes) ``abs`` + ``sum`` cost 290-350 us in 6
+    processes and 830-910 us in 7 (fresh pages), chunked 390-480 us in all; the Lightning runs of
+    ``benchmarks/eeg_overhead.py`` have so far all been of the first kind. Under ``torch.compile`` and off CPU the two-op form is always used (inductor
     fuses it; device allocators cache).
 
     Alternatives measured on CPU and rejected: ``linalg_vector_norm(t, 1)`` (one op, but its
@@ -294,7 +296,7 @@ class LayerTaps:
         def hook(module: nn.Module, inputs: Any, output: Any) -> None:
             if not self.enabled or _SUSPEND_DEPTH[0]:
                 return
-            t = first_tensor(output, self.selector)
+            t = output if self.selector is None and type(output) is Tensor else first_tensor(output, self.selector)
             if t is None:
                 return
             with torch.no_grad():

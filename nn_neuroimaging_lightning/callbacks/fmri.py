@@ -495,7 +495,7 @@ class NNfMRICallback(MonitorCallback):
             out, n, reduced = unit_sums(t), t.shape[0], True  # (3, U)
         else:
             n = min(self.density_samples, t.shape[0])
-            out, reduced = t[:n].detach().clone(memory_format=torch.contiguous_format), False  # (n, *unit_shape)
+            out, reduced = t[:n].clone(memory_format=torch.contiguous_format), False  # (n, *unit_shape); the hook runs under no_grad
         if timed:
             self._self_time_ns += time.perf_counter_ns() - t0
         return out, tuple(t.shape), n, reduced
