@@ -101,6 +101,33 @@ class _History:
         self._np = self.values.numpy()
         self.pos, self.count = int(state.get("pos", 0)) % self.size, int(state.get("count", 0))
 
+def _step_score(x: Sequence[float], neg_med: Sequence[float], inv: Sequence[float], floor: Sequence[float]) -> float:
+    """``max_l max(e_l, c_l)`` of :meth:`NNEEGCallback._step_anomalies` on host floats.
+
+    ``e = log(x) * inv + neg_med`` (``-inf`` for ``x = 0``), ``c = floor / max(x, 1e-30)``; NaN
+    when any ``x`` is NaN and ``inf`` when any is infinite, like the numpy form. ``0.0`` for no
+    layers.
+
+    Example::
+
+        >>> _step_score([1.0, 4.0], [0.0, 0.0], [1.0, 1.0], [0.5, 0.0])
+        1.3862943611198906
+        >>> _step_score([float("nan")], [0.0], [1.0], [0.0])
+        nan
+    """
+    top = -math.inf if x else 0.0
+    for v, m, a, f in zip(x, neg_med, inv, floor):
+        if not v < math.inf:  # NaN or +inf: the numpy form's max is NaN / inf too
+            return v
+        e = math.log(v) * a + m if v > 0.0 else -math.inf
+        c = f / (v if v > _TINY else _TINY)
+        if e > top:
+            top = e
+        if c > top:
+            top = c
+    return top
+
+
 _PHASE_TO_STATE = {
     Phase.TRAIN: FST.OperationalState.TRAINING,
     Phase.VALIDATE: FST.OperationalState.INFERENCE,
@@ -280,6 +307,7 @@ class NNEEGCallback(MonitorCallback):
         # Training baseline (device tensors, (layers,) each), refreshed every `_REFRESH` training samples:
         # e = log(x) * inv + neg_med is z / explosion_z; floor / x >= 1 is a collapse.
         self._baseline: Optional[Tuple[Tensor, Tensor, Tensor]] = None
+        self._baseline_host: Optional[Tuple[List[float], List[float], List[float]]] = None  # CPU: as lists
         self._since_refresh = 0
         self._band_baseline: Optional[Tensor] = None  # (layers, bands) relative powers, EMA
         self._baseline_windows = 0
@@ -648,6 +676,7 @@ class NNEEGCallback(MonitorCallback):
         if training:
             if self._baseline is None or self._since_refresh >= _REFRESH:
                 self._baseline = self._baseline_stats(self._history.view(x.device))
+                self._baseline_host = None
                 self._since_refresh = 0
             neg_med, inv, floor = self._baseline
         else:
@@ -655,18 +684,25 @@ class NNEEGCallback(MonitorCallback):
             neg_med, inv, floor = self._baseline_stats(self._ring.ordered(n_run)[:, :-1])  # this run before x
         tag = (self._latest_step, phase, self._ring.total)
         if x.device.type == "cpu":
-            xn = x.numpy()  # (layers,) shares memory: no dispatch, no sync
+            # Python floats on numpy views (no aten dispatch, no sync): for a handful of layers a
+            # loop of float ops costs less inside a training step than numpy's ufunc calls.
+            xn = x.numpy()  # (layers,) shares memory
             loss_v = 0.0 if loss is None else float(loss.detach().numpy().reshape(-1)[0])
-            with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-                e = np.log(xn) * inv.numpy() + neg_med.numpy()
-                c = floor.numpy() / np.maximum(xn, _TINY)
-                top = float(np.max(np.maximum(e, c))) if len(xn) else 0.0
+            host = self._baseline_host if training else None
+            if host is None:
+                host = (neg_med.numpy().tolist(), inv.numpy().tolist(), floor.numpy().tolist())
+                if training:
+                    self._baseline_host = host
+            top = _step_score(xn.tolist(), *host)
             score = 10.0 if not (math.isfinite(top) and math.isfinite(loss_v)) else min(max(top, 0.0), 10.0)
             if phase is Phase.TRAIN:
                 self._history.push(x, xn)
                 self._since_refresh += 1
             if score < 1.0:
                 return score, []
+            with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+                e = np.log(xn) * inv.numpy() + neg_med.numpy()
+                c = floor.numpy() / np.maximum(xn, _TINY)
             return score, self._step_events(np.concatenate([xn, e, c, [loss_v]]), tag)
         e = torch.addcmul(neg_med, torch.log(x), inv)  # (layers,) z / explosion_z
         c = floor / x.clamp_min(_TINY)  # (layers,) >= 1: collapsed

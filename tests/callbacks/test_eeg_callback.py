@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 from typing import List
 
@@ -474,3 +475,25 @@ def test_events_table_written_when_the_run_stops_before_a_spectrum(tmp_path):
     assert "nn_eeg/events/text_summary" in acc.Tags()["tensors"]
     text = acc.Tensors("nn_eeg/events/text_summary")[-1].tensor_proto.string_val[0].decode()
     assert "non_finite" in text and "net.2" in text
+
+
+def test_step_score_equals_the_vectorised_form():
+    """The CPU per-step score on host floats equals numpy's ``max(max(e, c))`` (independent form)."""
+    from nn_neuroimaging_lightning.callbacks.eeg import _step_score
+
+    rng = np.random.default_rng(0)
+    for trial in range(300):
+        n = int(rng.integers(1, 12))
+        x = rng.lognormal(0.0, 2.0, n).astype(np.float32)
+        if trial % 5 == 0:
+            x[rng.integers(n)] = 0.0
+        neg_med = rng.normal(0.0, 1.0, n).astype(np.float32)
+        inv = rng.uniform(1e-30, 3.0, n).astype(np.float32)
+        floor = np.where(rng.random(n) < 0.5, 0.0, rng.uniform(0.0, 2.0, n)).astype(np.float32)
+        with np.errstate(divide="ignore"):
+            ref = float(np.max(np.maximum(np.log(x) * inv + neg_med, floor / np.maximum(x, 1e-30))))
+        got = _step_score(x.tolist(), neg_med.tolist(), inv.tolist(), floor.tolist())
+        assert got == pytest.approx(ref, rel=1e-5, abs=1e-5)
+    for bad, expect in ((float("nan"), math.isnan), (float("inf"), math.isinf)):
+        assert expect(_step_score([1.0, bad, 2.0], [0.0] * 3, [1.0] * 3, [0.0] * 3))
+    assert _step_score([], [], [], []) == 0.0
