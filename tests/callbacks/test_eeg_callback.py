@@ -299,6 +299,9 @@ def test_panels_in_event_files_and_events_jsonl(tmp_path):
     acc.Reload()
     tags = acc.Tags()
     assert "nn_eeg/net.0/band/gamma" in tags["scalars"] and "nn_eeg/anomaly_step" in tags["scalars"]
+    gamma = acc.Scalars("nn_eeg/net.0/band/gamma")  # written as one event per analysis, all tags
+    assert [e.step for e in gamma] == [e.step for e in acc.Scalars("nn_eeg/net.2/band/delta")] and gamma
+    assert all(0.0 <= e.value <= 1.0 for e in gamma)
     assert any(t.startswith("nn_eeg/net.2/spectrum") for t in tags["histograms"])
     assert {"nn_eeg/spectrum", "nn_eeg/phase_timeline"} <= set(tags["images"])
     assert any("spectrogram" in t for t in tags["images"])
@@ -497,3 +500,16 @@ def test_step_score_equals_the_vectorised_form():
     for bad, expect in ((float("nan"), math.isnan), (float("inf"), math.isinf)):
         assert expect(_step_score([1.0, bad, 2.0], [0.0] * 3, [1.0] * 3, [0.0] * 3))
     assert _step_score([], [], [], []) == 0.0
+
+
+def test_band_powers_honour_a_tensorboard_logger_prefix(tmp_path):
+    """A ``TensorBoardLogger(prefix=...)`` gets the band powers through ``log_metrics``: prefixed tags."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    logger = TensorBoardLogger(str(tmp_path), name="tb", prefix="run")
+    trainer = fast_trainer(tmp_path, [NNEEGCallback(analysis_every_n_steps=40)], logger=logger, max_epochs=1, log_every_n_steps=20)
+    trainer.fit(MLPModule(n=8 * 80))
+    acc = EventAccumulator(logger.log_dir, size_guidance={"scalars": 0})
+    acc.Reload()
+    bands = [t for t in acc.Tags()["scalars"] if "/band/" in t]
+    assert bands and all(t.startswith("run-nn_eeg/") for t in bands)
