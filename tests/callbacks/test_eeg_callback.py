@@ -21,6 +21,7 @@ from helpers import (
     nan_output_hook,
     zero_output_hook,
 )
+from lightning.pytorch import Callback
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from lightning.pytorch.demos.boring_classes import BoringModel
 from lightning.pytorch.loggers import TensorBoardLogger
@@ -513,3 +514,36 @@ def test_band_powers_honour_a_tensorboard_logger_prefix(tmp_path):
     acc.Reload()
     bands = [t for t in acc.Tags()["scalars"] if "/band/" in t]
     assert bands and all(t.startswith("run-nn_eeg/") for t in bands)
+
+
+@pytest.mark.parametrize("k", [18, 29])  # right after the first judging baseline, and between refreshes
+def test_explosion_in_a_validation_loop_is_flagged_at_its_batch(tmp_path, k):
+    """The inference baseline (this loop's earlier samples, refreshed every few) judges each batch."""
+    model = MLPModule(n=8 * 40)
+    eeg = NNEEGCallback()
+    seen = {}
+
+    class ValBatch(Callback):
+        def on_validation_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0):
+            seen["idx"] = batch_idx
+
+    class FirstFlag(Callback):  # after the EEG callback: the batch at whose end the events exist
+        def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
+            if "flagged_at" not in seen and any(e.kind == "explosion" for e in eeg.events):
+                seen["flagged_at"] = batch_idx
+
+    def blow_up(module, inputs, output):
+        if not module.training and seen.get("idx") == k:
+            return output * 1e3
+        return None
+
+    handle = model.net[2].register_forward_hook(blow_up)
+    trainer = fast_trainer(tmp_path, [ValBatch(), eeg, FirstFlag()], max_epochs=1, limit_val_batches=40)
+    try:
+        trainer.validate(model, model.val_dataloader())
+    finally:
+        handle.remove()
+    assert seen["flagged_at"] == k
+    events = [(e.phase, e.layer, e.kind) for e in eeg.events if e.kind in ("explosion", "collapse", "non_finite")]
+    assert events[0] == ("validate", "net.2", "explosion")  # and downstream layers, which it feeds
+    assert {layer for _, layer, _ in events} <= {"net.2", "net.4"} and len(events) == len(set(events))
