@@ -12,6 +12,7 @@ Everything drawn is clipped to the canvas.
 
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import Any
 
 import numpy as np
@@ -247,8 +248,15 @@ def glyph(char: str) -> np.ndarray:
         ..#..
         .###.
     """
-    rows = _GLYPHS.get(char.upper(), _GLYPHS["?"]).split()
-    return np.array([[c == "#" for c in row] for row in rows], dtype=bool)
+    return _glyph(char.upper()).copy()
+
+
+@lru_cache(maxsize=None)  # bounded by the glyph table (unknown characters share "?")
+def _glyph(char: str) -> np.ndarray:
+    rows = _GLYPHS.get(char, _GLYPHS["?"]).split()
+    out = np.array([[c == "#" for c in row] for row in rows], dtype=bool)
+    out.flags.writeable = False
+    return out
 
 
 def text_width(text: str, scale: int = 1) -> int:
@@ -267,10 +275,21 @@ def text_mask(text: str, scale: int = 1) -> np.ndarray:
     n = len(text)
     mask = np.zeros((GLYPH_H, max(n * (GLYPH_W + 1) - 1, 0)), dtype=bool)
     for i, ch in enumerate(text):
-        mask[:, i * (GLYPH_W + 1):i * (GLYPH_W + 1) + GLYPH_W] = glyph(ch)
+        mask[:, i * (GLYPH_W + 1):i * (GLYPH_W + 1) + GLYPH_W] = _glyph(ch.upper())
     if scale != 1:
         mask = np.repeat(np.repeat(mask, int(scale), axis=0), int(scale), axis=1)
     return mask
+
+
+@lru_cache(maxsize=4096)  # panels redraw the same labels every epoch
+def _text_pixels(text: str, scale: int, vertical: bool) -> tuple[np.ndarray, np.ndarray, int, int]:
+    """``(ys, xs, h, w)``: the inked pixels of :func:`text_mask` (rotated for vertical text), read-only."""
+    mask = text_mask(text, scale)
+    if vertical:
+        mask = np.rot90(mask)  # (w, h): reads bottom to top
+    ys, xs = np.nonzero(mask)
+    ys.flags.writeable = xs.flags.writeable = False
+    return ys, xs, mask.shape[0], mask.shape[1]
 
 
 # ------------------------------------------------------------------ lines
@@ -440,18 +459,10 @@ class Canvas:
         """
         if anchor not in ("left", "centre", "right"):
             raise ValueError(f"`anchor` must be 'left', 'centre' or 'right', got {anchor!r}.")
-        mask = text_mask(str(text), int(scale))
-        if mask.size == 0:
+        ys, xs, h, w = _text_pixels(str(text), int(scale), bool(vertical))
+        if h * w == 0:
             return 0
-        if vertical:
-            mask = np.rot90(mask)  # (w, h): reads bottom to top
-            h, w = mask.shape
-            left = int(round(x)) - (w // 2 if anchor == "centre" else (w if anchor == "right" else 0))
-            top = int(round(y)) - h // 2
-        else:
-            h, w = mask.shape
-            left = int(round(x)) - (w // 2 if anchor == "centre" else (w if anchor == "right" else 0))
-            top = int(round(y))
-        ys, xs = np.nonzero(mask)
+        left = int(round(x)) - (w // 2 if anchor == "centre" else (w if anchor == "right" else 0))
+        top = int(round(y)) - h // 2 if vertical else int(round(y))
         self.points(xs + left, ys + top, colour)
-        return mask.shape[0] if vertical else mask.shape[1]
+        return h if vertical else w
