@@ -277,6 +277,50 @@ def ops_and_cost(model_fn) -> Dict[str, float]:
     return {"ops_per_layer": sum(extra.values()) / len(modules), "ops": dict(+extra), "cost_vs_sum": red / ref}
 
 
+class _BatchTimer(Callback):
+    """Per-batch wall time of a validation loop (batch start to batch end; put it last)."""
+
+    def __init__(self) -> None:
+        self.times: List[float] = []
+        self._t0 = 0.0
+
+    def on_validation_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0):  # noqa: ANN001
+        self._t0 = time.perf_counter()
+
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):  # noqa: ANN001
+        self.times.append(time.perf_counter() - self._t0)
+
+
+def validation_ratio(model_fn, repeats: int = 8, batches: int = 64) -> Dict[str, Any]:
+    """Validation batches with / without the callback: ``trainer.validate`` runs alternated.
+
+    One model; each repeat validates it twice on the same ``batches`` batches, once with a fresh
+    :class:`NNEEGCallback` and once without (order alternating). Per run the median batch time
+    (first 3 batches dropped); ratio = median over repeats of ``with / without``. The callback's
+    inference path: ring write, per-step judgement against this loop's own baseline, state windows.
+    """
+    torch.manual_seed(0)
+    module = DemoClassifier(model_fn())
+    dm = DemoDataModule(n_train=64, n_val=64 * batches, batch_size=64)
+    ratios, with_ms, without_ms = [], [], []
+    for r in range(repeats + 1):
+        med = {}
+        for arm in (("with", "without") if r % 2 == 0 else ("without", "with")):
+            timer = _BatchTimer()
+            cbs = ([NNEEGCallback()] if arm == "with" else []) + [timer]
+            trainer = Trainer(callbacks=cbs, logger=False, enable_progress_bar=False, enable_model_summary=False,
+                              enable_checkpointing=False, accelerator="cpu", devices=1, default_root_dir=tempfile.mkdtemp(prefix="nn_eeg_bench_"))
+            trainer.validate(module, datamodule=dm, verbose=False)
+            med[arm] = statistics.median(timer.times[3:])
+        if r == 0:
+            continue  # warm-up pair
+        ratios.append(med["with"] / med["without"])
+        with_ms.append(1e3 * med["with"])
+        without_ms.append(1e3 * med["without"])
+    lo, hi = bootstrap_ci(ratios)
+    return {"ratio": statistics.median(ratios), "ci": (lo, hi), "with_ms": statistics.median(with_ms), "without_ms": statistics.median(without_ms)}
+
+
 def in_situ_cost(model_fn, steps: int = 60) -> Dict[str, float]:
     """The reduction's cost inside real training steps, against ``sum()`` of the same activation.
 
@@ -376,6 +420,7 @@ def main() -> None:
             print(name, every, r, flush=True)
     counters = {name: (syncs_per_step(fn, True), syncs_per_step(fn, False), ops_and_cost(fn)) for name, fn in models.items()}
     in_situ = {name: in_situ_cost(fn, 30 if args.quick else 60) for name, fn in models.items()}
+    val = validation_ratio(ReferenceCNN, 3 if args.quick else 8)
     lat = analysis_latency()
 
     print("\n| model | anomaly logged | step (ms) | self-time % (hooks + taps) | of which taps % | A/B ratio (95 % CI) | pairs |")
@@ -391,6 +436,8 @@ def main() -> None:
     print("|---|---|---|---|---|---|")
     for name, r in in_situ.items():
         print(f"| {name} | {r['taps_us']:.0f} us | {r['abs_sum_us']:.0f} us | {r['sum_us']:.0f} us | {r['taps_vs_sum']:.1f}x | {r['abs_sum_vs_sum']:.1f}x |")
+    print(f"\nvalidation batches, reference CNN: {val['without_ms']:.2f} ms without / {val['with_ms']:.2f} ms with the callback, "
+          f"ratio {val['ratio']:.3f} ({val['ci'][0]:.3f}–{val['ci'][1]:.3f})")
     print(f"\nanalysis latency, 10 layers x 128 samples: median {lat['median_ms']:.2f} ms, p90 {lat['p90_ms']:.2f} ms")
 
 

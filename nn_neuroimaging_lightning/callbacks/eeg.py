@@ -153,12 +153,14 @@ class NNEEGCallback(MonitorCallback):
     ring buffer on the activation's device (no host synchronisation per step). On every step the
     newest sample is checked for non-finite values, explosion (robust z-score of log-activity
     against a baseline of recent training samples, refreshed every 8 of them) and collapse
-    (activity ~0 against that baseline); on CPU that judgement is a few numpy operations on views
-    of the tensors, on an accelerator a few device ops plus a lagged non-blocking copy.
+    (activity ~0 against that baseline); on CPU that judgement is a loop over host floats read
+    through numpy views of the tensors, on an accelerator a few device ops plus a lagged
+    non-blocking copy.
     Every ``analysis_every_n_steps`` training steps (default: the trainer's
     ``log_every_n_steps``) the window's Welch spectrum and band powers are computed and logged,
     and checked for a spectral shift against the calibrated baseline. Every complete window of
-    ``state_window`` samples of one phase is queued and classified (a few windows at once) into
+    ``state_window`` samples of one phase is queued and classified (four windows at once, and
+    whatever is queued at each analysis step and loop end) into
     training / inference / idle / error by an online classifier that sees only signal features
     (per layer: level, variability, drift, spectrum; per window: the sampling cadence, i.e. the
     main thread's CPU time between samples relative to recent training windows, see
@@ -651,7 +653,7 @@ class NNEEGCallback(MonitorCallback):
             self._log_anomaly(trainer, pl_module, score, bool(events))
         if phase.is_inference and not self._mode_reported:
             events += self._mode_mismatch(trainer, phase)
-        if self._pending_windows and (not training or len(self._pending_windows) >= _MAX_PENDING_WINDOWS):
+        if len(self._pending_windows) >= _MAX_PENDING_WINDOWS:
             events += self._classify_pending(trainer)
         if events:
             self._record(events)
