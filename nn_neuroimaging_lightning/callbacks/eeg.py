@@ -314,6 +314,7 @@ class NNEEGCallback(MonitorCallback):
         # Inference baseline: (run identity, run length and samples held when computed, (neg_med, inv, floor), host lists)
         self._infer_baseline: Optional[Tuple[Any, int, int, Tuple[Tensor, Tensor, Tensor], Any]] = None
         self._since_refresh = 0
+        self._fired_mask: Optional[Tuple[Tuple[bool, ...], Tensor]] = None  # which tapped layers have fired
         self._band_baseline: Optional[Tensor] = None  # (layers, bands) relative powers, EMA
         self._baseline_windows = 0
         self._latest_bands: Optional[Tensor] = None  # (layers, bands) relative, newest analysis
@@ -781,7 +782,10 @@ class NNEEGCallback(MonitorCallback):
         # without calling it) has no signal to judge: it is reported by `silent_layers`, not flagged.
         judged = k >= self.min_history
         if self._taps is not None:
-            judged = judged & torch.tensor([c > 0 for c in self._taps.fire_counts], device=k.device)
+            fired = tuple(c > 0 for c in self._taps.fire_counts)
+            if self._fired_mask is None or self._fired_mask[0] != fired or self._fired_mask[1].device != k.device:
+                self._fired_mask = (fired, torch.tensor(fired, device=k.device))  # changes once per layer at most
+            judged = judged & self._fired_mask[1]
         inv = torch.where(judged, 1.0 / (scale * self.explosion_z), torch.full_like(scale, _TINY))
         neg_med = torch.where(judged, -med * inv, torch.zeros_like(med))
         floor = torch.where(judged, (self.collapse_ratio * base).clamp_min(_ABS_FLOOR), torch.zeros_like(base))

@@ -148,3 +148,30 @@ def test_bad_scalars():
         collapse(torch.ones(1), torch.ones(1), rel_floor=-1.0)
     with pytest.raises(TypeError, match="`values` must be a torch.Tensor"):
         non_finite([1.0])
+
+
+def test_robust_baseline_matches_numpy_masked_medians():
+    """Median and MAD of log-activity and the median level over valid, finite entries, vs numpy."""
+    from nn_neuroimaging_lightning.functional.anomalies import robust_baseline
+
+    rng = np.random.default_rng(0)
+    for trial in range(200):
+        layers, w = int(rng.integers(1, 6)), int(rng.integers(0, 40))
+        h = rng.lognormal(0.0, 1.0, (layers, w)).astype(np.float32)
+        if w and trial % 3 == 0:
+            h[rng.random((layers, w)) < 0.2] = np.nan
+        if w and trial % 7 == 0:
+            h[0, :] = np.inf  # a layer with no finite history
+        valid = rng.random((layers, w)) < 0.8 if trial % 2 else None
+        med, scale, level, k = robust_baseline(torch.from_numpy(h), None if valid is None else torch.from_numpy(valid))
+        ok = np.isfinite(h) if valid is None else np.isfinite(h) & valid
+        for i in range(layers):
+            v = h[i][ok[i]].astype(np.float64)
+            assert int(k[i]) == len(v)
+            if not len(v):
+                assert float(med[i]) == float(level[i]) == 0.0 and float(scale[i]) == pytest.approx(0.05)
+                continue
+            lg = np.log(np.maximum(v, 0.0) + 1e-12)
+            assert float(med[i]) == pytest.approx(np.median(lg), rel=1e-5, abs=1e-6)
+            assert float(scale[i]) == pytest.approx(max(1.4826 * np.median(np.abs(lg - np.median(lg))), 0.05), rel=1e-5, abs=1e-6)
+            assert float(level[i]) == pytest.approx(np.median(v), rel=1e-5, abs=1e-6)
