@@ -281,13 +281,13 @@ def text_mask(text: str, scale: int = 1) -> np.ndarray:
     return mask
 
 
-@lru_cache(maxsize=4096)  # panels redraw the same labels every epoch
+@lru_cache(maxsize=256)  # panels redraw the same labels every epoch (~100 a epoch); <= ~1 MB
 def _text_pixels(text: str, scale: int, vertical: bool) -> tuple[np.ndarray, np.ndarray, int, int]:
     """``(ys, xs, h, w)``: the inked pixels of :func:`text_mask` (rotated for vertical text), read-only."""
     mask = text_mask(text, scale)
     if vertical:
         mask = np.rot90(mask)  # (w, h): reads bottom to top
-    ys, xs = np.nonzero(mask)
+    ys, xs = (a.astype(np.int32) for a in np.nonzero(mask))
     ys.flags.writeable = xs.flags.writeable = False
     return ys, xs, mask.shape[0], mask.shape[1]
 
