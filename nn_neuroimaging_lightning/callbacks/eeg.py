@@ -102,6 +102,12 @@ class _History:
         self._np = self.values.numpy()
         self.pos, self.count = int(state.get("pos", 0)) % self.size, int(state.get("count", 0))
 
+def _host_view(t: Tensor) -> np.ndarray:
+    """A CPU tensor as numpy without a host sync; bf16 (which numpy lacks) is widened to float32 first."""
+    t = t.detach()
+    return (t.float() if t.dtype == torch.bfloat16 else t).numpy()
+
+
 def _step_score(x: Sequence[float], neg_med: Sequence[float], inv: Sequence[float], floor: Sequence[float]) -> float:
     """``max_l max(e_l, c_l)`` of :meth:`NNEEGCallback._step_anomalies` on host floats.
 
@@ -706,7 +712,7 @@ class NNEEGCallback(MonitorCallback):
             # Python floats on numpy views (no aten dispatch, no sync): for a handful of layers a
             # loop of float ops costs less inside a training step than numpy's ufunc calls.
             xn = x.numpy()  # (layers,) shares memory
-            loss_v = 0.0 if loss is None else float(loss.detach().numpy().reshape(-1)[0])
+            loss_v = 0.0 if loss is None else float(_host_view(loss).reshape(-1)[0])
             host = self._baseline_host if training else self._infer_baseline[4]
             if host is None:
                 host = (neg_med.numpy().tolist(), inv.numpy().tolist(), floor.numpy().tolist())

@@ -55,10 +55,11 @@ class CountForwards(Callback):
 
 
 @pytest.mark.timeout(120)
-def test_bf16_mixed_on_cpu_gives_a_finite_float32_signal(tmp_path: Any) -> None:
+@pytest.mark.parametrize("precision", ["bf16-mixed", "bf16-true"])  # bf16-true: the loss itself is bf16
+def test_bf16_on_cpu_gives_a_finite_float32_signal(tmp_path: Any, precision: str) -> None:
     eeg, fmri, cross = callbacks = _three()
     module = MLPModule(n=256, batch_size=8)
-    trainer = fast_trainer(tmp_path, callbacks, precision="bf16-mixed", max_epochs=3)
+    trainer = fast_trainer(tmp_path, callbacks, precision=precision, max_epochs=3)
     trainer.fit(module)
     assert trainer.global_step == 3 * 32
     for name in eeg.layers:
