@@ -366,7 +366,8 @@ class ActivityTaps(LayerTaps):
             return mean_abs_reduction(t)
         scratch = self._scratch.get(t.dtype)
         if scratch is None:
-            scratch = self._scratch[t.dtype] = torch.empty(ABS_CHUNK, dtype=t.dtype)
+            with torch.inference_mode(False):  # a normal tensor even when first met under inference mode
+                scratch = self._scratch[t.dtype] = torch.empty(ABS_CHUNK, dtype=t.dtype)
         return mean_abs_reduction(t, scratch)
 
     def sample(self) -> Optional[Tensor]:
@@ -400,7 +401,28 @@ class ActivityTaps(LayerTaps):
         return cached
 
 
-class RingBuffer:
+class NumpyViewState:
+    """Copy/pickle support for a buffer whose CPU tensor ``values`` is also written through ``_np``.
+
+    A numpy view does not survive ``copy.deepcopy`` or pickling (the copy would write into an
+    orphan array); it is dropped from the state and rebuilt on the copy's own tensor.
+    """
+
+    values: Optional[Tensor]
+    _np: Optional[np.ndarray]
+
+    def __getstate__(self) -> Dict[str, Any]:
+        state = dict(self.__dict__)
+        state["_np"] = None
+        return state
+
+    def __setstate__(self, state: Dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        if self.values is not None and self.values.device.type == "cpu":
+            self._np = self.values.numpy()
+
+
+class RingBuffer(NumpyViewState):
     """A preallocated ``(rows, window)`` ring of samples with host-side metadata of the same length.
 
     The sample tensor lives on the device of the first pushed sample and is written with
@@ -438,10 +460,14 @@ class RingBuffer:
         self.time = np.zeros(window, dtype=np.float64)
 
     def _allocate(self, device: torch.device) -> None:
-        self.values = torch.zeros(self.rows, self.window, dtype=torch.float32, device=device)
-        self.index = torch.full((1,), self.pos, dtype=torch.long, device=device)
+        # Normal tensors even when the first sample comes from `trainer.validate` (inference mode):
+        # an inference tensor could not be written by a later training step.
+        with torch.inference_mode(False):
+            self.values = torch.zeros(self.rows, self.window, dtype=torch.float32, device=device)
+            self.index = torch.full((1,), self.pos, dtype=torch.long, device=device)
         self._np = self.values.numpy() if device.type == "cpu" else None
         self._index_stale = False
+
 
     def push(self, sample: Tensor, phase: int, step: int, wall_time: Optional[float] = None) -> None:
         """Append one ``(rows,)`` sample (no host synchronisation)."""
@@ -449,8 +475,9 @@ class RingBuffer:
             self._allocate(sample.device)
         elif sample.device != self.values.device:
             # e.g. restored from a checkpoint on CPU, now running on an accelerator: move once.
-            self.values = self.values.to(sample.device)
-            self.index = self.index.to(sample.device)
+            with torch.inference_mode(False):
+                self.values = self.values.to(sample.device)
+                self.index = self.index.to(sample.device)
             self._np = self.values.numpy() if sample.device.type == "cpu" else None
         if self._np is not None and sample.dtype == torch.float32 and not sample.requires_grad and not torch.compiler.is_compiling():
             # CPU, eager: write through the numpy view (no aten op); the device index catches up

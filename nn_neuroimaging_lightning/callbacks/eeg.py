@@ -22,7 +22,7 @@ from nn_neuroimaging_lightning.functional import anomalies as FA
 from nn_neuroimaging_lightning.functional import spectral as FS
 from nn_neuroimaging_lightning.functional import states as FST
 from nn_neuroimaging_lightning.metrics.eeg import StateAccuracy
-from nn_neuroimaging_lightning.taps import ActivityTaps, LayerSelector, RingBuffer, select_layers
+from nn_neuroimaging_lightning.taps import ActivityTaps, LayerSelector, NumpyViewState, RingBuffer, select_layers
 
 #: Anomaly kinds NN-EEG can raise; ``stop_on`` takes any of them.
 EEG_ANOMALY_KINDS: Tuple[str, ...] = (
@@ -56,7 +56,7 @@ _MISMATCH_WINDOWS = 3
 _CADENCE_REF_WINDOWS = 32
 
 
-class _History:
+class _History(NumpyViewState):
     """A small ``(layers, n)`` ring of training samples: the explosion/collapse baseline.
 
     Order does not matter to medians, so no re-ordering is ever done. On CPU a sample is written
@@ -72,10 +72,11 @@ class _History:
 
     def push(self, x: Tensor, host: Optional[np.ndarray]) -> None:
         if self.values is None or self.values.device != x.device:
-            old = None if self.values is None else self.values.to(x.device)
-            self.values = torch.zeros(self.rows, self.size, dtype=torch.float32, device=x.device)
-            if old is not None:
-                self.values.copy_(old)
+            with torch.inference_mode(False):  # writable by later training steps (see RingBuffer)
+                old = None if self.values is None else self.values.to(x.device)
+                self.values = torch.zeros(self.rows, self.size, dtype=torch.float32, device=x.device)
+                if old is not None:
+                    self.values.copy_(old)
             self._np = self.values.numpy() if x.device.type == "cpu" else None
         if self._np is not None and host is not None:
             self._np[:, self.pos] = host
@@ -660,7 +661,8 @@ class NNEEGCallback(MonitorCallback):
             self._log_anomaly(trainer, pl_module, score, bool(events))
         if phase.is_inference and not self._mode_reported:
             events += self._mode_mismatch(trainer, phase)
-        if len(self._pending_windows) >= _MAX_PENDING_WINDOWS:
+        # At most what the ring still holds: a queued window the ring has overwritten is lost.
+        if len(self._pending_windows) >= max(1, min(_MAX_PENDING_WINDOWS, self.window // self.state_window)):
             events += self._classify_pending(trainer)
         if events:
             self._record(events)
@@ -701,7 +703,7 @@ class NNEEGCallback(MonitorCallback):
             run = (self._run_code, self._ring.total - self._run_len)  # identity of this run
             cached = self._infer_baseline
             if n_run - 1 < self.min_history:
-                if cached is None or cached[0] is not None:
+                if cached is None or cached[0] is not None or cached[3][0].device != x.device:
                     unjudged = (torch.zeros_like(x), torch.full_like(x, _TINY), torch.zeros_like(x))
                     cached = self._infer_baseline = (None, 0, 0, unjudged, None)
             elif cached is None or cached[0] != run or self._run_len - cached[1] >= _REFRESH:

@@ -464,5 +464,5 @@ class Canvas:
             return 0
         left = int(round(x)) - (w // 2 if anchor == "centre" else (w if anchor == "right" else 0))
         top = int(round(y)) - h // 2 if vertical else int(round(y))
-        self.points(xs + left, ys + top, colour)
+        self.points(xs + np.intp(left), ys + np.intp(top), colour)  # int32 pixels + any int offset
         return h if vertical else w

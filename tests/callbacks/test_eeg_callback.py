@@ -547,3 +547,25 @@ def test_explosion_in_a_validation_loop_is_flagged_at_its_batch(tmp_path, k):
     events = [(e.phase, e.layer, e.kind) for e in eeg.events if e.kind in ("explosion", "collapse", "non_finite")]
     assert events[0] == ("validate", "net.2", "explosion")  # and downstream layers, which it feeds
     assert {layer for _, layer, _ in events} <= {"net.2", "net.4"} and len(events) == len(set(events))
+
+
+@pytest.mark.parametrize("state_window", [16, 32, 64])
+def test_queued_windows_never_outlive_the_ring(tmp_path, state_window):
+    """Windows wait to be classified together, but never longer than the ring holds them."""
+    eeg = NNEEGCallback(window=64, state_window=state_window)
+    trainer = fast_trainer(tmp_path, [eeg])
+    model = MLPModule(n=256, batch_size=1)
+    trainer.validate(model, model.val_dataloader(), verbose=False)
+    assert int(eeg._label_counts.sum()) == 256 // state_window  # every complete window was learned
+
+
+def test_a_copied_callback_writes_its_own_buffers(tmp_path):
+    """deepcopy/pickle of a used callback: the CPU numpy views are rebuilt on the copy's tensors."""
+    import copy
+    import pickle
+
+    eeg = NNEEGCallback()
+    fast_trainer(tmp_path, [eeg], max_epochs=1).fit(MLPModule(n=8 * 40))
+    for clone in (copy.deepcopy(eeg), pickle.loads(pickle.dumps(eeg))):
+        for buf in (clone._ring, clone._history):
+            assert np.shares_memory(buf._np, buf.values.numpy())

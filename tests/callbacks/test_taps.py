@@ -259,3 +259,36 @@ def test_activity_taps_chunk_a_large_cpu_activation():
     assert a0.numel() > T.ABS_CHUNKED_ABOVE and torch.float32 in taps._scratch
     ref = a0.double().abs().mean()
     assert float(sample[0]) == pytest.approx(float(ref), rel=1e-5)
+
+
+def test_ring_buffer_survives_deepcopy_and_pickle():
+    """The CPU ring writes through a numpy view; a copy writes into its own tensor, not an orphan."""
+    import copy
+    import pickle
+
+    ring = RingBuffer(rows=1, window=4)
+    ring.push(torch.tensor([1.0]), phase=0, step=0)
+    for clone in (copy.deepcopy(ring), pickle.loads(pickle.dumps(ring))):
+        clone.push(torch.tensor([2.0]), phase=0, step=1)
+        assert clone.ordered().tolist() == [[1.0, 2.0]]
+    assert ring.ordered().tolist() == [[1.0]]
+
+
+def test_buffers_first_made_under_inference_mode_take_training_writes():
+    """`trainer.validate` before `trainer.fit`: the ring and the chunk scratch are normal tensors."""
+    net = nn.Sequential(nn.Conv2d(1, 32, 3, padding=1), nn.Conv2d(32, 2, 1))
+    taps = ActivityTaps(select_layers(net))
+    ring = RingBuffer(rows=2, window=4)
+    x = torch.randn(48, 1, 28, 28)  # conv0 output 48*32*28*28 = 1.2M elements: chunked
+    taps.attach()
+    try:
+        with torch.inference_mode():
+            net(x)
+            ring.push(taps.sample(), phase=0, step=0)
+        assert taps._scratch and not any(s.is_inference() for s in taps._scratch.values())
+        assert not ring.values.is_inference()
+        net(x).sum().backward()  # a training forward after it
+        ring.push(taps.sample(), phase=1, step=1)
+    finally:
+        taps.detach()
+    assert ring.count == 2 and torch.isfinite(ring.ordered()).all()

@@ -199,3 +199,13 @@ def test_callbacks_fit_creates_no_matplotlib_figure(tmp_path):
     for tag in ("nn_eeg/spectrum", "nn_eeg/phase_timeline", "cross_modal/consistency_history"):
         assert tag in line
     assert "spectrogram" in line and "nn_fmri/" in line
+
+
+def test_text_far_outside_the_canvas_is_clipped_not_an_error():
+    from nn_neuroimaging_lightning.panels.raster import Canvas
+
+    c = Canvas(50, 20)
+    before = c.pixels.copy()
+    assert c.text(3e9, 5, "ab", (255, 255, 255)) == 11
+    assert c.text(-3e9, 5, "ab", (255, 255, 255), vertical=True) == 11
+    assert (c.pixels == before).all()
