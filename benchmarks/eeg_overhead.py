@@ -9,6 +9,8 @@ analysis (spectra + states + anomalies, 10 layers x 128 samples) <= 5 ms.
    off), the on/off order of each pair of blocks drawn at random. Same model, same optimizer path,
    same data: machine-load drift hits both arms alike. Per pair, ``median(on) / median(off)`` step
    time (the first step of each block dropped); the median over pairs with a bootstrap 95 % interval.
+   The same A/B with bare forward hooks on the same layers (:class:`FloorHooks`) gives two floors:
+   ``abs().sum()`` alone (the SPEC's signal, nothing else) and ``sum()`` alone (a fused kernel at best).
 2. **Self-time.** ``time.perf_counter_ns`` inside the callback's training hooks and the root-forward
    hook (accumulated by the callback), plus the per-layer tap hooks (wrapped here), against the
    median step time of the ``on`` blocks.
@@ -127,6 +129,47 @@ class Switchable(NNEEGCallback):
             super().on_train_batch_end(*args)
 
 
+class FloorHooks(Callback):
+    """The signal alone, as a lower bound: forward hooks on the same layers, nothing else.
+
+    ``kind="abs+sum"``: each tapped output's ``abs().sum()`` written into a preallocated slot
+    (the SPEC's ``mean |a|`` without the ring, judgement, states or logging); ``kind="sum"``: its
+    ``sum()`` only (what a fused ``|a|`` kernel could at best cost). Switched like :class:`Switchable`.
+    """
+
+    on = True
+    _self_time_ns = 0
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self._handles: List[Any] = []
+        self._modules: List[nn.Module] = []
+        self._slots = torch.zeros(0)
+
+    def setup(self, trainer, pl_module, stage):  # noqa: ANN001
+        self._modules = list(select_layers(pl_module).values())
+        self._slots = torch.zeros(len(self._modules))
+        self.switch(True)
+
+    def switch(self, on: bool) -> None:
+        self.on = on
+        for h in self._handles:
+            h.remove()
+        self._handles = []
+        if on:
+            for i, m in enumerate(self._modules):
+                self._handles.append(m.register_forward_hook(self._hook(i)))
+
+    def _hook(self, i: int):  # noqa: ANN202
+        slot, absolute = self._slots[i], self.kind == "abs+sum"
+
+        def hook(module, inputs, output):  # noqa: ANN001
+            with torch.no_grad():
+                slot.copy_((output.abs() if absolute else output).sum())
+
+        return hook
+
+
 class ABDriver(Callback):
     """Alternates blocks on/off and times every step (batch end to batch end)."""
 
@@ -181,10 +224,11 @@ def bootstrap_ci(values: List[float], n: int = 2000, seed: int = 0) -> tuple:
     return float(np.percentile(meds, 2.5)), float(np.percentile(meds, 97.5))
 
 
-def ab_run(model_fn, steps: int, block: int, every_step: bool, batch: int = 64) -> Dict[str, Any]:
+def ab_run(model_fn, steps: int, block: int, every_step: bool, batch: int = 64, floor: str = "") -> Dict[str, Any]:
+    """One interleaved A/B fit: the EEG callback, or with ``floor`` a :class:`FloorHooks` of that kind."""
     torch.manual_seed(0)
     Switchable.tap_ns = 0
-    eeg = Switchable(log_anomaly_every_step=every_step)
+    eeg = FloorHooks(floor) if floor else Switchable(log_anomaly_every_step=every_step)
     driver = ABDriver(eeg, block)
     root = tempfile.mkdtemp(prefix="nn_eeg_bench_")
     # A TensorBoardLogger, as in real use: band powers and stacked spectra are written at each
@@ -205,7 +249,7 @@ def ab_run(model_fn, steps: int, block: int, every_step: bool, batch: int = 64) 
         "pairs": len(ratios), "ratio": statistics.median(ratios), "ci": (lo, hi),
         "step_off_ms": step_off, "step_on_ms": step_on,
         "self_pct": 100 * self_ms / step_off, "self_ms": self_ms,
-        "tap_pct": 100 * tap_ms / step_off, "layers": len(eeg.layers),
+        "tap_pct": 100 * tap_ms / step_off,
     }
 
 
@@ -416,18 +460,24 @@ def main() -> None:
     for name, fn in models.items():
         for every in (True, False):
             r = ab_run(fn, steps[name], args.block, every)
-            rows.append((name, every, r))
+            rows.append((name, "every step" if every else "running max", r))
             print(name, every, r, flush=True)
+        for floor in ("abs+sum", "sum"):
+            r = ab_run(fn, steps[name], args.block, False, floor=floor)
+            label = "abs().sum()" if floor == "abs+sum" else "sum()"
+            rows.append((name, f"floor: bare hooks, `{label}` only", r))
+            print(name, floor, r, flush=True)
     counters = {name: (syncs_per_step(fn, True), syncs_per_step(fn, False), ops_and_cost(fn)) for name, fn in models.items()}
     in_situ = {name: in_situ_cost(fn, 30 if args.quick else 60) for name, fn in models.items()}
     val = validation_ratio(ReferenceCNN, 3 if args.quick else 8)
     lat = analysis_latency()
 
-    print("\n| model | anomaly logged | step (ms) | self-time % (hooks + taps) | of which taps % | A/B ratio (95 % CI) | pairs |")
+    print("\n| model | arm (anomaly logged) | step (ms) | self-time % (hooks + taps) | of which taps % | A/B ratio (95 % CI) | pairs |")
     print("|---|---|---|---|---|---|---|")
-    for name, every, r in rows:
-        print(f"| {name} | {'every step' if every else 'running max'} | {r['step_off_ms']:.1f} | "
-              f"{r['self_pct'] + r['tap_pct']:.2f} | {r['tap_pct']:.2f} | {r['ratio']:.3f} ({r['ci'][0]:.3f}–{r['ci'][1]:.3f}) | {r['pairs']} |")
+    for name, arm, r in rows:
+        own = "—" if arm.startswith("floor") else f"{r['self_pct'] + r['tap_pct']:.2f}"
+        taps = "—" if arm.startswith("floor") else f"{r['tap_pct']:.2f}"
+        print(f"| {name} | {arm} | {r['step_off_ms']:.1f} | {own} | {taps} | {r['ratio']:.3f} ({r['ci'][0]:.3f}–{r['ci'][1]:.3f}) | {r['pairs']} |")
     print("\n| model | host syncs / non-logging step (with / without callback) | aten ops per tapped layer | tap reduction cost / `sum()` |")
     print("|---|---|---|---|")
     for name, (w, wo, oc) in counters.items():
