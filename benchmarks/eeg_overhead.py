@@ -132,8 +132,8 @@ class Switchable(NNEEGCallback):
 class FloorHooks(Callback):
     """The signal alone, as a lower bound: forward hooks on the same layers, nothing else.
 
-    ``kind="abs+sum"``: each tapped output's ``abs().sum()`` written into a preallocated slot
-    (the SPEC's ``mean |a|`` without the ring, judgement, states or logging); ``kind="sum"``: its
+    ``kind="abs+sum"``: each tapped output's ``abs().sum()`` kept in a Python list slot (the
+    SPEC's ``mean |a|`` without the ring, judgement, states or logging); ``kind="sum"``: its
     ``sum()`` only (what a fused ``|a|`` kernel could at best cost). Switched like :class:`Switchable`.
     """
 
@@ -144,11 +144,11 @@ class FloorHooks(Callback):
         self.kind = kind
         self._handles: List[Any] = []
         self._modules: List[nn.Module] = []
-        self._slots = torch.zeros(0)
+        self._values: List[Any] = []
 
     def setup(self, trainer, pl_module, stage):  # noqa: ANN001
         self._modules = list(select_layers(pl_module).values())
-        self._slots = torch.zeros(len(self._modules))
+        self._values = [None] * len(self._modules)
         self.switch(True)
 
     def switch(self, on: bool) -> None:
@@ -161,11 +161,11 @@ class FloorHooks(Callback):
                 self._handles.append(m.register_forward_hook(self._hook(i)))
 
     def _hook(self, i: int):  # noqa: ANN202
-        slot, absolute = self._slots[i], self.kind == "abs+sum"
+        values, absolute = self._values, self.kind == "abs+sum"
 
         def hook(module, inputs, output):  # noqa: ANN001
             with torch.no_grad():
-                slot.copy_((output.abs() if absolute else output).sum())
+                values[i] = (output.abs() if absolute else output).sum()  # no further aten op
 
         return hook
 
