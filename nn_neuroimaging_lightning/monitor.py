@@ -32,8 +32,8 @@ from torch import Tensor, nn
 
 from nn_neuroimaging_lightning import _validation as V
 from nn_neuroimaging_lightning._host import HostMirror
-from nn_neuroimaging_lightning.callbacks._base import AnomalyEvent
-from nn_neuroimaging_lightning.callbacks.phases import Phase
+from nn_neuroimaging_lightning.events import AnomalyEvent
+from nn_neuroimaging_lightning.phases import Phase
 from nn_neuroimaging_lightning.functional import anomalies as FA
 from nn_neuroimaging_lightning.functional import spectral as FS
 from nn_neuroimaging_lightning.taps import ActivityTaps, LayerSelector, RingBuffer, select_layers

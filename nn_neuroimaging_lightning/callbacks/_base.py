@@ -1,53 +1,19 @@
-"""Plumbing shared by the three callbacks: anomaly events, the events file, logger lookup, logging."""
+"""Plumbing shared by the three callbacks: events, the events file, panels, logging, stopping."""
 
 from __future__ import annotations
 
-import json
-import math
-import os
-import time
 from collections import deque
-from dataclasses import asdict, dataclass, field
-from typing import Any, Deque, Dict, Iterable, List, Optional
+from dataclasses import asdict
+from typing import Any, Deque, Dict, List, Optional, Sequence
 
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
-from lightning.pytorch.loggers import TensorBoardLogger
-from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
-EVENTS_FILENAME = "events.jsonl"
+from nn_neuroimaging_lightning.events import EVENTS_FILENAME, AnomalyEvent, append_events
+from nn_neuroimaging_lightning.panels.sink import PanelSink
 
-
-@dataclass
-class AnomalyEvent:
-    """One anomaly: what happened, where and when.
-
-    Attributes:
-        step: ``trainer.global_step`` when it was detected.
-        phase: the lifecycle phase of the sample (``train``, ``validate``, ...).
-        layer: the tapped module's name (``"<loss>"``/``"<model>"`` for whole-model events).
-        kind: ``non_finite``, ``explosion``, ``collapse``, ``spectral_shift``, ``state_mismatch``,
-            ``exception``, ``dead_region``, ``saturated_region``, ``zeta_concentration``, ``joint``.
-        value: the measure that crossed its threshold (z-score, distance, ...).
-        source: ``nn_eeg``, ``nn_fmri`` or ``cross_modal``.
-        detail: free text (e.g. the exception message).
-    """
-
-    step: int
-    phase: str
-    layer: str
-    kind: str
-    value: float
-    source: str = "nn_eeg"
-    detail: str = ""
-    time: float = field(default_factory=time.time)
-
-    def to_json(self) -> str:
-        d = asdict(self)
-        if not math.isfinite(d["value"]):
-            d["value"] = str(d["value"])  # JSON has no NaN/Infinity literals
-        return json.dumps(d, sort_keys=True)
-
+__all__ = ["EVENTS_FILENAME", "AnomalyEvent", "MonitorCallback", "append_events", "log_dir"]
 
 def log_dir(trainer: Trainer) -> str:
     """The directory of the run: the first logger's ``log_dir`` or the trainer's root dir."""
@@ -58,33 +24,27 @@ def log_dir(trainer: Trainer) -> str:
     return str(trainer.default_root_dir)
 
 
-def append_events(directory: str, events: Iterable[AnomalyEvent]) -> Optional[str]:
-    """Append events to ``<directory>/events.jsonl`` (one JSON object per line) and flush."""
-    events = list(events)
-    if not events:
-        return None
-    os.makedirs(directory, exist_ok=True)
-    # The file name is fixed; user-controlled strings (module names) only go inside the JSON.
-    path = os.path.join(os.path.realpath(directory), EVENTS_FILENAME)
-    with open(path, "a", encoding="utf-8") as fh:
-        for event in events:
-            fh.write(event.to_json() + "\n")
-        fh.flush()
-        os.fsync(fh.fileno())
-    return path
-
-
 class MonitorCallback(Callback):
-    """Base of the three callbacks: bounded event list, events file, TensorBoard lookup, logging."""
+    """Base of the three callbacks: bounded event list, events file, panels, logging, the stop gate.
+
+    Subclasses set ``stop_on`` (anomaly kinds that stop the run) and ``panels`` (bool) in their
+    constructor, and return their :class:`~nn_neuroimaging_lightning.taps.LayerTaps` from
+    :meth:`_layer_taps` once set up.
+    """
 
     source = "nn_monitor"
+    stop_on: Sequence[str] = ()
+    panels: bool = True
 
     def __init__(self, max_events: int = 1000) -> None:
         super().__init__()
         self._events: Deque[AnomalyEvent] = deque(maxlen=max_events)
-        self._noticed_no_tensorboard = False
+        self._noticed_no_panels = False
         self._log_dir: Optional[str] = None
         self._is_global_zero = True
+        self._sink: Optional[PanelSink] = None
+        self._sink_loggers: List[Any] = []
+        self._stopped_by: Optional[str] = None
 
     @classmethod
     def from_config(cls, config: Any, **overrides: Any) -> "MonitorCallback":
@@ -114,20 +74,47 @@ class MonitorCallback(Callback):
         if self._is_global_zero and self._log_dir is not None:
             append_events(self._log_dir, events)
 
-    def _tensorboard(self, trainer: Trainer) -> Optional[Any]:
-        """The ``SummaryWriter`` of the first ``TensorBoardLogger`` on rank zero, else ``None``."""
-        if not trainer.is_global_zero:
-            return None
-        for logger in trainer.loggers:
-            if isinstance(logger, TensorBoardLogger):
-                return logger.experiment
-        if not self._noticed_no_tensorboard:
-            self._noticed_no_tensorboard = True
-            rank_zero_info(
-                f"{type(self).__name__}: no TensorBoardLogger in `trainer.loggers`; logging scalars only, "
-                "skipping the rich panels (spectra, heatmaps, timelines)."
-            )
+    @property
+    def layers(self) -> List[str]:
+        """Names of the tapped modules, in forward order (selection order before the first forward)."""
+        taps = self._layer_taps()
+        if taps is None:
+            return []
+        return [taps.names[i] for i in taps.forward_order()]
+
+    def _layer_taps(self) -> Optional[Any]:
+        """The callback's :class:`~nn_neuroimaging_lightning.taps.LayerTaps`, once set up."""
         return None
+
+    def _panels(self, trainer: Trainer) -> Optional[PanelSink]:
+        """The panel sink of the trainer's loggers on global rank zero, else ``None``.
+
+        ``None`` too when ``panels=False`` or no logger takes panels (one notice per callback).
+        """
+        if not self.panels or not trainer.is_global_zero:
+            return None
+        loggers = list(trainer.loggers)
+        if self._sink is None or self._sink_loggers != loggers:
+            self._sink, self._sink_loggers = PanelSink(loggers), loggers
+        if not self._sink and not self._noticed_no_panels:
+            self._noticed_no_panels = True
+            rank_zero_info(
+                f"{type(self).__name__}: no logger in `trainer.loggers` takes panels (TensorBoardLogger does); "
+                "logging scalars only, skipping the rich panels (spectra, heatmaps, timelines)."
+            )
+        return self._sink or None
+
+    def _maybe_stop(self, trainer: Trainer, events: List[AnomalyEvent]) -> None:
+        """Set ``trainer.should_stop`` when an event's kind is in ``stop_on`` (on any rank: a collective)."""
+        if not self.stop_on:
+            return
+        hit = next((e for e in events if e.kind in self.stop_on), None)
+        if self._reduce_decision(trainer, hit is not None) and not trainer.should_stop:
+            trainer.should_stop = True
+            self._stopped_by = hit.kind if hit is not None else "another rank"
+            where = f" in `{hit.layer}`" if hit is not None else ""
+            step = hit.step if hit is not None else trainer.global_step
+            rank_zero_warn(f"{type(self).__name__} stopped the run at step {step}: {self._stopped_by}{where}.")
 
     @staticmethod
     def _log(pl_module: LightningModule, name: str, value: Any, **kwargs: Any) -> None:

@@ -8,7 +8,6 @@ from typing import Any, Deque, Dict, FrozenSet, List, Optional, Sequence, Tuple
 
 import torch
 from lightning.pytorch import LightningModule, Trainer
-from lightning.pytorch.utilities import rank_zero_warn
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
 from nn_neuroimaging_lightning import _validation as V
@@ -130,9 +129,7 @@ class CrossModalCallback(MonitorCallback):
             self._joint_seen.clear()
         self._record(events)
         self._log(pl_module, "cross_modal/anomaly", float(bool(joint)), on_epoch=True, reduce_fx="max")
-        if self.stop_on and self._reduce_decision(trainer, bool(new)) and not trainer.should_stop:
-            trainer.should_stop = True
-            rank_zero_warn(f"CrossModalCallback stopped the run at step {trainer.global_step}: joint anomaly in {new or 'another rank'}.")
+        self._maybe_stop(trainer, events)
 
     def _joint_layers(self, step: int) -> FrozenSet[str]:
         eeg = self._recent_union(self._eeg.flag_history, step - self.joint_window)
@@ -192,8 +189,8 @@ class CrossModalCallback(MonitorCallback):
 
     # ------------------------------------------------------------------ panels
     def _write_panels(self, trainer: Trainer) -> None:
-        writer = self._tensorboard(trainer) if self.panels else None
-        if writer is None or not self.scores:
+        sink = self._panels(trainer)
+        if sink is None or not self.scores:
             return
         from nn_neuroimaging_lightning.panels import figures as PF
         from nn_neuroimaging_lightning.panels import tensorboard as P
@@ -202,11 +199,11 @@ class CrossModalCallback(MonitorCallback):
         history = {k: [s.get(k, math.nan) for s in self.scores] for k in keys}
         history["joint_anomaly"] = [s["joint_anomaly"] for s in self.scores]
         step = trainer.global_step
-        P.write_figure(writer, "cross_modal/consistency_history", PF.consistency_figure(history, steps=[s["step"] for s in self.scores]), step)
+        sink.figure("cross_modal/consistency_history", PF.consistency_figure(history, steps=[s["step"] for s in self.scores]), step)
         latest = self.scores[-1]
         rows = [(n, g, z) for n, g, z in zip(latest["layers"], latest["gamma"], latest["zeta_max"])]
-        writer.add_text("cross_modal/gamma_vs_zeta", P.table_text(rows, ("layer", f"EEG {self.band} power", "fMRI max zeta")), step)
-        writer.flush()
+        sink.table("cross_modal/gamma_vs_zeta", ("layer", f"EEG {self.band} power", "fMRI max zeta"), rows, step)
+        sink.flush()
 
     # ------------------------------------------------------------------ checkpointing
     def state_dict(self) -> Dict[str, Any]:

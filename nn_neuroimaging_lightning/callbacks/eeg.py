@@ -17,7 +17,7 @@ from torch import Tensor
 from nn_neuroimaging_lightning import _validation as V
 from nn_neuroimaging_lightning._host import HostMirror
 from nn_neuroimaging_lightning.callbacks._base import AnomalyEvent, MonitorCallback
-from nn_neuroimaging_lightning.callbacks.phases import Phase, PhaseTracker
+from nn_neuroimaging_lightning.phases import Phase, PhaseTracker
 from nn_neuroimaging_lightning.functional import anomalies as FA
 from nn_neuroimaging_lightning.functional import spectral as FS
 from nn_neuroimaging_lightning.functional import states as FST
@@ -337,8 +337,6 @@ class NNEEGCallback(MonitorCallback):
         self._run_len = 0
         self._last_batch_end: Optional[float] = None
         self._interval_ema: Optional[float] = None
-        self._stopped_by: Optional[str] = None
-        self._layout_written = False
         self._band_tags: Optional[List[List[str]]] = None  # (layers, bands) sanitised scalar keys
         self._window_flags: set = set()  # layers flagged since the last analysis
         self.flag_history: Deque[Tuple[int, FrozenSet[str]]] = deque(maxlen=self.flag_history_size)
@@ -350,12 +348,8 @@ class NNEEGCallback(MonitorCallback):
     def state_key(self) -> str:
         return self._generate_state_key(layers=repr(self.layer_selection), window=self.window)
 
-    @property
-    def layers(self) -> List[str]:
-        """Names of the tapped modules, in forward order (selection order before the first forward)."""
-        if self._taps is None:
-            return []
-        return [self._taps.names[i] for i in self._taps.forward_order()]
+    def _layer_taps(self) -> Optional[ActivityTaps]:
+        return self._taps
 
     def signal(self, name: str) -> Tensor:
         """The layer's recent activity series, oldest sample first (1-D, at most ``window`` long).
@@ -474,9 +468,9 @@ class NNEEGCallback(MonitorCallback):
         if host is not None:
             self._record(self._step_events(host, tag))
         self.tracker.close()
-        writer = self._tensorboard(trainer) if self.panels else None
-        if writer is not None:
-            writer.flush()
+        sink = self._panels(trainer)
+        if sink is not None:
+            sink.flush()
 
     # ------------------------------------------------------------------ lifecycle → phases
     def _loop_start(self, trainer: Trainer, phase: Phase) -> None:
@@ -1005,34 +999,22 @@ class NNEEGCallback(MonitorCallback):
         return [AnomalyEvent(trainer.global_step, Phase.TRAIN.value, self._taps.names[i], "spectral_shift", float(host[1, i]), self.source)
                 for i in np.nonzero(host[0] > 0.5)[0]]
 
-    # ------------------------------------------------------------------ stopping
-    def _maybe_stop(self, trainer: Trainer, events: List[AnomalyEvent]) -> None:
-        if not self.stop_on:
-            return
-        hit = next((e for e in events if e.kind in self.stop_on), None)
-        if self._reduce_decision(trainer, hit is not None) and not trainer.should_stop:
-            trainer.should_stop = True
-            self._stopped_by = hit.kind if hit is not None else "another rank"
-            rank_zero_warn(f"NNEEGCallback stopped the run at step {trainer.global_step}: {self._stopped_by}" + (f" in `{hit.layer}`." if hit else "."))
-
     # ------------------------------------------------------------------ panels
     def _write_step_panels(self, trainer: Trainer, freqs: Tensor, psd: Tensor) -> None:
-        writer = self._tensorboard(trainer) if self.panels else None
-        if writer is None:
+        sink = self._panels(trainer)
+        if sink is None:
             return
         from nn_neuroimaging_lightning.panels import tensorboard as P
 
-        if not self._layout_written:
-            P.write_custom_scalars(writer, P.band_layout(self._taps.names, list(self.bands)))
-            self._layout_written = True
+        sink.layout(P.band_layout(self._taps.names, list(self.bands)))
         f = freqs.detach().cpu().numpy()
         p = psd.detach().cpu().numpy()
         for i, name in enumerate(self._taps.names):
-            P.write_stacked_spectrum(writer, P.safe_tag("nn_eeg", name, "spectrum"), f, p[i], trainer.global_step)
+            sink.spectrum(P.safe_tag("nn_eeg", name, "spectrum"), f, p[i], trainer.global_step)
 
     def _write_epoch_panels(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        writer = self._tensorboard(trainer) if self.panels else None
-        if writer is None or self._ring is None:
+        sink = self._panels(trainer)
+        if sink is None or self._ring is None:
             return
         from nn_neuroimaging_lightning.panels import figures as PF
         from nn_neuroimaging_lightning.panels import tensorboard as P
@@ -1040,13 +1022,13 @@ class NNEEGCallback(MonitorCallback):
         step = trainer.global_step
         if self._events:  # written even when the run stopped before a spectrum was possible
             rows = [(e.step, e.phase, e.layer, e.kind, f"{e.value:.4g}") for e in list(self._events)[-50:]]
-            writer.add_text("nn_eeg/events", P.table_text(rows, ("step", "phase", "layer", "kind", "value")), step)
+            sink.table("nn_eeg/events", ("step", "phase", "layer", "kind", "value"), rows, step)
         if self._ring.count < self.nperseg:  # too few samples for a spectrum yet
-            writer.flush()
+            sink.flush()
             return
         if self._latest_psd is not None:
             freqs, psd = (t.detach().cpu().numpy() for t in self._latest_psd)
-            P.write_figure(writer, "nn_eeg/spectrum", PF.spectrum_figure(freqs, {n: psd[i] for i, n in enumerate(self._taps.names)}, self.bands), step)
+            sink.figure("nn_eeg/spectrum", PF.spectrum_figure(freqs, {n: psd[i] for i, n in enumerate(self._taps.names)}, self.bands), step)
         data = self._ring.ordered()
         seg_f, seg_p = FS.segment_psd(data, fs=self.fs, nperseg=self.nperseg, noverlap=self.noverlap)  # (F,), (layers, S, F)
         seg_p = seg_p.detach().cpu().numpy()
@@ -1054,10 +1036,10 @@ class NNEEGCallback(MonitorCallback):
         steps = self._ring.steps()
         seg_t = steps[np.minimum(np.arange(seg_p.shape[1]) * hop + self.nperseg // 2, len(steps) - 1)]  # centre step of each segment
         for i, name in enumerate(self._taps.names):
-            P.write_figure(writer, P.safe_tag("nn_eeg", name, "spectrogram"), PF.spectrogram_figure(seg_t, seg_f.cpu().numpy(), seg_p[i], title=f"Spectrogram {name}"), step)
+            sink.figure(P.safe_tag("nn_eeg", name, "spectrogram"), PF.spectrogram_figure(seg_t, seg_f.cpu().numpy(), seg_p[i], title=f"Spectrogram {name}"), step)
         self.tracker.close()
-        P.write_figure(writer, "nn_eeg/phase_timeline", PF.phase_timeline_figure([p.value for p in self.phases], times=_since_first(self._ring.times()), durations=self.tracker.summary()), step)
-        writer.flush()
+        sink.figure("nn_eeg/phase_timeline", PF.phase_timeline_figure([p.value for p in self.phases], times=_since_first(self._ring.times()), durations=self.tracker.summary()), step)
+        sink.flush()
 
     # ------------------------------------------------------------------ checkpointing
     def state_dict(self) -> Dict[str, Any]:

@@ -387,19 +387,14 @@ class NNfMRICallback(MonitorCallback):
         self._self_time_ns = 0
         self._self_time_steps = 0
         self._zeta_time_s = 0.0
-        self._stopped_by: Optional[str] = None
 
     # ------------------------------------------------------------------ public read-only surface
     @property
     def state_key(self) -> str:
         return self._generate_state_key(layers=repr(self.layer_selection), grid=self.grid)
 
-    @property
-    def layers(self) -> List[str]:
-        """Names of the tapped modules, in forward order (selection order before the first forward)."""
-        if self._taps is None:
-            return []
-        return [self._taps.names[i] for i in self._taps.forward_order()]
+    def _layer_taps(self) -> Optional[LayerTaps]:
+        return self._taps
 
     @property
     def zeta_layers(self) -> List[str]:
@@ -473,9 +468,9 @@ class NNfMRICallback(MonitorCallback):
             self._taps.detach()
             self._taps.discard()
             self._taps.enabled = False
-        writer = self._tensorboard(trainer) if self.panels else None
-        if writer is not None:
-            writer.flush()
+        sink = self._panels(trainer)
+        if sink is not None:
+            sink.flush()
 
     # ------------------------------------------------------------------ per step
     def _reduce(self, t: Tensor) -> Optional[Tuple[Tensor, Tuple[int, ...], int, bool]]:
@@ -676,15 +671,6 @@ class NNfMRICallback(MonitorCallback):
         axes = {3: ("h", "w", "c"), 2: ("t", "d"), 1: ("c",)}[len(grid)]
         idx = np.unravel_index(region, grid)
         return "(" + ", ".join(f"{a}={int(v)}" for a, v in zip(axes, idx)) + ")"
-
-    def _maybe_stop(self, trainer: Trainer, events: List[AnomalyEvent]) -> None:
-        if not self.stop_on:
-            return
-        hit = next((e for e in events if e.kind in self.stop_on), None)
-        if self._reduce_decision(trainer, hit is not None) and not trainer.should_stop:
-            trainer.should_stop = True
-            self._stopped_by = hit.kind if hit is not None else "another rank"
-            rank_zero_warn(f"NNfMRICallback stopped the run at step {trainer.global_step}: {self._stopped_by}" + (f" in `{hit.layer}`." if hit else "."))
 
     # ------------------------------------------------------------------ probe batch
     def _take_probe(self, batch: Any, from_val: bool) -> None:
@@ -1057,21 +1043,21 @@ class NNfMRICallback(MonitorCallback):
 
     # ------------------------------------------------------------------ panels
     def _write_density_panels(self, trainer: Trainer) -> None:
-        writer = self._tensorboard(trainer) if self.panels else None
-        if writer is None:
+        sink = self._panels(trainer)
+        if sink is None:
             return
         from nn_neuroimaging_lightning.panels import figures as PF
         from nn_neuroimaging_lightning.panels import tensorboard as P
 
         step = trainer.global_step
         for name, phi in self.density.items():
-            P.write_figure(writer, P.safe_tag("nn_fmri", name, "density"),
+            sink.figure(P.safe_tag("nn_fmri", name, "density"),
                            PF.heatmap_figure(phi.detach().cpu().numpy(), f"{name}: density phi", colorbar_label="phi"), step)
-        writer.flush()
+        sink.flush()
 
     def _write_zeta_panels(self, trainer: Trainer) -> None:
-        writer = self._tensorboard(trainer) if self.panels else None
-        if writer is None:
+        sink = self._panels(trainer)
+        if sink is None:
             return
         from nn_neuroimaging_lightning.panels import figures as PF
         from nn_neuroimaging_lightning.panels import tensorboard as P
@@ -1080,37 +1066,42 @@ class NNfMRICallback(MonitorCallback):
         for name, res in self._zeta.items():
             scores = res.scores.numpy()
             sig = res.significant.numpy()
-            P.write_figure(writer, P.safe_tag("nn_fmri", name, "zeta"),
+            sink.figure(P.safe_tag("nn_fmri", name, "zeta"),
                            PF.heatmap_figure(scores, f"{name}: zeta (impact of each region)", "RdBu_r", sig, symmetric=True, colorbar_label="zeta"), step)
-            P.write_figure(writer, P.safe_tag("nn_fmri", name, "significance"),
+            sink.figure(P.safe_tag("nn_fmri", name, "significance"),
                            PF.heatmap_figure(sig.astype(float), f"{name}: significant regions (95 % CI excludes 0)", "Greys", colorbar_label="significant"), step)
-            writer.add_text(P.safe_tag("nn_fmri", name, "zeta_top"), self.zeta_table(name), step)
+            header, rows = self.zeta_rows(name)
+            sink.table(P.safe_tag("nn_fmri", name, "zeta_top"), header, rows, step)
         for (a, b), t in self.tracts.items():
             tag = P.safe_tag("nn_fmri", "tract", f"{a}__{b}")
             if t.traced:
                 title = f"C({a} -> {b})" + (" [proportional grid across pooling]" if t.mapping == "proportional" else "")
-                P.write_figure(writer, tag, PF.matrix_figure(t.matrix.numpy(), f"{a} region (source)", f"{b} region (target)", title), step)
-                rows = [(s, d, v) for s, d, v in t.pathways]
-                text = P.table_text(rows, ("source region", "target region", "strength")) + f"\n\nmapping: {t.mapping}; sigma: {t.activation}; efficiency: {t.efficiency:.4g}"
+                sink.figure(tag, PF.matrix_figure(t.matrix.numpy(), f"{a} region (source)", f"{b} region (target)", title), step)
+                sink.table(tag + "/pathways", ("source region", "target region", "strength"), [(s, d, v) for s, d, v in t.pathways], step,
+                           note=f"mapping: {t.mapping}; sigma: {t.activation}; efficiency: {t.efficiency:.4g}")
             else:
-                text = f"not traced: {t.reason}"
-            writer.add_text(tag + "/pathways", text, step)
+                sink.text(tag + "/pathways", f"not traced: {t.reason}", step)
         if self.path_strength:
             rows = [(" -> ".join(k), v[0], str(v[1])) for k, v in self.path_strength.items()]
-            writer.add_text("nn_fmri/path_strength", P.table_text(rows, ("layers", "strength", "regions")), step)
+            sink.table("nn_fmri/path_strength", ("layers", "strength", "regions"), rows, step)
         self._write_density_panels(trainer)
 
     def zeta_table(self, name: str) -> str:
         """Markdown table of the ``top_k`` regions of a layer by zeta, with grid coordinates."""
         from nn_neuroimaging_lightning.panels import tensorboard as P
 
+        header, rows = self.zeta_rows(name)
+        return P.table_text(rows, header)
+
+    def zeta_rows(self, name: str) -> Tuple[Tuple[str, ...], List[Tuple[Any, ...]]]:
+        """Header and rows of the ``top_k`` regions of a layer by zeta, with grid coordinates."""
         res = self._zeta[name]
         grid = tuple(res.scores.shape)
         flat = res.scores.reshape(-1)
         order = torch.argsort(flat, descending=True, stable=True)[: self.top_k].tolist()
         lo, hi, sig = res.ci_low.reshape(-1), res.ci_high.reshape(-1), res.significant.reshape(-1)
         rows = [(r, self._coords(grid, r), float(flat[r]), float(lo[r]), float(hi[r]), bool(sig[r])) for r in order]
-        return P.table_text(rows, ("region", "grid cell", "zeta", "ci low", "ci high", "significant"))
+        return ("region", "grid cell", "zeta", "ci low", "ci high", "significant"), rows
 
     # ------------------------------------------------------------------ checkpointing
     def state_dict(self) -> Dict[str, Any]:

@@ -28,7 +28,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from torch import nn
 
 from nn_neuroimaging_lightning.callbacks.eeg import NNEEGCallback
-from nn_neuroimaging_lightning.callbacks.phases import Phase
+from nn_neuroimaging_lightning.phases import Phase
 from nn_neuroimaging_lightning.functional import anomalies as FA
 from nn_neuroimaging_lightning.taps import LayerTaps
 
@@ -325,7 +325,7 @@ def test_no_tensorboard_logger_scalars_only(tmp_path):
     eeg = NNEEGCallback(analysis_every_n_steps=35)  # the first window of 64 samples is there at step 70
     trainer = fast_trainer(tmp_path, [eeg], max_steps=70, limit_val_batches=0)
     trainer.fit(MLPModule(n=8 * 70))
-    assert eeg._noticed_no_tensorboard
+    assert eeg._noticed_no_panels
     assert "nn_eeg/net.0/band/delta" in trainer.callback_metrics  # no logger: callback_metrics
 
 
@@ -338,7 +338,7 @@ def test_band_scalars_reach_a_non_tensorboard_logger(tmp_path):
     logger = CSVLogger(str(tmp_path), name="csv")
     trainer = fast_trainer(tmp_path, [eeg], logger=logger, max_steps=70, limit_val_batches=0, log_every_n_steps=35)
     trainer.fit(MLPModule(n=8 * 70))
-    assert eeg._noticed_no_tensorboard
+    assert eeg._noticed_no_panels
     with open(f"{logger.log_dir}/metrics.csv", newline="") as fh:
         rows = list(csv.DictReader(fh))
     bands = [r for r in rows if r.get("nn_eeg/net.0/band/delta")]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from nn_neuroimaging_lightning.callbacks.phases import Phase, PhaseTracker
+from nn_neuroimaging_lightning.phases import Phase, PhaseTracker
 
 
 def test_codes_round_trip_and_inference_flags():

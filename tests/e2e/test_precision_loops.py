@@ -15,7 +15,7 @@ from helpers import MLPModule, fast_trainer
 from nn_neuroimaging_lightning.callbacks.cross_modal import CrossModalCallback
 from nn_neuroimaging_lightning.callbacks.eeg import NNEEGCallback
 from nn_neuroimaging_lightning.callbacks.fmri import NNfMRICallback
-from nn_neuroimaging_lightning.callbacks.phases import Phase
+from nn_neuroimaging_lightning.phases import Phase
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 

@@ -25,7 +25,7 @@ from helpers import MLPModule, fast_trainer
 from nn_neuroimaging_lightning.callbacks.cross_modal import CrossModalCallback
 from nn_neuroimaging_lightning.callbacks.eeg import NNEEGCallback
 from nn_neuroimaging_lightning.callbacks.fmri import NNfMRICallback
-from nn_neuroimaging_lightning.callbacks.phases import Phase
+from nn_neuroimaging_lightning.phases import Phase
 
 N_TRAIN = 512  # 64 training steps of 8 samples per epoch, and 64 validation forwards
 
