@@ -12,6 +12,8 @@ $(STAMP): pyproject.toml
 	# torch first, pinned: the local CPU build. An unpinned torch pulls gigabytes of CUDA packages.
 	$(BIN)/python -m pip install --quiet torch==2.13.0
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	# nothing installed after it (transformers, logger packages) may have replaced the pinned CPU torch
+	$(BIN)/python -c "import torch, sys; sys.exit(0 if torch.__version__.split('+')[0] == '2.13.0' else 'torch changed to ' + torch.__version__)"
 	touch $(STAMP)
 
 venv: $(STAMP)
