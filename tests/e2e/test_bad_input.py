@@ -426,8 +426,11 @@ def test_shapley_nan_game_does_not_crash() -> None:
 
 @FUZZ
 @given(st.one_of(st.floats(-1, 1), SPECIAL), st.one_of(st.floats(0, 1), SPECIAL), st.one_of(st.floats(0, 1), SPECIAL))
-def test_fuzz_consistency_is_always_in_unit_interval(rho, agreement, coherence) -> None:
+def test_fuzz_consistency_is_in_unit_interval_or_nan_for_an_undefined_term(rho, agreement, coherence) -> None:
     c = consistency(torch.tensor(rho), torch.tensor(agreement), torch.tensor(coherence))
+    if any(math.isnan(v) for v in (rho, agreement, coherence)):  # issue 13: undefined is NaN, not 0.5
+        assert torch.isnan(c)
+        return
     assert torch.isfinite(c) and 0.0 <= float(c) <= 1.0
     if -1 <= rho <= 1 and 0 <= agreement <= 1 and 0 <= coherence <= 1:
         assert abs(float(c) - ((rho + 1) / 2 + agreement + coherence) / 3) < 1e-6
