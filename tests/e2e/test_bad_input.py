@@ -216,7 +216,7 @@ def test_unknown_yaml_key_lists_the_allowed_keys(tmp_path, cls: type, cfg: type)
     assert "`windw`" in msg and "64" in msg and str(path) in msg
     for f in dataclasses.fields(cfg):
         assert f.name in msg
-    assert set(f.name for f in dataclasses.fields(cfg)) | set(C.PYTHON_ONLY[cls.__name__]) == set(
+    assert set(f.name for f in dataclasses.fields(cfg)) | set(C.python_only(cls)) == set(
         n for n in inspect.signature(cls.__init__).parameters if n != "self"), "YAML keys and constructor arguments differ"
 
 
