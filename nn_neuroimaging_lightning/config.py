@@ -1,9 +1,13 @@
 """Structured configs (omegaconf dataclasses) mapping one-to-one to the callbacks' keyword arguments.
 
 YAML is read only through omegaconf. Every key of a config is a constructor argument of the same
-name; arguments that cannot be written in YAML (callables such as ``output_selector`` or
-``value_fn``) have no key and are passed in Python. An unknown key or a value of the wrong type
-raises a ``ValueError`` that names the key, the value and the allowed keys or type.
+name; arguments that cannot be written in YAML (those annotated as callables, such as
+``output_selector`` or ``value_fn``: :func:`python_only`) have no key and are passed in Python.
+Each callback names its config in its ``config_class`` attribute; this module imports no callback
+(callbacks import it). Checking is omegaconf's struct mode: an unknown key or a value of the wrong
+type raises, and :func:`load` re-raises it as a ``ValueError`` that names the key, the value and
+the allowed keys or types. The README's configuration reference is generated from these configs by
+``scripts/config_reference.py``.
 
 Example::
 
@@ -15,12 +19,15 @@ Example::
 
 from __future__ import annotations
 
+import collections.abc
 import dataclasses
+import inspect
 import os
+import typing
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Mapping, Optional, Type, Union
+from typing import Any, Dict, List, Mapping, Optional, Tuple, Type, Union
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 
@@ -86,13 +93,6 @@ class FMRIConfig:
     seed: int = 0
 
 
-#: Constructor arguments that have no YAML form, per callback class name.
-PYTHON_ONLY: Dict[str, tuple] = {
-    "NNEEGCallback": ("output_selector",),
-    "NNfMRICallback": ("value_fn", "output_selector", "label_selector"),
-    "CrossModalCallback": (),
-}
-
 @dataclass
 class CrossModalConfig:
     """Keyword arguments of :class:`~nn_neuroimaging_lightning.CrossModalCallback`."""
@@ -105,27 +105,109 @@ class CrossModalConfig:
     max_events: int = 1000
 
 
-_REGISTRY: Dict[str, Type[Any]] = {
-    "NNEEGCallback": EEGConfig,
-    "NNfMRICallback": FMRIConfig,
-    "CrossModalCallback": CrossModalConfig,
-}
-
-
-def register(callback_name: str, config_cls: Type[Any]) -> None:
-    """Associate a callback class name with its structured config."""
-    _REGISTRY[callback_name] = config_cls
-
-
 def config_class(callback_cls: type) -> Type[Any]:
-    try:
-        return _REGISTRY[callback_cls.__name__]
-    except KeyError:
-        raise TypeError(f"no structured config for {callback_cls.__name__}; known: {sorted(_REGISTRY)}.") from None
+    """The structured config of a callback class: its ``config_class`` attribute.
+
+    Raises:
+        TypeError: ``callback_cls`` declares no structured config.
+
+    Example::
+
+        >>> from nn_neuroimaging_lightning import NNEEGCallback
+        >>> config_class(NNEEGCallback).__name__
+        'EEGConfig'
+    """
+    cfg = getattr(callback_cls, "config_class", None)
+    if cfg is None or not dataclasses.is_dataclass(cfg):
+        raise TypeError(f"{getattr(callback_cls, '__name__', callback_cls)!r} declares no structured config "
+                        f"(a dataclass as its `config_class` attribute), got {cfg!r}.")
+    return cfg
+
+
+def _only_callables(hint: Any) -> bool:
+    """Whether every non-None member of a type hint is a callable type (no YAML form)."""
+    if typing.get_origin(hint) is Union:
+        members = [a for a in typing.get_args(hint) if a is not type(None)]
+        return bool(members) and all(_only_callables(a) for a in members)
+    return typing.get_origin(hint) is collections.abc.Callable or hint is collections.abc.Callable
+
+
+def python_only(callback_cls: type) -> Tuple[str, ...]:
+    """The constructor arguments that have no YAML key: those annotated as callables only.
+
+    Derived from the constructor's signature (``Optional[Callable[...]]`` and the like), so a new
+    callable argument needs no list kept by hand, and any other new argument needs a config key
+    (``tests/test_config.py`` checks both).
+
+    Example::
+
+        >>> from nn_neuroimaging_lightning import NNfMRICallback
+        >>> python_only(NNfMRICallback)
+        ('value_fn', 'output_selector', 'label_selector')
+    """
+    init = callback_cls.__init__  # type: ignore[misc]
+    hints = typing.get_type_hints(init)
+    params = inspect.signature(init).parameters
+    named = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    return tuple(n for n, p in params.items() if n != "self" and p.kind in named and _only_callables(hints.get(n)))
 
 
 def _describe(config_cls: Type[Any]) -> str:
     return ", ".join(f"{f.name}: {getattr(f.type, '__name__', None) or str(f.type).replace('typing.', '')}" for f in dataclasses.fields(config_cls))
+
+
+def _owner(schema: Type[Any], full_key: str) -> Tuple[Type[Any], str, str]:
+    """The innermost dataclass along ``full_key`` (``"eeg.window"``), the section leading to it and the key in it."""
+    parts = [p.split("[", 1)[0] for p in full_key.split(".")]
+    owner, section = schema, []
+    for part in parts[:-1]:
+        hint = typing.get_type_hints(owner).get(part)
+        if not (isinstance(hint, type) and dataclasses.is_dataclass(hint)):
+            return owner, ".".join(section), part
+        owner = hint
+        section.append(part)
+    return owner, ".".join(section), parts[-1]
+
+
+def _config_error(err: OmegaConfBaseException, schema: Type[Any], raw: Any, where: str) -> ValueError:
+    """omegaconf's error as ours: the key, the value received and what is allowed."""
+    full_key = str(getattr(err, "full_key", None) or getattr(err, "key", None) or "?")
+    owner, section, key = _owner(schema, full_key)
+    value = OmegaConf.select(raw, full_key, default="?") if isinstance(raw, DictConfig) else "?"
+    if isinstance(value, (DictConfig, ListConfig)):
+        value = OmegaConf.to_container(value)
+    at = (f" in {where}" if where else "") + (f" section `{section}`" if section else "")
+    allowed = [f.name for f in dataclasses.fields(owner)]
+    if key not in allowed:
+        return ValueError(f"unknown config key `{key}` (value {value!r}){at} for {owner.__name__}; "
+                          f"allowed keys: {', '.join(allowed)}.")
+    return ValueError(f"config key `{full_key}` has value {value!r} of the wrong type{at}: {str(err).splitlines()[0].rstrip('.')}. "
+                      f"Allowed types: {_describe(owner)}.")
+
+
+def _merge(schema: Type[Any], data: DictConfig, where: str) -> DictConfig:
+    """``data`` over the defaults of ``schema`` in struct mode: omegaconf rejects unknown keys and wrong types."""
+    try:
+        return OmegaConf.merge(OmegaConf.structured(schema), data)  # type: ignore[return-value]
+    except OmegaConfBaseException as err:
+        raise _config_error(err, schema, data, where) from None
+
+
+def _read(source: Union[str, os.PathLike, Mapping[str, Any], DictConfig], argument: str = "config") -> DictConfig:
+    """A YAML path, a mapping or a DictConfig as a DictConfig (YAML only through omegaconf)."""
+    if isinstance(source, (str, os.PathLike)):
+        if not os.path.isfile(source):
+            raise FileNotFoundError(f"`{argument}` file {str(source)!r} does not exist.")
+        data = OmegaConf.load(source)
+    elif isinstance(source, (Mapping, DictConfig)):
+        data = source if isinstance(source, DictConfig) else OmegaConf.create(dict(source))
+    else:
+        raise TypeError(f"`{argument}` must be a YAML path, a mapping or a DictConfig, got {type(source).__name__}.")
+    if data is None:
+        data = OmegaConf.create({})
+    if not isinstance(data, DictConfig):
+        raise ValueError(f"`{argument}` {str(source)!r} must be a mapping of keys to values, got {type(data).__name__}.")
+    return data
 
 
 def load(config_cls: Type[Any], source: Union[str, os.PathLike, Mapping[str, Any], DictConfig], where: str = "") -> Dict[str, Any]:
@@ -138,38 +220,18 @@ def load(config_cls: Type[Any], source: Union[str, os.PathLike, Mapping[str, Any
         FileNotFoundError: ``source`` is a path that does not exist.
         ValueError: an unknown key or a value of the wrong type, naming the key, the value and
             what is allowed.
+
+    Example::
+
+        >>> load(CrossModalConfig, {"history": 8})["history"]
+        8
+        >>> load(CrossModalConfig, {"histroy": 8})
+        Traceback (most recent call last):
+        ...
+        ValueError: unknown config key `histroy` (value 8) for CrossModalConfig; allowed keys: band, history, joint_window, stop_on, panels, max_events.
     """
-    if isinstance(source, (str, os.PathLike)):
-        where = where or str(source)
-        if not os.path.isfile(source):
-            raise FileNotFoundError(f"config file {str(source)!r} does not exist.")
-        data = OmegaConf.load(source)
-    elif isinstance(source, (Mapping, DictConfig)):
-        data = source if isinstance(source, DictConfig) else OmegaConf.create(dict(source))
-    else:
-        raise TypeError(f"`config` must be a YAML path, a mapping or a DictConfig, got {type(source).__name__}.")
-    if data is None:
-        data = OmegaConf.create({})
-    if not isinstance(data, DictConfig):
-        raise ValueError(f"config {where or ''} must be a mapping of keys to values, got {type(data).__name__}.")
-    schema = OmegaConf.structured(config_cls)
-    allowed = [f.name for f in dataclasses.fields(config_cls)]
-    for key in data.keys():
-        if key not in allowed:
-            raise ValueError(
-                f"unknown config key `{key}` (value {OmegaConf.to_container(data)[key]!r}){' in ' + where if where else ''} "
-                f"for {config_cls.__name__}; allowed keys: {', '.join(allowed)}."
-            )
-    try:
-        merged = OmegaConf.merge(schema, data)
-    except OmegaConfBaseException as err:
-        key = getattr(err, "full_key", None) or getattr(err, "key", None) or "?"
-        raw = OmegaConf.to_container(data)
-        value = raw.get(str(key).split(".")[0], "?") if isinstance(raw, dict) else "?"
-        raise ValueError(
-            f"config key `{key}` has value {value!r} of the wrong type{' in ' + where if where else ''}: "
-            f"{str(err).splitlines()[0]}. Allowed types: {_describe(config_cls)}."
-        ) from None
+    where = where or (str(source) if isinstance(source, (str, os.PathLike)) else "")
+    merged = _merge(config_cls, _read(source), where)
     return OmegaConf.to_container(merged, resolve=True)  # type: ignore[return-value]
 
 
@@ -221,101 +283,32 @@ class DemoConfig:
     trainer: DemoTrainerConfig = field(default_factory=DemoTrainerConfig)
     data: DemoDataConfig = field(default_factory=DemoDataConfig)
     model: DemoModelConfig = field(default_factory=DemoModelConfig)
-    eeg: Dict[str, Any] = field(default_factory=dict)
+    eeg: EEGConfig = field(default_factory=EEGConfig)
     # The demo's fMRI defaults differ from the library's so that every layer of a short run gets a
     # zeta map: a coarser grid and a larger zeta time share (see configs/demo.yaml).
-    fmri: Dict[str, Any] = field(default_factory=lambda: {"grid": [4, 4, 4], "zeta_time_fraction": 0.25})
-    cross_modal: Dict[str, Any] = field(default_factory=dict)
+    fmri: FMRIConfig = field(default_factory=lambda: FMRIConfig(grid=[4, 4, 4], zeta_time_fraction=0.25))
+    cross_modal: CrossModalConfig = field(default_factory=CrossModalConfig)
 
 
 def load_demo(source: Union[None, str, os.PathLike, Mapping[str, Any]] = None, overrides: Optional[Mapping[str, Any]] = None) -> Dict[str, Any]:
     """The demo config: defaults, then ``source`` (YAML path or mapping), then dotted ``overrides``.
 
-    Each callback section is validated against that callback's structured config here, so a
-    typo in ``eeg.windw`` fails before training starts.
-    """
-    merged = OmegaConf.structured(DemoConfig)
-    where = str(source) if isinstance(source, (str, os.PathLike)) else "demo config"
-    if source is not None:
-        if isinstance(source, (str, os.PathLike)) and not os.path.isfile(source):
-            raise FileNotFoundError(f"`--config` file {str(source)!r} does not exist.")
-        data = OmegaConf.load(source) if isinstance(source, (str, os.PathLike)) else OmegaConf.create(dict(source))
-        try:
-            merged = OmegaConf.merge(merged, data)
-        except OmegaConfBaseException as err:
-            key = getattr(err, "full_key", None) or getattr(err, "key", None) or "?"
-            allowed = ", ".join(f.name for f in dataclasses.fields(DemoConfig))
-            raise ValueError(f"demo config key `{key}` in {where}: {str(err).splitlines()[0]}. Top-level keys: {allowed}.") from None
-    for dotted, value in dict(overrides or {}).items():
-        OmegaConf.update(merged, dotted, value, merge=True)
-    cfg = OmegaConf.to_container(merged, resolve=True)
-    for section, name in (("eeg", "NNEEGCallback"), ("fmri", "NNfMRICallback"), ("cross_modal", "CrossModalCallback")):
-        if name in _REGISTRY:
-            cfg[section] = load(_REGISTRY[name], cfg[section] or {}, where=f"{where} section `{section}`")
-    return cfg
-
-
-def _docstring_args(cls: type) -> Dict[str, str]:
-    """``{argument: description}`` from the ``Args:`` section of a Google-style class docstring."""
-    import inspect
-
-    doc = inspect.getdoc(cls) or ""
-    args: Dict[str, str] = {}
-    inside, current, indent = False, None, None
-    for line in doc.splitlines():
-        stripped = line.strip()
-        if not inside:
-            inside = stripped == "Args:"
-            continue
-        if stripped and not line.startswith(" "):  # the next section (Raises:, Example::, ...)
-            break
-        if not stripped:
-            continue
-        width = len(line) - len(line.lstrip())
-        if indent is None:
-            indent = width
-        name, sep, text = stripped.partition(":")
-        if width == indent and sep and name.replace("_", "").isalnum():
-            current = name
-            args[current] = text.strip()
-        elif current is not None:
-            args[current] += " " + stripped
-    return args
-
-
-def reference_markdown() -> str:
-    """The configuration reference: one Markdown table per callback, generated from the configs.
-
-    Keys, types and defaults come from the structured configs (the YAML schema); descriptions from
-    the callbacks' docstrings. ``README.md`` embeds this text between ``<!-- config-reference -->``
-    markers and ``tests/test_config.py`` checks that it is current (regenerate with
-    ``python -m nn_neuroimaging_lightning.config``).
+    The callback sections are the callbacks' own structured configs, so a typo in ``eeg.windw``
+    fails here, before training starts.
 
     Example::
 
-        >>> print(reference_markdown().splitlines()[0])
-        ### `NNEEGCallback` (`configs/eeg.yaml`)
+        >>> cfg = load_demo(None, {"trainer.max_epochs": 2})
+        >>> cfg["trainer"]["max_epochs"], cfg["fmri"]["grid"], cfg["eeg"]["window"]
+        (2, [4, 4, 4], 128)
     """
-    from nn_neuroimaging_lightning.callbacks import CrossModalCallback, NNEEGCallback, NNfMRICallback
-
-    files = {"NNEEGCallback": "eeg", "NNfMRICallback": "fmri", "CrossModalCallback": "cross_modal"}
-    out: List[str] = []
-    for cls in (NNEEGCallback, NNfMRICallback, CrossModalCallback):
-        described = _docstring_args(cls)
-        out += [f"### `{cls.__name__}` (`configs/{files[cls.__name__]}.yaml`)", "",
-                "| key | type | default | meaning |", "|---|---|---|---|"]
-        for f in dataclasses.fields(_REGISTRY[cls.__name__]):
-            default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default  # type: ignore[misc]
-            kind = getattr(f.type, "__name__", None) or str(f.type)
-            kind = str(kind).replace("typing.", "")
-            text = described.get(f.name, "").replace("|", "\\|")
-            out.append(f"| `{f.name}` | `{kind}` | `{default!r}` | {text} |")
-        python_only = [name for name in described if name not in {f.name for f in dataclasses.fields(_REGISTRY[cls.__name__])}]
-        if python_only:
-            out += ["", "Python only (no YAML key): " + ", ".join(f"`{n}`" for n in python_only) + "."]
-        out.append("")
-    return "\n".join(out).rstrip() + "\n"
-
-
-if __name__ == "__main__":
-    print(reference_markdown(), end="")
+    where = str(source) if isinstance(source, (str, os.PathLike)) else "demo config"
+    merged = _merge(DemoConfig, _read(source if source is not None else {}, "--config"), where)
+    for dotted, value in dict(overrides or {}).items():
+        try:
+            OmegaConf.update(merged, dotted, value, merge=True)
+        except OmegaConfBaseException as err:
+            raw = OmegaConf.create()
+            OmegaConf.update(raw, dotted, value)
+            raise _config_error(err, DemoConfig, raw, "the command-line overrides") from None
+    return OmegaConf.to_container(merged, resolve=True)  # type: ignore[return-value]

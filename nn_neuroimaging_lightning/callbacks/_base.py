@@ -10,6 +10,7 @@ import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
+from nn_neuroimaging_lightning import config as C
 from nn_neuroimaging_lightning.events import EVENTS_FILENAME, AnomalyEvent, append_events
 from nn_neuroimaging_lightning.panels.sink import PanelSink
 
@@ -33,6 +34,8 @@ class MonitorCallback(Callback):
     """
 
     source = "nn_monitor"
+    #: The structured config (a dataclass of :mod:`nn_neuroimaging_lightning.config`) of ``from_config``.
+    config_class: Optional[type] = None
     stop_on: Sequence[str] = ()
     panels: bool = True
 
@@ -51,10 +54,9 @@ class MonitorCallback(Callback):
         """Build the callback from a YAML file, a mapping or a DictConfig.
 
         Keys map one-to-one to the constructor's keyword arguments (see
-        :mod:`nn_neuroimaging_lightning.config`); ``overrides`` win, e.g. callables.
+        :mod:`nn_neuroimaging_lightning.config`, the dataclass in ``config_class``); ``overrides``
+        win, e.g. callables.
         """
-        from nn_neuroimaging_lightning import config as C
-
         return C.build(cls, config, **overrides)
 
     @property

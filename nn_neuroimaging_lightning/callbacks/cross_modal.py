@@ -8,16 +8,48 @@ from typing import Any, Deque, Dict, FrozenSet, List, Optional, Sequence, Tuple
 
 import torch
 from lightning.pytorch import LightningModule, Trainer
+from lightning.pytorch.utilities import rank_zero_warn
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
 from nn_neuroimaging_lightning import _validation as V
 from nn_neuroimaging_lightning.callbacks._base import AnomalyEvent, MonitorCallback
-from nn_neuroimaging_lightning.functional.consistency import joint_anomalies
+from nn_neuroimaging_lightning.callbacks.eeg import NNEEGCallback
+from nn_neuroimaging_lightning.callbacks.fmri import NNfMRICallback
+from nn_neuroimaging_lightning.config import CrossModalConfig
+from nn_neuroimaging_lightning.functional.consistency import joint_anomalies, spearman_undefined
 from nn_neuroimaging_lightning.metrics.cross_modal import Consistency
+from nn_neuroimaging_lightning.panels.cross_modal import write_cross_modal_panels
 
 CROSS_MODAL_ANOMALY_KINDS: Tuple[str, ...] = ("joint",)
 
 _SETUP_LINE = "Trainer(callbacks=[NNEEGCallback(), NNfMRICallback(), CrossModalCallback()])"
+
+#: ``(step, flagged layers)`` entries, oldest first: the shape of both modalities' ``flag_history``.
+_History = Sequence[Tuple[int, FrozenSet[str]]]
+
+
+def _recent_union(history: _History, since: int) -> FrozenSet[str]:
+    """Layers flagged in the entries at or after step ``since``."""
+    out: set = set()
+    for step, layers in reversed(history):  # a deque: no copy (this runs after every training batch)
+        if step < since:
+            break
+        out |= layers
+    return frozenset(out)
+
+
+def _paired_windows(eeg_windows: _History, fmri_checks: _History) -> List[Tuple[int, FrozenSet[str], FrozenSet[str]]]:
+    """The EEG windows that have an fMRI verdict: ``(step, EEG flags, flags of fMRI's latest check at or before it)``.
+
+    A window before fMRI's first spatial check has no fMRI verdict and is left out (it is not
+    "fMRI flagged nothing"). Once a window is paired every later one is, so the result is a suffix.
+    """
+    out = []
+    for step, flagged in eeg_windows:
+        latest = next((f for s, f in reversed(fmri_checks) if s <= step), None)
+        if latest is not None:
+            out.append((step, flagged, latest))
+    return out
 
 
 class CrossModalCallback(MonitorCallback):
@@ -27,17 +59,28 @@ class CrossModalCallback(MonitorCallback):
     layers both callbacks watch:
 
     - ``rho``: Spearman correlation across layers between the EEG band power (``band``, default
-      gamma, absolute) of the latest analysis and the fMRI max zeta. Undefined (NaN) with fewer
-      than three common layers or a constant series; it then enters the score as the neutral 0.5.
-    - ``agreement``: over the last ``history`` EEG analysis windows, the share in which "EEG
-      flagged some layer" equals "fMRI flagged some layer in its latest check at or before that
-      window" (1 when there are no windows yet).
+      gamma, absolute) of the latest analysis and the fMRI max zeta, over the layers that have both.
+    - ``agreement``: over the last ``history`` EEG analysis windows that have an fMRI verdict (fMRI's
+      latest spatial check at or before the window), the share in which "EEG flagged some layer"
+      equals "fMRI flagged some layer".
     - ``coherence``: Jaccard overlap of the layers each modality flagged over that span (1 when
       both flag none).
 
     .. math::
         \mathrm{consistency} = \frac{(\rho + 1)/2 + \mathrm{agreement} + \mathrm{coherence}}{3}
         \in [0, 1]
+
+    **Undefined is NaN, with a reason.** ``rho`` is undefined with fewer than three layers that
+    have both an EEG band power and an fMRI zeta map, a constant series, or a NaN;
+    ``agreement`` and ``coherence`` are undefined while no recent EEG window has an fMRI verdict
+    (no EEG analysis window yet, or no fMRI spatial check at or before one); ``consistency`` is
+    undefined when any of the three is. An undefined score is NaN in :attr:`consistency`,
+    :attr:`components` and :attr:`scores` (with the reason under ``"undefined"``), a gap in the
+    consistency chart, a note under the gamma-vs-zeta table, and is **not logged**: its
+    ``cross_modal/<name>`` key is left out of that evaluation (a NaN logged as a value would read
+    as a measurement, and would stop an ``EarlyStopping(check_finite=True)`` monitoring it). One
+    warning per cause (rank zero) says which score is undefined and why. :attr:`consistency` is
+    ``None`` before the first evaluation.
 
     A *joint anomaly* is a layer flagged by both modalities within ``joint_window`` training steps
     of each other; it is checked after every training batch (host-side set operations only), gives
@@ -65,6 +108,7 @@ class CrossModalCallback(MonitorCallback):
     """
 
     source = "cross_modal"
+    config_class = CrossModalConfig
 
     def __init__(
         self,
@@ -91,7 +135,7 @@ class CrossModalCallback(MonitorCallback):
         self._eeg: Any = None
         self._fmri: Any = None
         self._joint_seen: set = set()
-        self._layout_written = False
+        self._noticed: set = set()
 
     @property
     def state_key(self) -> str:
@@ -99,9 +143,6 @@ class CrossModalCallback(MonitorCallback):
 
     # ------------------------------------------------------------------ set-up
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
-        from nn_neuroimaging_lightning.callbacks.eeg import NNEEGCallback
-        from nn_neuroimaging_lightning.callbacks.fmri import NNfMRICallback
-
         self._remember_trainer(trainer)
         eeg = [cb for cb in trainer.callbacks if isinstance(cb, NNEEGCallback)]
         fmri = [cb for cb in trainer.callbacks if isinstance(cb, NNfMRICallback)]
@@ -121,7 +162,8 @@ class CrossModalCallback(MonitorCallback):
     def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
         if self._eeg is None:
             return
-        joint = self._joint_layers(trainer.global_step)
+        since = trainer.global_step - self.joint_window
+        joint = _recent_union(self._eeg.flag_history, since) & _recent_union(self._fmri.flag_history, since)
         new = sorted(joint - self._joint_seen)
         events = [AnomalyEvent(trainer.global_step, "train", layer, "joint", 1.0, self.source, detail="flagged by NN-EEG and NN-fMRI") for layer in new]
         self._joint_seen |= joint
@@ -131,84 +173,84 @@ class CrossModalCallback(MonitorCallback):
         self._log(pl_module, "cross_modal/anomaly", float(bool(joint)), on_epoch=True, reduce_fx="max")
         self._maybe_stop(trainer, events)
 
-    def _joint_layers(self, step: int) -> FrozenSet[str]:
-        eeg = self._recent_union(self._eeg.flag_history, step - self.joint_window)
-        fmri = self._recent_union(self._fmri.flag_history, step - self.joint_window)
-        return frozenset(eeg & fmri)
-
-    @staticmethod
-    def _recent_union(history: Any, since: int) -> FrozenSet[str]:
-        out: set = set()
-        for step, layers in reversed(history):
-            if step < since:
-                break
-            out |= layers
-        return frozenset(out)
-
     # ------------------------------------------------------------------ at each zeta evaluation
     def _on_zeta(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        layers = [n for n in self._eeg.layers if n in self._fmri.zeta_max]
+        step = trainer.global_step
         power = self._eeg.band_power(self.band)
-        layers = [n for n in layers if n in power]
-        gamma = torch.tensor([power[n] for n in layers], dtype=torch.float64)
-        zeta = torch.tensor([self._fmri.zeta_max[n] for n in layers], dtype=torch.float64)
-        eeg_windows = list(self._eeg.flag_history)[-self.history :]
-        fmri_checks = list(self._fmri.flag_history)
-        eeg_flags, fmri_flags = [], []
-        for step, flagged in eeg_windows:
-            latest = next((f for s, f in reversed(fmri_checks) if s <= step), frozenset())
-            eeg_flags.append(bool(flagged))
-            fmri_flags.append(bool(latest))
-        since = eeg_windows[0][0] if eeg_windows else trainer.global_step
-        eeg_layers = self._recent_union(eeg_windows, since)
-        fmri_layers = self._recent_union(fmri_checks, since)
-        universe = sorted(set(layers) | eeg_layers | fmri_layers)
+        layers = [n for n in self._eeg.layers if n in self._fmri.zeta_max and n in power]
+        gamma = torch.tensor([power[n] for n in layers], dtype=torch.float64)  # (L,)
+        zeta = torch.tensor([self._fmri.zeta_max[n] for n in layers], dtype=torch.float64)  # (L,)
+        windows = list(self._eeg.flag_history)[-self.history :]
+        checks = list(self._fmri.flag_history)
+        paired = _paired_windows(windows, checks)
+        if paired:
+            eeg_layers = frozenset().union(*(flags for _, flags, _ in paired))
+            fmri_layers = _recent_union(checks, paired[0][0])
+            universe = sorted(set(self._eeg.layers) | eeg_layers | fmri_layers)
+        else:  # no window with both verdicts: nothing compared
+            eeg_layers = fmri_layers = frozenset()
+            universe = []
+        eeg_mask = torch.tensor([n in eeg_layers for n in universe], dtype=torch.bool)  # (L',)
+        fmri_mask = torch.tensor([n in fmri_layers for n in universe], dtype=torch.bool)  # (L',)
         self.metric.reset()
         self.metric.update(
             gamma,
             zeta,
-            torch.tensor(eeg_flags, dtype=torch.bool),
-            torch.tensor(fmri_flags, dtype=torch.bool),
-            torch.tensor([n in eeg_layers for n in universe], dtype=torch.bool),
-            torch.tensor([n in fmri_layers for n in universe], dtype=torch.bool),
+            torch.tensor([bool(e) for _, e, _ in paired], dtype=torch.bool),  # (N,)
+            torch.tensor([bool(f) for _, _, f in paired], dtype=torch.bool),  # (N,)
+            eeg_mask,
+            fmri_mask,
         )
         parts = {k: float(v) for k, v in self.metric.compute_components().items()}
-        self.consistency = parts["consistency"]
-        self.components = parts
-        joint = joint_anomalies(
-            torch.tensor([n in eeg_layers for n in universe], dtype=torch.bool),
-            torch.tensor([n in fmri_layers for n in universe], dtype=torch.bool),
-        )
-        joint_names = [n for n, j in zip(universe, joint.tolist()) if j]
-        self.scores.append({"step": trainer.global_step, **parts, "joint_anomaly": bool(joint_names), "layers": layers,
-                            "gamma": gamma.tolist(), "zeta_max": zeta.tolist()})
-        for key in ("consistency", "rho", "agreement", "coherence"):
-            value = parts.get(key, math.nan)
-            self._log(pl_module, f"cross_modal/{key}", value, on_step=False, on_epoch=True)
-        self._write_panels(trainer)
-
-    # ------------------------------------------------------------------ panels
-    def _write_panels(self, trainer: Trainer) -> None:
+        undefined = self._undefined(parts, layers, gamma, zeta, windows, checks)
+        self.consistency, self.components = parts["consistency"], parts
+        joint = [n for n, j in zip(universe, joint_anomalies(eeg_mask, fmri_mask).tolist()) if j]
+        self.scores.append({"step": step, **parts, "joint_anomaly": bool(joint), "layers": layers,
+                            "gamma": gamma.tolist(), "zeta_max": zeta.tolist(), "undefined": undefined})
+        for key, value in parts.items():
+            if not math.isnan(value):  # an undefined score is not logged as a value (class docstring)
+                self._log(pl_module, f"cross_modal/{key}", value, on_step=False, on_epoch=True)
         sink = self._panels(trainer)
-        if sink is None or not self.scores:
-            return
-        from nn_neuroimaging_lightning.panels import figures as PF
-        from nn_neuroimaging_lightning.panels import tensorboard as P
+        if sink is not None:
+            write_cross_modal_panels(sink, list(self.scores), self.band)
 
-        keys = ("consistency", "rho", "agreement", "coherence")
-        history = {k: [s.get(k, math.nan) for s in self.scores] for k in keys}
-        history["joint_anomaly"] = [s["joint_anomaly"] for s in self.scores]
-        step = trainer.global_step
-        sink.figure("cross_modal/consistency_history", PF.consistency_figure(history, steps=[s["step"] for s in self.scores]), step)
-        latest = self.scores[-1]
-        rows = [(n, g, z) for n, g, z in zip(latest["layers"], latest["gamma"], latest["zeta_max"])]
-        sink.table("cross_modal/gamma_vs_zeta", ("layer", f"EEG {self.band} power", "fMRI max zeta"), rows, step)
-        sink.flush()
+    def _undefined(self, parts: Dict[str, float], layers: List[str], gamma: torch.Tensor, zeta: torch.Tensor,
+                   windows: _History, checks: _History) -> Dict[str, str]:
+        """``{score: why}`` for the NaN scores; one warning per cause."""
+        out: Dict[str, str] = {}
+        if math.isnan(parts["rho"]):
+            rule = spearman_undefined(gamma, zeta) or "undefined on every process"
+            out["rho"] = (f"{rule} ({len(layers)} layer(s) have both an NN-EEG `{self.band}` power and an NN-fMRI "
+                          f"zeta map: {', '.join(layers) or 'none'})")
+            self._notice(f"rho: {rule}", "`rho`", out["rho"], "more layers with a zeta map (NNfMRICallback "
+                         "`zeta_layers`, its zeta budget), or later evaluations")
+        if math.isnan(parts["agreement"]) or math.isnan(parts["coherence"]):
+            if not windows:
+                cause, why = "no EEG window", "NN-EEG has no analysis window yet"
+            else:
+                cause, why = "no fMRI check", (
+                    f"NN-fMRI has no spatial check at or before NN-EEG's last {len(windows)} analysis window(s) "
+                    f"(steps {windows[0][0]}-{windows[-1][0]}; fMRI checked at steps {[s for s, _ in checks][-5:]})")
+            terms = [k for k in ("agreement", "coherence") if math.isnan(parts[k])]
+            out.update({k: why for k in terms})
+            self._notice(cause, " and ".join(f"`{k}`" for k in terms), why, "NNfMRICallback `check_every_n_steps` "
+                         "no larger than NNEEGCallback `analysis_every_n_steps`, or later evaluations")
+        if math.isnan(parts["consistency"]):
+            out["consistency"] = "a term is undefined (" + ", ".join(out) + ")"
+        return out
+
+    def _notice(self, cause: str, what: str, why: str, fix: str) -> None:
+        """Warn once per ``cause`` (rank zero) that ``what`` is undefined, why, and what would fix it."""
+        if cause in self._noticed:
+            return
+        self._noticed.add(cause)
+        rank_zero_warn(f"CrossModalCallback: {what} undefined (NaN): {why}. Until it is defined, "
+                       f"`cross_modal/consistency` is NaN too, and neither is logged. Fix: {fix}.")
 
     # ------------------------------------------------------------------ checkpointing
     def state_dict(self) -> Dict[str, Any]:
         state = super().state_dict()
-        state["scores"] = [{k: v for k, v in s.items()} for s in self.scores]
+        state["scores"] = [dict(s) for s in self.scores]
         state["consistency"] = self.consistency
         return state
 

@@ -17,6 +17,7 @@ from torch import Tensor
 from nn_neuroimaging_lightning import _validation as V
 from nn_neuroimaging_lightning._host import HostMirror
 from nn_neuroimaging_lightning.callbacks._base import AnomalyEvent, MonitorCallback
+from nn_neuroimaging_lightning.config import EEGConfig
 from nn_neuroimaging_lightning.phases import Phase, PhaseTracker
 from nn_neuroimaging_lightning.functional import anomalies as FA
 from nn_neuroimaging_lightning.functional import spectral as FS
@@ -225,6 +226,7 @@ class NNEEGCallback(MonitorCallback):
     """
 
     source = "nn_eeg"
+    config_class = EEGConfig
 
     def __init__(
         self,

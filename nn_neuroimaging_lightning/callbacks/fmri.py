@@ -16,6 +16,7 @@ from torch import Tensor, nn
 
 from nn_neuroimaging_lightning import _validation as V
 from nn_neuroimaging_lightning.callbacks._base import AnomalyEvent, MonitorCallback
+from nn_neuroimaging_lightning.config import FMRIConfig
 from nn_neuroimaging_lightning.functional.grid import (
     DEFAULT_EPS,
     DEFAULT_GRID,
@@ -249,6 +250,7 @@ class NNfMRICallback(MonitorCallback):
     """
 
     source = "nn_fmri"
+    config_class = FMRIConfig
 
     def __init__(
         self,

@@ -1,4 +1,4 @@
-"""Cross-modal agreement between NN-EEG (temporal) and NN-fMRI (spatial) findings.
+r"""Cross-modal agreement between NN-EEG (temporal) and NN-fMRI (spatial) findings.
 
 Four measures, each a pure tensor function (SPEC §4):
 
@@ -9,22 +9,49 @@ Four measures, each a pure tensor function (SPEC §4):
 
 plus :func:`joint_anomalies`, the layers both modalities flag (the strongest stop signal).
 
+**Undefined is NaN.** A term that cannot be computed is NaN, never a stand-in number, and
+:func:`consistency` is NaN whenever one of its terms is:
+
+========================  ===================================================================
+term                      NaN when
+========================  ===================================================================
+``rho``                   fewer than 3 layers (two points are always perfectly correlated, so
+                          they carry no information); either series constant across the layers
+                          (no ranking); a NaN in either series
+``agreement``             no window to compare (``N = 0``: the share of zero windows is 0/0)
+``coherence``             no layer compared (``L = 0``); 1 when layers were compared and
+                          neither modality flagged one
+``consistency``           any of the three is NaN
+========================  ===================================================================
+
+:func:`spearman_undefined` says which rule applies, in words. Which windows and layers count as
+compared is the caller's decision (the cross-modal callback compares only windows for which both
+modalities have a verdict, see :class:`~nn_neuroimaging_lightning.CrossModalCallback`).
+
 Accumulating measures follow the torchmetrics pattern: a private ``_x_update`` returns the
 sufficient statistics of one batch (sums and counts, so that DDP reduction is a plain ``sum``) and
-``_x_compute`` turns accumulated statistics into the value. Everything here is device-agnostic and
-free of host synchronisation (no ``.item()``, no data-dependent Python branching).
+``_x_compute`` turns accumulated statistics into the value; the metric classes in
+:mod:`nn_neuroimaging_lightning.metrics.cross_modal` only hold those sums. Agreement, coherence and
+the combination are free of host synchronisation; the ranking of :func:`spearman` is not
+(``torch.unique`` has a data-dependent size), which is fine for what it serves: one series of a few
+layers per zeta evaluation.
 """
 
 from __future__ import annotations
 
-from typing import Union
+from typing import Dict, Optional, Union
 
 import torch
 from torch import Tensor
+from torchmetrics.functional import pearson_corrcoef
+from torchmetrics.functional.regression.spearman import _rank_data
 
-__all__ = ["agreement", "coherence", "consistency", "joint_anomalies", "spearman"]
+__all__ = ["agreement", "coherence", "consistency", "joint_anomalies", "spearman", "spearman_undefined"]
 
 _Number = Union[float, int, Tensor]
+
+#: The fewest layers over which rho is defined.
+MIN_LAYERS = 3
 
 
 # --------------------------------------------------------------------------------------------
@@ -51,34 +78,8 @@ def _check_bool_pair(name_a: str, a: object, name_b: str, b: object) -> tuple[Te
     return a, b
 
 
-def _float_dtype(*tensors: Tensor) -> torch.dtype:
-    dtype = torch.float32
-    for t in tensors:
-        if t.dtype == torch.float64:
-            dtype = torch.float64
-    return dtype
-
-
-# --------------------------------------------------------------------------------------------
-# Spearman rank correlation
-# --------------------------------------------------------------------------------------------
-
-
-def _average_ranks(x: Tensor) -> Tensor:
-    """1-based ranks along the last dim, ties sharing their average rank.
-
-    For a handful of layers the pairwise comparison is cheaper than a sort and handles ties exactly:
-    ``rank_i = #{j: x_j < x_i} + (#{j: x_j == x_i} + 1) / 2``.
-    """
-    xi = x.unsqueeze(-1)  # (..., L, 1)
-    xj = x.unsqueeze(-2)  # (..., 1, L)
-    less = (xj < xi).sum(-1)  # (..., L)
-    equal = (xj == xi).sum(-1)  # (..., L), includes self
-    return less.to(x.dtype) + (equal.to(x.dtype) + 1.0) / 2.0
-
-
-def _spearman_rho(x: Tensor, y: Tensor) -> Tensor:
-    """Spearman's rho along the last dim; NaN where undefined. Shapes (..., L) -> (...)."""
+def _check_series(x: object, y: object) -> tuple[Tensor, Tensor]:
+    """``x``, ``y`` as real tensors of one shape ``(..., L)``, in float64 if either is, else float32."""
     x = _check_tensor("x", x)
     y = _check_tensor("y", y)
     if x.dtype == torch.bool or y.dtype == torch.bool or x.is_complex() or y.is_complex():
@@ -88,24 +89,60 @@ def _spearman_rho(x: Tensor, y: Tensor) -> Tensor:
             "`x` and `y` must have the same shape (..., L) with at least one dim, "
             f"got {tuple(x.shape)} and {tuple(y.shape)}."
         )
-    dtype = _float_dtype(x, y)
-    x = x.to(dtype)
-    y = y.to(dtype)
+    dtype = torch.float64 if torch.float64 in (x.dtype, y.dtype) else torch.float32
+    return x.to(dtype), y.to(dtype)
+
+
+def _ratio(num: Tensor, den: Tensor, empty: float) -> Tensor:
+    """``num / den``, and ``empty`` where ``den`` is 0 (float, in ``num``'s float dtype or the default)."""
+    dtype = num.dtype if num.is_floating_point() else torch.get_default_dtype()
+    n, d = num.to(dtype), den.to(dtype)
+    return torch.where(d > 0, n / d.clamp(min=1.0), torch.full_like(d, empty))
+
+
+# --------------------------------------------------------------------------------------------
+# Spearman rank correlation
+# --------------------------------------------------------------------------------------------
+
+
+def _undefined_masks(x: Tensor, y: Tensor) -> Dict[str, Tensor]:
+    """The rules that make rho undefined, each a ``(...)`` bool mask over ``(..., L)`` series."""
     n_layers = x.shape[-1]
-    if n_layers < 3:
-        # Two points are always perfectly (anti-)correlated: no information, so undefined.
-        return torch.full(x.shape[:-1], float("nan"), dtype=dtype, device=x.device)
-    rx = _average_ranks(x)
-    ry = _average_ranks(y)
-    rx = rx - rx.mean(-1, keepdim=True)
-    ry = ry - ry.mean(-1, keepdim=True)
-    cov = (rx * ry).sum(-1)  # (...)
-    var = (rx * rx).sum(-1) * (ry * ry).sum(-1)  # (...)
-    # Ranks of a non-constant series differ by >= 0.5, so var is exactly 0 only for a constant one.
-    defined = (var > 0) & ~(torch.isnan(x).any(-1) | torch.isnan(y).any(-1))
-    rho = cov / torch.where(defined, var, torch.ones_like(var)).sqrt()
-    rho = rho.clamp(-1.0, 1.0)
-    return torch.where(defined, rho, torch.full_like(rho, float("nan")))
+    batch = x.shape[:-1]
+    few = torch.full(batch, n_layers < MIN_LAYERS, dtype=torch.bool, device=x.device)
+    nan = torch.isnan(x).any(-1) | torch.isnan(y).any(-1)
+    if n_layers == 0:
+        constant = torch.zeros(batch, dtype=torch.bool, device=x.device)
+    else:
+        constant = (x == x[..., :1]).all(-1) | (y == y[..., :1]).all(-1)
+    return {
+        f"fewer than {MIN_LAYERS} layers": few,
+        "a series holds NaN": nan,
+        "a series is constant across the layers": constant,
+    }
+
+
+def _spearman_rho(x: Tensor, y: Tensor) -> Tensor:
+    """Spearman's rho along the last dim; NaN where undefined. Shapes (..., L) -> (...)."""
+    x, y = _check_series(x, y)
+    batch, n_layers = x.shape[:-1], x.shape[-1]
+    undefined = torch.stack(list(_undefined_masks(x, y).values())).any(0)  # (...)
+    if n_layers < MIN_LAYERS:
+        return torch.full(batch, float("nan"), dtype=x.dtype, device=x.device)
+    rows_x, rows_y = x.reshape(-1, n_layers), y.reshape(-1, n_layers)  # (B, L)
+    # Undefined rows get a stand-in series so that torchmetrics never sees a NaN or a zero
+    # variance (it would warn); their rho is replaced by NaN below.
+    stand_in = torch.arange(n_layers, dtype=x.dtype, device=x.device).expand_as(rows_x)
+    bad = undefined.reshape(-1, 1)
+    rows_x = torch.where(bad, stand_in, rows_x)
+    rows_y = torch.where(bad, stand_in, rows_y)
+    # torchmetrics' tie-averaging ranks, correlated in the inputs' dtype: its `spearman_corrcoef`
+    # ranks in float32 and adds 1e-6 to the denominator (up to 1.5e-6 off scipy, and 0 instead of
+    # undefined for a constant series), so the two steps are taken here.
+    ranks_x = torch.stack([_rank_data(r) for r in rows_x]).to(x.dtype)  # (B, L)
+    ranks_y = torch.stack([_rank_data(r) for r in rows_y]).to(x.dtype)  # (B, L)
+    rho = pearson_corrcoef(ranks_x.T, ranks_y.T).reshape(batch)  # one rho per series pair
+    return torch.where(undefined, torch.full_like(rho, float("nan")), rho.clamp(-1.0, 1.0))
 
 
 def _spearman_update(x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
@@ -133,8 +170,7 @@ def _spearman_compute(rho_sum: Tensor, n_defined: Tensor) -> Tensor:
         >>> _spearman_compute(rho_sum, n)
         tensor(-1.)
     """
-    n = n_defined.to(rho_sum.dtype)
-    return torch.where(n > 0, rho_sum / n.clamp(min=1.0), torch.full_like(rho_sum, float("nan")))
+    return _ratio(rho_sum, n_defined, float("nan"))
 
 
 def spearman(x: Tensor, y: Tensor) -> Tensor:
@@ -143,13 +179,13 @@ def spearman(x: Tensor, y: Tensor) -> Tensor:
     .. math:: \rho = \frac{\sum_l (r_l - \bar r)(s_l - \bar s)}
         {\sqrt{\sum_l (r_l - \bar r)^2 \, \sum_l (s_l - \bar s)^2}}
 
-    with :math:`r, s` the (average) ranks of ``x`` and ``y`` along the last dim; this equals
-    ``scipy.stats.spearmanr`` including ties.
+    with :math:`r, s` the (average) ranks of ``x`` and ``y`` along the last dim: torchmetrics'
+    ranking and Pearson correlation, in the inputs' dtype; this equals ``scipy.stats.spearmanr``
+    including ties (to 1e-12 in float64).
 
-    rho is undefined — returned as NaN, never raised — when there are fewer than three layers
-    (two points are always perfectly correlated, so they carry no information), when either series
-    is constant (no ranking), or when either holds a NaN. ``±inf`` are ordinary, orderable values.
-    :func:`consistency` maps an undefined rho to the neutral ``rho' = 0.5``.
+    rho is undefined — returned as NaN, never raised — when there are fewer than three layers,
+    when either series is constant, or when either holds a NaN (:func:`spearman_undefined` says
+    which). ``±inf`` are ordinary, orderable values.
 
     Args:
         x: ``(..., L)`` real tensor, e.g. EEG gamma power per layer.
@@ -173,6 +209,34 @@ def spearman(x: Tensor, y: Tensor) -> Tensor:
     return _spearman_rho(x, y)
 
 
+def spearman_undefined(x: Tensor, y: Tensor) -> Optional[str]:
+    """Why :func:`spearman` of one pair of ``(L,)`` series is undefined, or ``None`` if it is defined.
+
+    Args:
+        x: ``(L,)`` real tensor.
+        y: ``(L,)`` real tensor.
+
+    Returns:
+        The first rule that applies, in words (``"fewer than 3 layers"``, ``"a series holds NaN"``,
+        ``"a series is constant across the layers"``), or ``None``.
+
+    Raises:
+        TypeError: If ``x`` or ``y`` is not a real-valued tensor.
+        ValueError: If the shapes differ or are not ``(L,)``.
+
+    Example::
+
+        >>> spearman_undefined(torch.tensor([1.0, 2.0]), torch.tensor([2.0, 1.0]))
+        'fewer than 3 layers'
+        >>> spearman_undefined(torch.tensor([1.0, 2.0, 3.0]), torch.tensor([2.0, 1.0, 0.0])) is None
+        True
+    """
+    x, y = _check_series(x, y)
+    if x.ndim != 1:
+        raise ValueError(f"`x` and `y` must be one series each, shape (L,), got {tuple(x.shape)}.")
+    return next((rule for rule, mask in _undefined_masks(x, y).items() if bool(mask)), None)
+
+
 # --------------------------------------------------------------------------------------------
 # flag agreement over windows
 # --------------------------------------------------------------------------------------------
@@ -187,18 +251,16 @@ def _agreement_update(eeg_flags: Tensor, fmri_flags: Tensor) -> tuple[Tensor, Te
 
 
 def _agreement_compute(n_agree: Tensor, n_windows: Tensor) -> Tensor:
-    """``n_agree / n_windows``, and 1.0 when there were no windows (nothing disagrees).
+    """``n_agree / n_windows``, and NaN when there was no window (undefined).
 
     Example::
 
         >>> _agreement_compute(torch.tensor(3), torch.tensor(4))
         tensor(0.7500)
         >>> _agreement_compute(torch.tensor(0), torch.tensor(0))
-        tensor(1.)
+        tensor(nan)
     """
-    n = n_windows.to(torch.get_default_dtype() if not n_agree.is_floating_point() else n_agree.dtype)
-    a = n_agree.to(n.dtype)
-    return torch.where(n > 0, a / n.clamp(min=1.0), torch.ones_like(n))
+    return _ratio(n_agree, n_windows, float("nan"))
 
 
 def agreement(eeg_flags: Tensor, fmri_flags: Tensor) -> Tensor:
@@ -209,15 +271,14 @@ def agreement(eeg_flags: Tensor, fmri_flags: Tensor) -> Tensor:
 
     .. math:: \mathrm{agreement} = \frac{1}{N} \sum_{n=1}^{N} [e_n = f_n]
 
-    With no window (``N = 0``) the result is 1.0: nothing disagrees, and a neutral-but-finite value
-    keeps :func:`consistency` NaN-free at the start of a run.
+    With no window (``N = 0``) the share is undefined: NaN.
 
     Args:
         eeg_flags: ``(N,)`` (or any shape) bool tensor, True where EEG flagged the window.
         fmri_flags: bool tensor of the same shape, True where fMRI flagged the window.
 
     Returns:
-        Scalar float tensor in ``[0, 1]`` on the inputs' device.
+        Scalar float tensor in ``[0, 1]`` (NaN without windows) on the inputs' device.
 
     Raises:
         TypeError: If a flag tensor is not a bool tensor.
@@ -236,23 +297,25 @@ def agreement(eeg_flags: Tensor, fmri_flags: Tensor) -> Tensor:
 # --------------------------------------------------------------------------------------------
 
 
-def _coherence_update(eeg_layers: Tensor, fmri_layers: Tensor) -> tuple[Tensor, Tensor]:
-    """Size of the intersection and of the union of the flagged layers (int64 scalars)."""
+def _coherence_update(eeg_layers: Tensor, fmri_layers: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Sizes of the intersection and of the union of the flagged layers, and how many layers were compared."""
     eeg_layers, fmri_layers = _check_bool_pair("eeg_layers", eeg_layers, "fmri_layers", fmri_layers)
-    return (eeg_layers & fmri_layers).sum(), (eeg_layers | fmri_layers).sum()
+    n_layers = torch.tensor(eeg_layers.numel(), dtype=torch.int64, device=eeg_layers.device)
+    return (eeg_layers & fmri_layers).sum(), (eeg_layers | fmri_layers).sum(), n_layers
 
 
-def _coherence_compute(intersection: Tensor, union: Tensor) -> Tensor:
-    """``intersection / union``, and 1.0 when the union is empty (both flag nothing).
+def _coherence_compute(intersection: Tensor, union: Tensor, n_layers: Tensor) -> Tensor:
+    """``intersection / union``; 1.0 when the union is empty (both flag nothing); NaN when no layer was compared.
 
     Example::
 
-        >>> _coherence_compute(torch.tensor(1), torch.tensor(3))
+        >>> _coherence_compute(torch.tensor(1), torch.tensor(3), torch.tensor(4))
         tensor(0.3333)
+        >>> _coherence_compute(torch.tensor(0), torch.tensor(0), torch.tensor(0))
+        tensor(nan)
     """
-    u = union.to(torch.get_default_dtype() if not union.is_floating_point() else union.dtype)
-    i = intersection.to(u.dtype)
-    return torch.where(u > 0, i / u.clamp(min=1.0), torch.ones_like(u))
+    jaccard = _ratio(intersection, union, 1.0)
+    return torch.where(n_layers > 0, jaccard, torch.full_like(jaccard, float("nan")))
 
 
 def coherence(eeg_layers: Tensor, fmri_layers: Tensor) -> Tensor:
@@ -260,13 +323,15 @@ def coherence(eeg_layers: Tensor, fmri_layers: Tensor) -> Tensor:
 
     .. math:: \mathrm{coherence} = \frac{|E \cap F|}{|E \cup F|}, \quad 1 \text{ if } E \cup F = \emptyset
 
+    Over zero layers (``L = 0``) nothing was compared: NaN.
+
     Args:
         eeg_layers: ``(L,)`` bool tensor, True for layers NN-EEG flags.
         fmri_layers: ``(L,)`` bool tensor, True for layers NN-fMRI flags (same layer order).
             Any matching shape is accepted; all elements are pooled.
 
     Returns:
-        Scalar float tensor in ``[0, 1]`` on the inputs' device.
+        Scalar float tensor in ``[0, 1]`` (NaN over zero layers) on the inputs' device.
 
     Raises:
         TypeError: If a flag tensor is not a bool tensor.
@@ -313,20 +378,15 @@ def joint_anomalies(eeg_layers: Tensor, fmri_layers: Tensor) -> Tensor:
 
 
 def consistency(rho: _Number, agreement: _Number, coherence: _Number) -> Tensor:
-    r"""Cross-modal consistency score in ``[0, 1]``.
+    r"""Cross-modal consistency score in ``[0, 1]``, NaN when a term is undefined.
 
     .. math:: \mathrm{consistency} = \frac{1}{3}\left(\frac{\rho + 1}{2} + \mathrm{agreement}
         + \mathrm{coherence}\right)
 
     The seed averages rho itself, which lies in ``[-1, 1]``; here ``rho' = (rho + 1) / 2`` so that
-    every term, and the score, lies in ``[0, 1]``. Robustness decisions (so the score is always a
-    number in ``[0, 1]``):
-
-    - an undefined rho (NaN: fewer than three layers, a constant series) counts as the neutral
-      ``rho' = 0.5`` — neither agreement nor disagreement between the modalities;
-    - a NaN ``agreement`` or ``coherence`` likewise counts as 0.5;
-    - out-of-range values (including ``±inf``) are clamped: rho to ``[-1, 1]``, the others to
-      ``[0, 1]``.
+    every term, and the score, lies in ``[0, 1]``. A NaN term (undefined: see the module
+    docstring) makes the score NaN: there is no neutral stand-in. Out-of-range values (including
+    ``±inf``) are clamped: rho to ``[-1, 1]``, the others to ``[0, 1]``.
 
     Args:
         rho: Spearman rho (tensor of any shape, or a Python number), e.g. from :func:`spearman`.
@@ -334,7 +394,7 @@ def consistency(rho: _Number, agreement: _Number, coherence: _Number) -> Tensor:
         coherence: layer coherence in ``[0, 1]``, e.g. from :func:`coherence`.
 
     Returns:
-        Float tensor of the broadcast shape, in ``[0, 1]``, on the device of the tensor inputs.
+        Float tensor of the broadcast shape, in ``[0, 1]`` or NaN, on the device of the tensor inputs.
 
     Raises:
         TypeError: If an argument is neither a tensor nor a real number.
@@ -343,8 +403,8 @@ def consistency(rho: _Number, agreement: _Number, coherence: _Number) -> Tensor:
 
         >>> consistency(torch.tensor(1.0), torch.tensor(1.0), torch.tensor(1.0))
         tensor(1.)
-        >>> consistency(torch.tensor(float("nan")), 0.5, 1 / 3)  # rho undefined -> rho' = 0.5
-        tensor(0.4444)
+        >>> consistency(torch.tensor(float("nan")), 0.5, 1 / 3)  # rho undefined
+        tensor(nan)
     """
     args = {"rho": rho, "agreement": agreement, "coherence": coherence}
     device = None
@@ -359,8 +419,40 @@ def consistency(rho: _Number, agreement: _Number, coherence: _Number) -> Tensor:
         elif isinstance(value, bool) or not isinstance(value, (int, float)):
             raise TypeError(f"`{name}` must be a tensor or a real number, got {type(value).__name__}.")
     r, a, c = (torch.as_tensor(v, device=device).to(dtype) for v in args.values())
-    neutral = torch.tensor(0.5, dtype=dtype, device=device)
-    r = torch.where(torch.isnan(r), neutral, (r.clamp(-1.0, 1.0) + 1.0) / 2.0)
-    a = torch.where(torch.isnan(a), neutral, a.clamp(0.0, 1.0))
-    c = torch.where(torch.isnan(c), neutral, c.clamp(0.0, 1.0))
-    return ((r + a + c) / 3.0).clamp(0.0, 1.0)
+    # clamp keeps NaN, so an undefined term stays NaN through the sum
+    return (((r.clamp(-1.0, 1.0) + 1.0) / 2.0 + a.clamp(0.0, 1.0) + c.clamp(0.0, 1.0)) / 3.0).clamp(0.0, 1.0)
+
+
+# --------------------------------------------------------------------------------------------
+# one evaluation: the three terms' sufficient statistics together
+# --------------------------------------------------------------------------------------------
+
+
+def _consistency_update(
+    gamma: Tensor, zeta_max: Tensor, eeg_flags: Tensor, fmri_flags: Tensor, eeg_layers: Tensor, fmri_layers: Tensor
+) -> tuple[Tensor, ...]:
+    """The sums of :func:`_spearman_update`, :func:`_agreement_update` and :func:`_coherence_update`, in that order."""
+    return (
+        *_spearman_update(gamma, zeta_max),
+        *_agreement_update(eeg_flags, fmri_flags),
+        *_coherence_update(eeg_layers, fmri_layers),
+    )
+
+
+def _consistency_compute(
+    rho_sum: Tensor, n_defined: Tensor, n_agree: Tensor, n_windows: Tensor, intersection: Tensor, union: Tensor, n_layers: Tensor
+) -> Dict[str, Tensor]:
+    """``{"consistency", "rho", "agreement", "coherence"}`` from the sums of :func:`_consistency_update`.
+
+    Example::
+
+        >>> sums = _consistency_update(torch.tensor([1., 2., 3.]), torch.tensor([1., 3., 2.]),
+        ...                            torch.tensor([True]), torch.tensor([True]),
+        ...                            torch.tensor([True, False]), torch.tensor([True, True]))
+        >>> {k: round(float(v), 4) for k, v in _consistency_compute(*sums).items()}
+        {'consistency': 0.75, 'rho': 0.5, 'agreement': 1.0, 'coherence': 0.5}
+    """
+    rho = _spearman_compute(rho_sum, n_defined).to(torch.get_default_dtype())
+    agree = _agreement_compute(n_agree, n_windows)
+    coh = _coherence_compute(intersection, union, n_layers)
+    return {"consistency": consistency(rho, agree, coh), "rho": rho, "agreement": agree, "coherence": coh}

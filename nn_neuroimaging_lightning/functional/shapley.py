@@ -16,10 +16,10 @@ from __future__ import annotations
 
 import math
 import operator
-import statistics
 from typing import Callable, NamedTuple, Optional, Sequence, Union
 
 import torch
+from scipy.stats import t as student_t
 from torch import Tensor
 
 __all__ = [
@@ -190,34 +190,11 @@ def exact_shapley(
 
 
 # --------------------------------------------------------------------------------------------
-# Student-t quantile (pure Python: the functional layer does not import scipy)
-
-
-def _t_two_sided_cdf(t: float, df: int) -> float:
-    """P(|T| <= t) for Student's t with integer ``df`` (Abramowitz & Stegun 26.7.3/26.7.4)."""
-    theta = math.atan(t / math.sqrt(df))
-    c2 = math.cos(theta) ** 2
-    s = math.sin(theta)
-    if df % 2 == 1:
-        if df == 1:
-            return 2.0 * theta / math.pi
-        term, acc = 1.0, 1.0
-        for k in range(1, (df - 3) // 2 + 1):  # terms (2*4*...*2k)/(1*3*...*(2k+1)) cos^{2k}
-            term *= (2.0 * k) / (2.0 * k + 1.0) * c2
-            acc += term
-        return 2.0 / math.pi * (theta + s * math.cos(theta) * acc)
-    term, acc = 1.0, 1.0
-    for k in range(1, (df - 2) // 2 + 1):  # terms (1*3*...*(2k-1))/(2*4*...*2k) cos^{2k}
-        term *= (2.0 * k - 1.0) / (2.0 * k) * c2
-        acc += term
-    return s * acc
+# Student-t quantile
 
 
 def t_quantile(p: float, df: int) -> float:
-    """Quantile ``p`` of Student's t with ``df`` degrees of freedom (df >= 1, integer).
-
-    Exact closed forms for df 1 and 2; otherwise a Cornish-Fisher start refined by Newton steps on
-    the exact integer-df CDF (df <= 1000), or the Cornish-Fisher value alone (df > 1000, error < 1e-9).
+    """Quantile ``p`` of Student's t with ``df`` degrees of freedom (df >= 1, integer): ``scipy.stats.t.ppf``.
 
     Example::
 
@@ -227,34 +204,7 @@ def t_quantile(p: float, df: int) -> float:
     df = _check_int("df", df, 1)
     if not 0.0 < p < 1.0:
         raise ValueError(f"`p` must be in (0, 1), got {p!r}.")
-    if p == 0.5:
-        return 0.0
-    if p < 0.5:
-        return -t_quantile(1.0 - p, df)
-    if df == 1:
-        return math.tan(math.pi * (p - 0.5))
-    if df == 2:
-        return (2.0 * p - 1.0) / math.sqrt(2.0 * p * (1.0 - p))
-    x = statistics.NormalDist().inv_cdf(p)
-    v = float(df)
-    t = (
-        x
-        + (x**3 + x) / (4 * v)
-        + (5 * x**5 + 16 * x**3 + 3 * x) / (96 * v**2)
-        + (3 * x**7 + 19 * x**5 + 17 * x**3 - 15 * x) / (384 * v**3)
-        + (79 * x**9 + 776 * x**7 + 1482 * x**5 - 1920 * x**3 - 945 * x) / (92160 * v**4)
-    )
-    if df > 1000:
-        return t
-    target = 2.0 * p - 1.0  # two-sided coverage
-    log_c = math.lgamma((v + 1) / 2) - math.lgamma(v / 2) - 0.5 * math.log(v * math.pi)
-    for _ in range(50):
-        pdf = math.exp(log_c - (v + 1) / 2 * math.log1p(t * t / v))
-        step = (_t_two_sided_cdf(t, df) - target) / (2.0 * pdf)
-        t -= step
-        if abs(step) < 1e-13 * max(1.0, abs(t)):
-            break
-    return t
+    return float(student_t.ppf(p, df))
 
 
 # --------------------------------------------------------------------------------------------

@@ -430,13 +430,13 @@ def test_from_config_yaml_and_config_is_one_to_one():
     import dataclasses
     import inspect
 
-    from nn_neuroimaging_lightning.config import PYTHON_ONLY, EEGConfig
+    from nn_neuroimaging_lightning.config import EEGConfig, python_only
 
     eeg = NNEEGCallback.from_config(CONFIG)
     assert eeg.stop_on == ("non_finite", "explosion") and eeg.window == 128 and eeg.nperseg == 64
     params = [p for p in inspect.signature(NNEEGCallback.__init__).parameters if p != "self"]
     fields = [f.name for f in dataclasses.fields(EEGConfig)]
-    assert sorted(fields + list(PYTHON_ONLY["NNEEGCallback"])) == sorted(params)
+    assert sorted(fields + list(python_only(NNEEGCallback))) == sorted(params)
     defaults = {p: v.default for p, v in inspect.signature(NNEEGCallback.__init__).parameters.items() if p != "self"}
     for f in dataclasses.fields(EEGConfig):
         default = f.default_factory() if f.default is dataclasses.MISSING else f.default

@@ -216,7 +216,7 @@ def test_unknown_yaml_key_lists_the_allowed_keys(tmp_path, cls: type, cfg: type)
     assert "`windw`" in msg and "64" in msg and str(path) in msg
     for f in dataclasses.fields(cfg):
         assert f.name in msg
-    assert set(f.name for f in dataclasses.fields(cfg)) | set(C.PYTHON_ONLY[cls.__name__]) == set(
+    assert set(f.name for f in dataclasses.fields(cfg)) | set(C.python_only(cls)) == set(
         n for n in inspect.signature(cls.__init__).parameters if n != "self"), "YAML keys and constructor arguments differ"
 
 
@@ -426,8 +426,11 @@ def test_shapley_nan_game_does_not_crash() -> None:
 
 @FUZZ
 @given(st.one_of(st.floats(-1, 1), SPECIAL), st.one_of(st.floats(0, 1), SPECIAL), st.one_of(st.floats(0, 1), SPECIAL))
-def test_fuzz_consistency_is_always_in_unit_interval(rho, agreement, coherence) -> None:
+def test_fuzz_consistency_is_in_unit_interval_or_nan_for_an_undefined_term(rho, agreement, coherence) -> None:
     c = consistency(torch.tensor(rho), torch.tensor(agreement), torch.tensor(coherence))
+    if any(math.isnan(v) for v in (rho, agreement, coherence)):  # issue 13: undefined is NaN, not 0.5
+        assert torch.isnan(c)
+        return
     assert torch.isfinite(c) and 0.0 <= float(c) <= 1.0
     if -1 <= rho <= 1 and 0 <= agreement <= 1 and 0 <= coherence <= 1:
         assert abs(float(c) - ((rho + 1) / 2 + agreement + coherence) / 3) < 1e-6

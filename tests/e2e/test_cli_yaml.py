@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -47,7 +48,10 @@ def test_lightning_cli_builds_the_callbacks_from_yaml_and_fits(tmp_path, monkeyp
     assert fmri.zeta_layers == ["model.fc1"] and set(fmri.zeta) == {"model.fc1"}
     assert tuple(fmri.zeta["model.fc1"].scores.shape) == (2,)  # (B, F) layer: g_c = 2 groups
     assert tuple(fmri.density["model.conv1"].shape) == (2, 2, 2)
-    assert xm.consistency is not None and 0.0 <= xm.consistency <= 1.0
+    # zeta on fc1 only: rho over one layer is undefined, so consistency is NaN (issue 13 changed the
+    # rule; it was 0.833 with a neutral rho) and the score says why.
+    assert xm.consistency is not None and math.isnan(xm.consistency)
+    assert xm.scores[-1]["undefined"]["rho"].startswith("fewer than 3 layers (1 layer(s)")
     # Band powers go to the logger directly (one `log_metrics` call per analysis): read them back.
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import glob
 import json
+import math
 import os
 from collections import Counter
 from datetime import timedelta
@@ -108,6 +109,7 @@ class RankReport(Callback):
             "zeta_evaluations": fmri.zeta_evaluations,
             "zeta_layers": sorted(fmri.zeta),
             "consistency": cross.consistency,
+            "undefined": cross.scores[-1]["undefined"] if cross.scores else None,
             "samples": eeg._ring.total,
             # the step whose forward produced each non-finite event (EEG), oldest first
             "non_finite_steps": [e.step for e in eeg.events if e.kind == "non_finite"],
@@ -153,7 +155,11 @@ def test_ddp_spawn_completes_and_only_rank_zero_writes(tmp_path: Any) -> None:
         assert r["rank"] == rank and r["world_size"] == 2
         assert r["global_step"] == 2 * STEPS_PER_EPOCH and not r["should_stop"]
         assert r["zeta_evaluations"] == 2 and len(r["zeta_layers"]) == 3  # permutations split and merged
-        assert r["consistency"] is not None and 0.0 <= r["consistency"] <= 1.0
+        # Each rank holds fewer than `nperseg` (64) EEG samples, so NN-EEG has no band power yet and
+        # rho is over zero common layers. Issue 13 changed the rule: that is NaN with a reason, the
+        # same on both ranks (the metric's state is synced), not 0.833 from a neutral rho.
+        assert r["consistency"] is not None and math.isnan(r["consistency"])
+        assert r["undefined"]["rho"].startswith("fewer than 3 layers (0 layer(s)"), r["undefined"]
         assert r["kinds"].get("nn_eeg/non_finite", 0) >= 1
         assert r["samples"] >= 2 * (STEPS_PER_EPOCH + 4)
     assert r0["zeta_layers"] == r1["zeta_layers"]

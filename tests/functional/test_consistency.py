@@ -19,6 +19,7 @@ from nn_neuroimaging_lightning.functional.consistency import (
     consistency,
     joint_anomalies,
     spearman,
+    spearman_undefined,
 )
 
 
@@ -88,6 +89,46 @@ def test_spearman_undefined_is_nan(x, y):
     assert torch.isnan(spearman(torch.tensor(x), torch.tensor(y)))
 
 
+@pytest.mark.parametrize(
+    ("x", "y", "reason"),
+    [
+        ([1.0, 2.0], [2.0, 1.0], "fewer than 3 layers"),
+        ([], [], "fewer than 3 layers"),
+        ([1.0, float("nan"), 3.0], [1.0, 2.0, 3.0], "a series holds NaN"),
+        ([1.0, 1.0, 1.0], [1.0, 2.0, 3.0], "a series is constant across the layers"),
+        ([1.0, 2.0, 3.0], [4.0, 4.0, 4.0], "a series is constant across the layers"),
+        ([float("inf")] * 3, [1.0, 2.0, 3.0], "a series is constant across the layers"),
+        ([1.0, 2.0, 2.0], [3.0, 1.0, 2.0], None),
+    ],
+)
+def test_spearman_undefined_names_the_rule_and_agrees_with_scipy(x, y, reason):
+    # scipy is the independent reference of when rho is undefined: NaN for constant input (with a
+    # warning), and a NaN anywhere propagates; with 2 points scipy returns +-1, which we call
+    # undefined by rule (two points carry no information), so those rows are checked by rule only.
+    import warnings
+
+    tx, ty = torch.tensor(x, dtype=torch.float64), torch.tensor(y, dtype=torch.float64)
+    assert spearman_undefined(tx, ty) == reason
+    got = spearman(tx, ty).item()
+    assert math.isnan(got) == (reason is not None)
+    if len(x) >= 3:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ref = spearmanr(x, y).statistic
+        assert math.isnan(ref) == math.isnan(got)
+        if not math.isnan(ref):
+            assert got == pytest.approx(ref, abs=1e-12)
+
+
+def test_spearman_batched_with_undefined_rows_keeps_the_defined_ones():
+    x = torch.tensor([[1.0, 2.0, 3.0, 4.0], [5.0, 5.0, 5.0, 5.0], [1.0, float("nan"), 0.0, 2.0], [4.0, 1.0, 1.0, 3.0]], dtype=torch.float64)
+    y = torch.tensor([[2.0, 1.0, 4.0, 3.0], [1.0, 2.0, 3.0, 4.0], [1.0, 2.0, 3.0, 4.0], [1.0, 2.0, 2.0, 0.0]], dtype=torch.float64)
+    rho = spearman(x, y)
+    assert torch.isnan(rho[1]) and torch.isnan(rho[2])
+    for i in (0, 3):
+        assert rho[i].item() == pytest.approx(spearmanr(x[i].numpy(), y[i].numpy()).statistic, abs=1e-12)
+
+
 def test_spearman_update_compute_skips_undefined():
     x = torch.tensor([[1.0, 2.0, 3.0], [1.0, 2.0, 3.0], [1.0, 1.0, 1.0]])
     y = torch.tensor([[1.0, 2.0, 3.0], [3.0, 1.0, 2.0], [1.0, 2.0, 3.0]])
@@ -107,11 +148,12 @@ def test_spearman_update_compute_skips_undefined():
         (_b(True, False, True), _b(False, True, False), 0.0),  # none
         (_b(True, False, False, True), _b(True, False, True, False), 0.5),
         (_b(False, False), _b(False, False), 1.0),
-        (_b(), _b(), 1.0),  # no window: nothing disagrees
+        (_b(), _b(), math.nan),  # no window: undefined (was 1.0 before issue 13 made undefined NaN)
     ],
 )
 def test_agreement_known_values(eeg, fmri, expected):
-    assert agreement(eeg, fmri).item() == pytest.approx(expected)
+    got = agreement(eeg, fmri).item()
+    assert math.isnan(got) if math.isnan(expected) else got == pytest.approx(expected)
 
 
 def test_agreement_update_compute_pools_counts():
@@ -129,12 +171,16 @@ def test_agreement_update_compute_pools_counts():
         (_b(True, False, True), _b(True, False, True), 1.0),
         (_b(False, False, False), _b(False, False, False), 1.0),  # both flag none
         (_b(True, True, False, False), _b(False, True, True, False), 1 / 3),
+        (_b(), _b(), math.nan),  # no layer compared: undefined
     ],
 )
 def test_coherence_known_values(eeg, fmri, expected):
-    assert coherence(eeg, fmri).item() == pytest.approx(expected)
-    i, u = _coherence_update(eeg, fmri)
-    assert _coherence_compute(i, u).item() == pytest.approx(expected)
+    got = coherence(eeg, fmri).item()
+    assert math.isnan(got) if math.isnan(expected) else got == pytest.approx(expected)
+    i, u, n = _coherence_update(eeg, fmri)
+    assert n.item() == eeg.numel()
+    got = _coherence_compute(i, u, n).item()
+    assert math.isnan(got) if math.isnan(expected) else got == pytest.approx(expected)
 
 
 @settings(max_examples=40, deadline=None)
@@ -144,13 +190,16 @@ def test_coherence_and_joint_against_sets(flags):
     e, f = flags
     set_e = {i for i, v in enumerate(e) if v}
     set_f = {i for i, v in enumerate(f) if v}
-    expected = len(set_e & set_f) / len(set_e | set_f) if set_e | set_f else 1.0
+    # Over zero layers / windows nothing was compared: NaN (issue 13: undefined is NaN, not 1.0).
+    expected = (len(set_e & set_f) / len(set_e | set_f) if set_e | set_f else 1.0) if e else math.nan
     te, tf = torch.tensor(e, dtype=torch.bool), torch.tensor(f, dtype=torch.bool)
-    assert coherence(te, tf).item() == pytest.approx(expected)
+    got = coherence(te, tf).item()
+    assert math.isnan(got) if not e else got == pytest.approx(expected)
     joint = joint_anomalies(te, tf)
     assert {i for i, v in enumerate(joint.tolist()) if v} == set_e & set_f
-    expected_agree = sum(a == b for a, b in zip(e, f)) / len(e) if e else 1.0
-    assert agreement(te, tf).item() == pytest.approx(expected_agree)
+    expected_agree = sum(a == b for a, b in zip(e, f)) / len(e) if e else math.nan
+    got = agreement(te, tf).item()
+    assert math.isnan(got) if not e else got == pytest.approx(expected_agree)
 
 
 def test_joint_anomalies_known():
@@ -169,18 +218,23 @@ def test_joint_anomalies_known():
         (-1.0, 0.0, 0.0, 0.0),
         (0.0, 0.5, 1 / 3, (0.5 + 0.5 + 1 / 3) / 3),
         (0.4, 0.9, 0.2, (0.7 + 0.9 + 0.2) / 3),
-        (float("nan"), 1.0, 1.0, (0.5 + 1.0 + 1.0) / 3),  # rho undefined -> rho' = 0.5
+        # Issue 13 changed the rule: an undefined term makes the score NaN (it was the neutral
+        # rho' = 0.5, giving 0.833 here).
+        (float("nan"), 1.0, 1.0, math.nan),
+        (0.2, float("nan"), 1.0, math.nan),
+        (0.2, 1.0, float("nan"), math.nan),
     ],
 )
 def test_consistency_known_values(rho, agree, coh, expected):
-    assert consistency(torch.tensor(rho), torch.tensor(agree), torch.tensor(coh)).item() == pytest.approx(expected)
-    assert consistency(rho, agree, coh).item() == pytest.approx(expected)
+    for got in (consistency(torch.tensor(rho), torch.tensor(agree), torch.tensor(coh)).item(), consistency(rho, agree, coh).item()):
+        assert math.isnan(got) if math.isnan(expected) else got == pytest.approx(expected)
 
 
-def test_consistency_with_fewer_than_three_layers_uses_neutral_rho():
+def test_consistency_with_fewer_than_three_layers_is_nan():
+    # Was (0.5 + 1 + 1) / 3 = 0.833 with the neutral rho; issue 13: undefined is NaN.
     rho = spearman(torch.tensor([1.0, 2.0]), torch.tensor([2.0, 1.0]))
     score = consistency(rho, agreement(_b(True, False), _b(True, False)), coherence(_b(True, False), _b(True, False)))
-    assert score.item() == pytest.approx((0.5 + 1.0 + 1.0) / 3)
+    assert torch.isnan(score)
 
 
 _any_float = st.floats(allow_nan=True, allow_infinity=True, width=32)
@@ -188,10 +242,13 @@ _any_float = st.floats(allow_nan=True, allow_infinity=True, width=32)
 
 @settings(max_examples=100, deadline=None)
 @given(_any_float, _any_float, _any_float)
-def test_consistency_always_in_unit_interval(rho, agree, coh):
+def test_consistency_in_unit_interval_or_nan_exactly_when_a_term_is(rho, agree, coh):
     out = consistency(torch.tensor(rho), torch.tensor(agree), torch.tensor(coh))
-    assert torch.isfinite(out)
-    assert 0.0 <= out.item() <= 1.0
+    if any(math.isnan(v) for v in (rho, agree, coh)):
+        assert torch.isnan(out)
+    else:
+        assert torch.isfinite(out)
+        assert 0.0 <= out.item() <= 1.0
 
 
 def test_consistency_broadcasts_and_keeps_dtype():

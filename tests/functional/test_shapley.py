@@ -214,6 +214,19 @@ def test_t_quantile_against_scipy():
     assert t_quantile(0.025, 5) == pytest.approx(scipy_stats.t.ppf(0.025, 5), rel=1e-7)
 
 
+@pytest.mark.parametrize("p", [0.6, 0.9, 0.975, 0.995, 0.025])
+def test_t_quantile_closed_forms(p):
+    """Independent of scipy: Cauchy (df 1), the df-2 closed form, and the normal limit."""
+    import math
+    import statistics
+
+    assert t_quantile(p, 1) == pytest.approx(math.tan(math.pi * (p - 0.5)), rel=1e-12)
+    assert t_quantile(p, 2) == pytest.approx((2 * p - 1) / math.sqrt(2 * p * (1 - p)), rel=1e-12)
+    assert t_quantile(p, 10**7) == pytest.approx(statistics.NormalDist().inv_cdf(p), rel=1e-6)
+    with pytest.raises(ValueError, match="`p` must be in"):
+        t_quantile(1.0, 3)
+
+
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [

@@ -60,7 +60,7 @@ def test_accumulation_equals_functional_on_pooled_data():
     torch.testing.assert_close(m_cons.compute(), parts["consistency"])
 
 
-def test_undefined_rho_is_skipped_and_neutral():
+def test_undefined_rho_is_skipped_and_makes_consistency_nan():
     m = SpearmanRho()
     m.update(torch.tensor([1.0, 2.0]), torch.tensor([2.0, 1.0]))  # undefined: 2 layers
     assert torch.isnan(m.compute())
@@ -76,7 +76,20 @@ def test_undefined_rho_is_skipped_and_neutral():
         eeg_layers=torch.tensor([True, False]),
         fmri_layers=torch.tensor([True, False]),
     )
-    assert c.compute().item() == pytest.approx((0.5 + 0.0 + 1.0) / 3)
+    # Issue 13 changed the rule: no defined rho makes the score NaN (it was (0.5 + 0 + 1) / 3).
+    assert torch.isnan(c.compute())
+    parts = c.compute_components()
+    assert torch.isnan(parts["rho"]) and parts["agreement"].item() == 0.0 and parts["coherence"].item() == 1.0
+    # A later evaluation with a defined rho makes it defined again (undefined ones are left out).
+    c.update(
+        gamma=torch.tensor([1.0, 2.0, 3.0]),
+        zeta_max=torch.tensor([3.0, 2.0, 1.0]),
+        eeg_flags=torch.tensor([True]),
+        fmri_flags=torch.tensor([True]),
+        eeg_layers=torch.tensor([True, False, False]),
+        fmri_layers=torch.tensor([True, False, False]),
+    )
+    assert c.compute().item() == pytest.approx((0.0 + 0.5 + 1.0) / 3)
 
 
 def test_reset_and_empty_state_values():
@@ -85,8 +98,10 @@ def test_reset_and_empty_state_values():
     assert m.compute().item() == 0.0
     m.reset()
     m.update(torch.zeros(0, dtype=torch.bool), torch.zeros(0, dtype=torch.bool))
-    assert m.compute().item() == 1.0
+    assert torch.isnan(m.compute())  # no window: undefined (issue 13; was 1.0)
     coh = LayerCoherence()
+    coh.update(torch.zeros(0, dtype=torch.bool), torch.zeros(0, dtype=torch.bool))
+    assert torch.isnan(coh.compute())  # no layer compared: undefined
     coh.update(torch.zeros(3, dtype=torch.bool), torch.zeros(3, dtype=torch.bool))
     assert coh.compute().item() == 1.0
 
