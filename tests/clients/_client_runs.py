@@ -19,8 +19,8 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from nn_neuroimaging_lightning.callbacks import CrossModalCallback, NNEEGCallback, NNfMRICallback
 from nn_neuroimaging_lightning.demo.clients import make_client
 
-#: Every run: 2 epochs of 4 training batches of 8 samples, 1 validation batch.
-EPOCHS, STEPS, BATCH = 2, 4, 8
+#: Every run: 1 epoch of 4 training batches of 8 samples, then 1 validation batch (one zeta evaluation).
+EPOCHS, STEPS, BATCH = 1, 4, 8
 
 #: Run name -> (client, make_client arguments, Trainer arguments). ``backend="eager"``: dynamo's
 #: tracing of the hooks, guards and graph breaks are what is under test; inductor's code generation
