@@ -5,28 +5,28 @@ downloaded), built by one factory, :func:`make_client`. The tests (``tests/clien
 client for a few steps with all three callbacks; the benchmarks (overhead, alarms, the seed's
 claims) run the same clients with 100-step epochs.
 
-============== ================================================================= ========================
-name           model                                                             batch
-============== ================================================================= ========================
-``cnn``        :class:`~nn_neuroimaging_lightning.demo.model.DemoClassifier`      ``(images, labels)``
-               (the reference CNN) on :class:`SyntheticImages`
-``resnet``     :class:`ResNet`: BatchNorm, 3 residual blocks (two with a 1x1 skip  ``(images, labels)``
-               conv), 3x32x32 inputs (``image_size=16`` for 16x16)
-``lstm``       :class:`LSTMClassifier`: a 2-layer ``nn.LSTM`` over float           ``(sequences, labels)``
-               sequences (:class:`SyntheticSequences`), last step -> ``Linear``
-``gpt2``       :class:`GPT2Client`: ``GPT2LMHeadModel`` from a tiny ``GPT2Config``  ``dict``: ``input_ids``,
-               (2 layers, n_embd 64, random weights) on :class:`MarkovTokens`;    ``attention_mask``,
-               ``training_step`` returns ``self.model(**batch).loss``; the        ``labels`` (-100 at pads)
-               module defines no ``forward``
-``bert``       :class:`BertClient`: ``BertForSequenceClassification`` (2 layers,   ``BatchEncoding``:
-               hidden 64) on :class:`KeywordTokens`; ``self.model(**batch).loss`` ``input_ids``,
-                                                                                 ``attention_mask``,
-                                                                                 ``token_type_ids``,
-                                                                                 ``labels``
-``kwargs``     :class:`KwargsClient`: ``forward(self, *, image, mask=None)`` on    ``dict``: ``image``,
-               :class:`MaskedImages`                                             ``mask``, ``label``
+=============== ================================================================= ========================
+name            model                                                             batch
+=============== ================================================================= ========================
+``cnn``         :class:`~nn_neuroimaging_lightning.demo.model.DemoClassifier`      ``(images, labels)``
+                (the reference CNN) on :class:`SyntheticImages`
+``resnet``      :class:`ResNet`: BatchNorm, 3 residual blocks (two with a 1x1 skip  ``(images, labels)``
+                conv), 3x32x32 inputs (``image_size=16`` for 16x16)
+``lstm``        :class:`LSTMClassifier`: a 2-layer ``nn.LSTM`` over float           ``(sequences, labels)``
+                sequences (:class:`SyntheticSequences`), last step -> ``Linear``
+``gpt2``        :class:`GPT2Client`: ``GPT2LMHeadModel`` from a tiny ``GPT2Config``  ``dict``: ``input_ids``,
+                (2 layers, n_embd 64, random weights) on :class:`MarkovTokens`;    ``attention_mask``,
+                ``training_step`` returns ``self.model(**batch).loss``; the        ``labels`` (-100 at pads)
+                module defines no ``forward``
+``bert``        :class:`BertClient`: ``BertForSequenceClassification`` (2 layers,   ``BatchEncoding``:
+                hidden 64) on :class:`KeywordTokens`; ``self.model(**batch).loss`` ``input_ids``,
+                                                                                  ``attention_mask``,
+                                                                                  ``token_type_ids``,
+                                                                                  ``labels``
+``kwargs``      :class:`KwargsClient`: ``forward(self, *, image, mask=None)`` on    ``dict``: ``image``,
+                :class:`MaskedImages`                                             ``mask``, ``label``
 ``mlp_dropout`` ``DemoClassifier(DropoutMLP())``: BatchNorm1d and Dropout         ``(images, labels)``
-============== ================================================================= ========================
+=============== ================================================================= ========================
 
 ``transformers`` is imported only by ``gpt2`` and ``bert`` (the ``clients`` or ``dev`` extra).
 Precision is the caller's ``Trainer(precision="bf16-mixed")``; ``torch.compile`` is
@@ -418,8 +418,8 @@ class BertClient(pl.LightningModule):
     """A tiny ``BertForSequenceClassification`` trained with ``self.model(**batch).loss``.
 
     Random weights from ``BertConfig(num_hidden_layers=2, hidden_size=64, num_attention_heads=2,
-    intermediate_size=128)``; logs ``train_loss``, ``val_loss``, ``val_acc``. The module forwards
-    keyword arguments to the Hugging Face model (``forward(**inputs)``), as many users add.
+    intermediate_size=128)``; logs ``train_loss``, ``val_loss``, ``val_acc``. The module also has a
+    ``forward(**inputs)`` for inference, as many users add, which the steps do not call.
 
     Args:
         vocab_size: vocabulary size.
@@ -442,12 +442,12 @@ class BertClient(pl.LightningModule):
         return self.model(**inputs)
 
     def training_step(self, batch: Mapping[str, Tensor], batch_idx: int) -> Tensor:
-        loss = self(**batch).loss
+        loss = self.model(**batch).loss
         self.log("train_loss", loss, prog_bar=True)
         return loss
 
     def validation_step(self, batch: Mapping[str, Tensor], batch_idx: int) -> Tensor:
-        out = self(**batch)
+        out = self.model(**batch)
         self.val_acc(out.logits, batch["labels"])
         self.log("val_loss", out.loss, prog_bar=True)
         self.log("val_acc", self.val_acc, prog_bar=True)

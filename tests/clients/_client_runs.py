@@ -72,6 +72,11 @@ class _FirstEpochZeta(pl.Callback):
 
 def fit_client(name: str, log_dir: str) -> ClientRun:
     client, make_args, trainer_args = RUNS[name]
+    if "compile" in make_args:
+        # dynamo's cache is process-wide and does not guard on hooks added after compilation: a graph
+        # of the same class compiled earlier in the session without our hooks would be reused
+        # (see test_compiled_model_run_before_without_callbacks_is_still_tapped)
+        torch._dynamo.reset()
     pl.seed_everything(0, workers=True, verbose=False)
     module, train, val = make_client(client, seed=0, steps_per_epoch=STEPS, batch_size=BATCH, **make_args)
     eeg, fmri, xmodal = NNEEGCallback(), NNfMRICallback(), CrossModalCallback()
