@@ -2,9 +2,11 @@
 
 Three pieces, each usable without Lightning (``Monitor`` and the callbacks build on them):
 
-* :func:`select_layers` — the default selection (leaf modules that own parameters, normalisation
-  layers excluded unless asked for), selection by name glob, ``re:`` regex or module type, and an
-  error listing the available names when a selection matches nothing.
+* :func:`select_layers` — the default selection (:func:`default_layers`: block outputs plus stem
+  and head on models built from a repeated block list, else leaf modules that own parameters;
+  normalisation layers and embedding tables excluded unless asked for), selection by name glob,
+  ``re:`` regex or module type, under the user's own names (no ``_orig_mod.`` from
+  ``torch.compile``), and an error listing the available names when a selection matches nothing.
 * :class:`LayerTaps` — forward hooks that reduce each tapped output to a small tensor on its own
   device and collect the reductions of one model forward. Hooks are removed by :meth:`detach`,
   which the callbacks call in ``finally``/``teardown``/``on_exception``.
@@ -19,6 +21,7 @@ once per forward for all layers together.
 
 from __future__ import annotations
 
+import dataclasses
 import fnmatch
 import re
 import time
@@ -54,12 +57,222 @@ NORM_TYPES: Tuple[type, ...] = (
 )
 if hasattr(nn, "RMSNorm"):
     NORM_TYPES = NORM_TYPES + (nn.RMSNorm,)
+#: Embedding lookup tables: never tapped by default (their output is rows of a table, not computed
+#: from the activity; a broadcast position table has no batch axis).
+EMBEDDING_TYPES: Tuple[type, ...] = (nn.Embedding, nn.EmbeddingBag)
+#: torch's own containers: a list of these is not a block list.
+CONTAINER_TYPES: Tuple[type, ...] = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
+#: The name under which ``torch.compile``'s wrapper registers the compiled module.
+_COMPILE_CHILD = "_orig_mod"
 
 
 def _is_default_layer(module: nn.Module) -> bool:
+    """A leaf module that owns parameters and is neither a normalisation layer nor an embedding table."""
     has_own_params = any(True for _ in module.parameters(recurse=False))
     is_leaf = not any(True for _ in module.children())
-    return has_own_params and is_leaf and not isinstance(module, NORM_TYPES)
+    return has_own_params and is_leaf and not isinstance(module, NORM_TYPES + EMBEDDING_TYPES)
+
+
+def _is_compile_wrapper(module: nn.Module) -> bool:
+    # `torch.compile(m)` returns a wrapper whose only child is `m`, registered as `_orig_mod`.
+    children = [n for n, _ in module.named_children()]
+    return children == [_COMPILE_CHILD]
+
+
+def _unwrap(module: nn.Module) -> nn.Module:
+    while _is_compile_wrapper(module):
+        module = next(module.children())
+    return module
+
+
+def _user_name(name: str) -> str:
+    return ".".join(p for p in name.split(".") if p != _COMPILE_CHILD)
+
+
+def user_modules(model: nn.Module) -> List[Tuple[str, nn.Module]]:
+    """``model.named_modules()`` under the user's own names: ``torch.compile`` wrappers left out.
+
+    Every ``_orig_mod`` component is removed from the names and the wrapper modules themselves are
+    dropped, so ``self.model = torch.compile(net)`` lists ``model.conv1`` (the module inside the
+    compiled graph, whose hooks dynamo traces), as does compiling the whole ``LightningModule`` or a
+    single block. The root is the first entry, named ``""``.
+
+    Example::
+
+        >>> net = nn.Sequential(nn.Linear(2, 2), nn.ReLU())
+        >>> holder = nn.Module(); holder.model = torch.compile(net)
+        >>> [n for n, _ in user_modules(holder)]
+        ['', 'model', 'model.0', 'model.1']
+        >>> dict(user_modules(holder))["model"] is net
+        True
+    """
+    return [(_user_name(n), m) for n, m in model.named_modules() if not _is_compile_wrapper(m)]
+
+
+def _is_block_list(module: nn.Module) -> bool:
+    """An ``nn.ModuleList``/``nn.Sequential`` whose elements are all of one composite, parameterised type.
+
+    A block has submodules of its own and owns parameters somewhere inside; torch's containers
+    (``nn.Sequential`` of ``nn.Sequential`` ...) are not blocks, so nested plain stacks keep the leaf rule.
+    """
+    if not isinstance(module, (nn.ModuleList, nn.Sequential)):
+        return False
+    blocks = [_unwrap(c) for c in module.children()]
+    if not blocks:
+        return False
+    kind = type(blocks[0])
+    return (
+        all(type(b) is kind for b in blocks)
+        and not isinstance(blocks[0], CONTAINER_TYPES)
+        and all(any(True for _ in b.children()) and any(True for _ in b.parameters()) for b in blocks)
+    )
+
+
+def _parent(name: str) -> Optional[str]:
+    return None if not name else (name.rsplit(".", 1)[0] if "." in name else "")
+
+
+def _ancestors(name: str) -> Iterator[str]:
+    parent = _parent(name)
+    while parent is not None:
+        yield parent
+        parent = _parent(parent)
+
+
+def _is_embedding_container(module: nn.Module) -> bool:
+    # e.g. Hugging Face's `BertEmbeddings`: word + position + token-type tables, LayerNorm, dropout
+    leaves = [m for m in module.modules() if m is not module and any(True for _ in m.parameters(recurse=False))]
+    return (
+        any(True for _ in module.children())
+        and any(isinstance(m, EMBEDDING_TYPES) for m in leaves)
+        and all(isinstance(m, EMBEDDING_TYPES + NORM_TYPES) for m in leaves)
+        and not any(True for _ in module.parameters(recurse=False))
+    )
+
+
+def default_layers(model: nn.Module) -> Dict[str, nn.Module]:
+    """The default taps of ``model`` (``layers=None``), under the user's own names.
+
+    **Block models.** A *block list* is an ``nn.ModuleList`` or ``nn.Sequential`` (of any length)
+    whose elements are all of one class that is not one of torch's containers, has submodules and
+    owns parameters: transformer layers (GPT-2's ``transformer.h``, BERT's ``encoder.layer``,
+    ``nn.TransformerEncoder.layers``), ResNet stages (``layer1`` = ``nn.Sequential(BasicBlock, ...)``).
+    When the model holds at least one, the taps are, in registration order:
+
+    * every **block**: the output of each element — the residual stream, a ResNet block's output
+      after its addition. Block lists are taken outermost first: a block list inside a block (a
+      stage's own blocks, a mixture-of-experts list, per-head modules) is part of that block and
+      not tapped; every block list not inside another block is used (several stages, encoder and
+      decoder);
+    * every **leaf outside the blocks** that owns parameters and is neither a normalisation layer
+      nor an embedding table: the **stem** before the first block (a ResNet's first conv), what
+      lies between block lists, and the **head** after the last block (GPT-2's ``lm_head``, BERT's
+      ``pooler.dense`` and ``classifier``, a ResNet's final ``Linear``);
+    * every **embedding container** outside the blocks: a module with submodules whose
+      parameterised leaves are all embedding tables or normalisation layers, at least one table
+      (BERT's ``bert.embeddings``: its output is the embedded sequence that enters the first block);
+    * when nothing of the above comes before the first block but an embedding table does (GPT-2
+      adds its token and position embeddings in its own ``forward``), the stem is the
+      parameter-free leaf registered immediately before the first block list in the same parent,
+      if there is one (GPT-2's ``transformer.drop``, which receives that sum).
+
+    Never tapped by default in block models: anything inside a block (q/k/v projections, fused
+    ``c_attn``, the MLP's linears, the 1x1 skip conv), embedding tables, normalisation layers.
+
+    **Plain models** (no block list): every leaf module that owns parameters, normalisation layers
+    and embedding tables excluded (``Conv*``, ``Linear``, ``nn.LSTM``/``nn.GRU`` — a recurrent
+    layer is one leaf module whatever its ``num_layers``, tapped once on its output sequence).
+
+    Raises:
+        ValueError: nothing qualifies; the message lists the available modules.
+
+    Example::
+
+        >>> class Block(nn.Module):
+        ...     def __init__(self):
+        ...         super().__init__()
+        ...         self.fc = nn.Linear(4, 4)
+        ...     def forward(self, x):
+        ...         return x + self.fc(x)
+        >>> net = nn.Sequential()
+        >>> net.add_module("embed", nn.Embedding(10, 4))
+        >>> net.add_module("blocks", nn.Sequential(Block(), Block()))
+        >>> net.add_module("norm", nn.LayerNorm(4))
+        >>> net.add_module("head", nn.Linear(4, 2))
+        >>> list(default_layers(net))
+        ['blocks.0', 'blocks.1', 'head']
+    """
+    return _default_selection(model, "layers")
+
+
+def _default_selection(model: nn.Module, argument: str) -> Dict[str, nn.Module]:
+    entries = user_modules(model)  # pre-order, root first
+    block_names: List[str] = []
+    block_set: set = set()
+    for name, module in entries:
+        if any(a in block_set for a in _ancestors(name)) or name in block_set:
+            continue  # inside a block already chosen: outermost block lists win
+        if _is_block_list(module):
+            kids = [f"{name}.{k}" if name else k for k, _ in module.named_children()]
+            block_names += kids
+            block_set.update(kids)
+    if not block_set:
+        chosen = {n: m for n, m in entries if n and _is_default_layer(m)}
+    else:
+        chosen = _block_model_selection(entries, block_names, block_set)
+    if not chosen:
+        raise ValueError(
+            f"`{argument}`=None selects block outputs or leaf modules with parameters (embedding tables and norm "
+            f"layers excluded), but {type(model).__name__} has none; pass names or types. "
+            f"Available modules: {_listing([e for e in entries if e[0]])}."
+        )
+    return chosen
+
+
+def _block_model_selection(entries: List[Tuple[str, nn.Module]], block_names: List[str], block_set: set) -> Dict[str, nn.Module]:
+    holds_block = {a for b in block_names for a in _ancestors(b)}  # modules with a block below them
+    position = {n: i for i, (n, _) in enumerate(entries)}
+    first_block = min(position[b] for b in block_names if b in position)
+    picked: List[str] = []
+    containers: List[str] = []
+    table_before_first = False
+    for i, (name, module) in enumerate(entries):
+        if not name or name in holds_block:
+            continue
+        if name in block_set:
+            picked.append(name)
+            continue
+        if any(a in block_set or a in containers for a in _ancestors(name)):
+            continue  # inside a block, or inside an embedding container already tapped
+        if i < first_block and isinstance(module, EMBEDDING_TYPES):
+            table_before_first = True
+        if _is_embedding_container(module):
+            containers.append(name)
+            picked.append(name)
+        elif _is_default_layer(module):
+            picked.append(name)
+    if table_before_first and not any(position[n] < first_block for n in picked):
+        stem = _stem_before(entries, entries[first_block][0])
+        if stem is not None:
+            picked.append(stem)
+    lookup = dict(entries)
+    return {n: lookup[n] for n in sorted(picked, key=position.__getitem__)}
+
+
+def _stem_before(entries: List[Tuple[str, nn.Module]], first_block: str) -> Optional[str]:
+    """The parameter-free leaf registered right before the first block's list, in the same parent."""
+    block_list = _parent(first_block)
+    parent = _parent(block_list) if block_list is not None else None
+    if parent is None:
+        return None
+    siblings = [(n, m) for n, m in entries if n and _parent(n) == parent]
+    names = [n for n, _ in siblings]
+    at = names.index(block_list) if block_list in names else 0
+    if at == 0:
+        return None
+    name, module = siblings[at - 1]
+    leaf = not any(True for _ in module.children())
+    return name if leaf and not any(True for _ in module.parameters()) else None
 
 
 def _matches(name: str, module: nn.Module, pattern: Union[str, type]) -> bool:
@@ -73,11 +286,17 @@ def _matches(name: str, module: nn.Module, pattern: Union[str, type]) -> bool:
 def select_layers(model: nn.Module, layers: LayerSelector = None, *, argument: str = "layers") -> Dict[str, nn.Module]:
     """Choose the modules to tap.
 
+    Names are the user's own module names: ``torch.compile`` wrappers add no ``_orig_mod.`` (see
+    :func:`user_modules`), whether a submodule, a block or the whole model was compiled.
+
     Args:
         model: the root module (a ``LightningModule`` or any ``nn.Module``).
-        layers: ``None`` for every leaf module that owns parameters (normalisation layers
-            excluded); a name glob (``"model.conv*"``), a regex prefixed with ``re:``
-            (``"re:.*fc[0-9]"``), a module type (``nn.Conv2d``), or a sequence of these (union).
+        layers: ``None`` for the default taps (:func:`default_layers`: block outputs plus stem and
+            head on models built from a repeated block list, else every leaf module that owns
+            parameters; normalisation layers and embedding tables excluded); a name glob
+            (``"model.conv*"``), a regex prefixed with ``re:`` (``"re:.*fc[0-9]"``), a module type
+            (``nn.Conv2d``), or a sequence of these (union). Anything but ``None`` overrides the
+            default entirely (a type or glob may select norm layers, embedding tables, q/k/v ...).
         argument: the argument name used in error messages.
 
     Returns:
@@ -94,16 +313,11 @@ def select_layers(model: nn.Module, layers: LayerSelector = None, *, argument: s
         ['0', '3']
         >>> list(select_layers(net, nn.BatchNorm1d))
         ['1']
+        >>> list(select_layers(torch.compile(net), "re:[0-9]"))
+        ['0', '1', '2', '3']
     """
-    named = [(n, m) for n, m in model.named_modules() if n]
     if layers is None:
-        chosen = {n: m for n, m in named if _is_default_layer(m)}
-        if not chosen:
-            raise ValueError(
-                f"`{argument}`=None selects leaf modules with parameters, but {type(model).__name__} has none; "
-                f"pass names or types. Available modules: {_listing(named)}."
-            )
-        return chosen
+        return _default_selection(model, argument)
     patterns = [layers] if isinstance(layers, (str, type)) else layers
     if not isinstance(patterns, (list, tuple)) or not all(isinstance(p, (str, type)) for p in patterns):
         raise TypeError(
@@ -115,6 +329,7 @@ def select_layers(model: nn.Module, layers: LayerSelector = None, *, argument: s
                 re.compile(p[3:])
             except re.error as err:
                 raise ValueError(f"`{argument}` has an invalid regex {p!r}: {err}.") from None
+    named = [(n, m) for n, m in user_modules(model) if n]
     chosen = {n: m for n, m in named if any(_matches(n, m, p) for p in patterns)}
     if not chosen:
         raise ValueError(f"`{argument}`={layers!r} matches no module. Available modules: {_listing(named)}.")
@@ -130,15 +345,30 @@ def _listing(named: Sequence[Tuple[str, nn.Module]], limit: int = 60) -> str:
 def first_tensor(output: Any, selector: Optional[Callable[[Any], Tensor]] = None) -> Optional[Tensor]:
     """The tensor to analyse from a module's output.
 
-    Tuple/list outputs (LSTM, attention) give their first tensor (searched depth-first), dict
-    outputs their first tensor value, unless ``selector(output)`` is given.
+    Tuple/list outputs (LSTM, attention, Hugging Face layers of older versions) give their first
+    tensor, searched depth-first. Mapping outputs (dicts, Hugging Face ``ModelOutput``) give
+    ``last_hidden_state`` when present, else their first tensor value whose key is not ``loss``
+    (``logits`` of a ``CausalLMOutput``), and the loss only when nothing else is there. Dataclass
+    outputs are read as the mapping of their fields. ``selector(output)``, when given, picks first.
+
+    Example::
+
+        >>> out = {"loss": torch.tensor(0.5), "logits": torch.ones(2, 3)}
+        >>> tuple(first_tensor(out).shape)
+        (2, 3)
+        >>> tuple(first_tensor((torch.zeros(2, 4), (torch.zeros(1, 2, 5),))).shape)
+        (2, 4)
     """
     if selector is not None:
         output = selector(output)
     if isinstance(output, Tensor):
         return output
+    if dataclasses.is_dataclass(output) and not isinstance(output, (type, Mapping)):
+        output = {f.name: getattr(output, f.name) for f in dataclasses.fields(output)}
     if isinstance(output, Mapping):
-        output = list(output.values())
+        keys = list(output.keys())
+        ordered = [k for k in keys if k == "last_hidden_state"] + [k for k in keys if k not in ("last_hidden_state", "loss")]
+        output = [output[k] for k in ordered + [k for k in keys if k == "loss"]]
     if isinstance(output, (list, tuple)):
         for item in output:
             found = first_tensor(item)

@@ -175,7 +175,7 @@ def test_torch_compile_no_graph_breaks_no_recompiles(tmp_path: Any) -> None:
     watched = _compiled_run(tmp_path / "eeg", [eeg])
 
     # the taps live inside the compiled module and still see every forward (8 train + 8 val per epoch)
-    assert eeg.layers == ["net._orig_mod.0", "net._orig_mod.2", "net._orig_mod.4"]
+    assert eeg.layers == ["net.0", "net.2", "net.4"]  # the user's names: no `_orig_mod.` (issue 13 item 4)
     assert eeg.phases.count(Phase.TRAIN) == 24 and eeg.phases.count(Phase.VALIDATE) == 24
     assert all(torch.isfinite(eeg.signal(n)).all() for n in eeg.layers)
     # our hooks cause no graph break and no extra graph (train + eval graph, as without them) ...
@@ -195,7 +195,7 @@ def test_torch_compile_fmri_and_all_three_no_graph_breaks_no_recompiles(tmp_path
     fmri = NNfMRICallback(grid=(4,), check_every_n_steps=4, zeta_every_n_epochs=100, tractography=False, panels=False)
     alone = _compiled_run(tmp_path / "fmri", [fmri])
     # the densities still see every training forward of the compiled module, and match eager sums
-    assert fmri.layers == ["net._orig_mod.0", "net._orig_mod.2", "net._orig_mod.4"]
+    assert fmri.layers == ["net.0", "net.2", "net.4"]  # the user's names: no `_orig_mod.`
     assert fmri._train_batches == 24 and set(fmri.density) == set(fmri.layers)
     assert all(torch.isfinite(phi).all() for phi in fmri.density.values())
     whole = NNfMRICallback(grid=(4,), density_samples=None, zeta_every_n_epochs=100, tractography=False, panels=False)
