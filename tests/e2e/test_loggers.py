@@ -2,9 +2,8 @@
 
 TensorBoard + CSV together (each gets its share), W&B offline (``WANDB_MODE=offline``), MLflow on a
 local file store under ``tmp_path``; a logger without a panel writer gets the scalars and one
-notice; no matplotlib figure outlives the fit. The demo model's ``model.fc1`` outputs zeros from
-step 30 on (a dead layer), so NN-EEG records ``collapse`` events and writes the events table at the
-validation epoch end; 72 training steps give the spectra their first window (64 samples).
+notice; no matplotlib figure outlives the fit. The fits are :func:`demo_fits.fit_demo` (a dead
+layer, so there are events and an events table).
 """
 
 from __future__ import annotations
@@ -17,53 +16,16 @@ import json
 import logging
 import os
 import weakref
-from typing import Any, List
+from typing import List
 
-import lightning.pytorch as pl
 import pytest
-import torch
 from lightning.pytorch.loggers import CSVLogger, Logger, TensorBoardLogger
 from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from helpers import MLPModule, fast_trainer, zero_output_hook
+from demo_fits import EEG_IMAGES, EVENT_COLUMNS, fit_demo as _fit
+from helpers import MLPModule, fast_trainer
 from nn_neuroimaging_lightning import CrossModalCallback, NNEEGCallback, NNfMRICallback
-from nn_neuroimaging_lightning.demo import DemoClassifier, DemoDataModule
-
-STEPS, BATCH = 72, 8
-EEG_IMAGES = {"nn_eeg/spectrum", "nn_eeg/phase_timeline", "nn_eeg/model.conv1/spectrogram"}
-EVENT_COLUMNS = ["step", "phase", "layer", "kind", "value"]
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: on a shared 2-core machine more threads make these fits ~10x slower."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-def _fit(tmp_path, loggers, callbacks=None) -> List[Any]:
-    """One epoch of the demo model with a dead ``model.fc1`` from step 30; returns the callbacks."""
-    pl.seed_everything(0, verbose=False)
-    model = DemoClassifier()
-    ref: List[Any] = [None]
-    handle = zero_output_hook(model.model.fc1, ref, 30)
-    callbacks = callbacks if callbacks is not None else [NNEEGCallback()]
-    trainer = pl.Trainer(
-        accelerator="cpu", devices=1, max_epochs=1, limit_train_batches=STEPS, limit_val_batches=2, logger=loggers,
-        log_every_n_steps=10, num_sanity_val_steps=0, enable_checkpointing=False, enable_progress_bar=False,
-        enable_model_summary=False, default_root_dir=str(tmp_path), callbacks=callbacks,
-    )
-    ref[0] = trainer
-    try:
-        trainer.fit(model, DemoDataModule(n_train=STEPS * BATCH, n_val=2 * BATCH, batch_size=BATCH))
-    finally:
-        handle.remove()
-    assert any(e.kind == "collapse" for e in callbacks[0].events)
-    return callbacks
-
 
 def _png_size(data: bytes) -> tuple:
     with Image.open(io.BytesIO(data)) as image:
