@@ -8,7 +8,7 @@ renders it once on a ``FigureCanvasAgg`` and clears it). Render one yourself wit
 
 Sizes are chosen for TensorBoard, which shows an image scaled to its card (about 350 px wide by
 default): figures are 640 px wide or more (``figsize`` in inches times ``dpi``, default 100) with
-text of 12-16 pt (17-22 px), so tick values and labels stay about 9-12 px high on the card and
+text of 13-17 pt (18-24 px), so tick values and labels stay about 10-13 px high on the card and
 read naturally at full size (the HTML report, "show actual image size").
 
 Colours: Okabe-Ito (colour-blind safe) for lines and phases, perceptually uniform maps (viridis
@@ -67,7 +67,7 @@ _FALLBACK = ("#F0E442", "#000000", "#882255", "#44AA99", "#999933", "#AA4499")
 _BAND_GLYPHS = {"delta": "δ", "theta": "θ", "alpha": "α", "beta": "β", "gamma": "γ"}
 
 # font sizes in points (at the default 100 dpi: 1 pt = 1.39 px)
-_TITLE, _LABEL, _TICK, _SMALL = 16, 14, 13, 12
+_TITLE, _LABEL, _TICK, _SMALL = 17, 15, 14, 13
 _INK, _MUTED, _BAD = "#000000", "#555555", "#BBBBBB"
 _DPI = 100
 _MAX_PX = 4096  # per side: bounds the canvas memory (4096 x 4096 x 4 bytes = 64 MiB at most)
@@ -126,9 +126,7 @@ def _wrap(text: str, max_chars: int, max_lines: int = 2) -> str:
     lines: list[str] = []
     line = ""
     for word in str(text).split():
-        if len(word) > max_chars:
-            keep = max_chars - 1
-            word = word[: keep // 2] + "…" + word[-(keep - keep // 2):]
+        word = _elide(word, max_chars)
         if line and len(line) + 1 + len(word) > max_chars:
             lines.append(line)
             line = word
@@ -193,17 +191,18 @@ def _fmt(v: float) -> str:
     return "0" if text in ("-0", "0") else text
 
 
-_SUPERSCRIPT = str.maketrans("-0123456789", "⁻⁰¹²³⁴⁵⁶⁷⁸⁹")
-
-
 def _log_axis(axis: Any) -> None:
-    """Decade ticks labelled ``10⁻³`` in plain text (no mathtext parsing), no minor ticks."""
+    """Decade ticks labelled ``0.01`` ... ``1000``, else ``1e-5`` (full-size digits: superscripts are
+    unreadable on a TensorBoard card; no mathtext parsing), no minor ticks."""
 
     def fmt(v: float, _pos: Any) -> str:
         if not v > 0:
             return ""
         e = math.log10(v)
-        return "10" + str(int(round(e))).translate(_SUPERSCRIPT) if abs(e - round(e)) < 1e-9 else ""
+        if abs(e - round(e)) > 1e-9:
+            return ""
+        e = int(round(e))
+        return f"{10.0 ** e:g}" if -2 <= e <= 3 else f"1e{e}"
 
     axis.set_major_locator(LogLocator(base=10.0, numticks=6))
     axis.set_major_formatter(FuncFormatter(fmt))
@@ -647,13 +646,17 @@ def heatmap_figure(
         mosaic[y0:y0 + g_rows, x0:x0 + g_cols] = slices[k]
         is_cell[y0:y0 + g_rows, x0:x0 + g_cols] = True
         origins.append((y0, x0))
-    aspect = "equal" if values.ndim == 3 else "auto"
-    image = ax.imshow(np.ma.masked_invalid(mosaic), cmap=colours.with_extremes(bad=(0, 0, 0, 0)), norm=norm,
-                      interpolation="nearest", aspect=aspect)
-    missing = is_cell & ~np.isfinite(mosaic)
-    if missing.any():  # NaN cells grey, gaps white
-        ax.imshow(np.ma.masked_array(np.ones_like(mosaic), mask=~missing), cmap=colormaps["Greys"].resampled(2),
-                  vmin=0.0, vmax=1.0, alpha=0.35, interpolation="nearest", aspect=aspect)
+    # cells as a quad mesh (no image resampling: drawing costs the cells, not the pixels); masked
+    # cells (gaps, NaN) are not drawn: a grey patch under each map shows its NaN cells
+    image = ax.pcolormesh(np.arange(width + 1) - 0.5, np.arange(height + 1) - 0.5, np.ma.masked_invalid(mosaic),
+                          cmap=colours.with_extremes(bad=(0.0, 0.0, 0.0, 0.0)), norm=norm)
+    ax.set_xlim(-0.5, width - 0.5)
+    ax.set_ylim(height - 0.5, -0.5)  # row 0 at the top, as the grid's h index
+    if values.ndim == 3:
+        ax.set_aspect("equal")
+    if not np.isfinite(mosaic[is_cell]).all():
+        for y0, x0 in origins:
+            ax.add_patch(Rectangle((x0 - 0.5, y0 - 0.5), g_cols, g_rows, facecolor=_BAD, lw=0, zorder=0.5))
     for spine in ax.spines.values():
         spine.set_visible(n == 1)
     for k, (y0, x0) in enumerate(origins):
@@ -683,7 +686,7 @@ def heatmap_figure(
         bar.set_ticks(np.arange(len(categories)), labels=[str(c) for c in categories])
         bar.ax.tick_params(length=0)
     else:
-        bar.ax.yaxis.set_major_locator(MaxNLocator(nbins=5))
+        bar.ax.yaxis.set_major_locator(MaxNLocator(nbins=3 if values.ndim == 1 else 5))
     if mask is not None:
         dot = Line2D([], [], ls="", marker="o", markersize=9, markerfacecolor=_INK, markeredgecolor="white",
                      label="significant (95 % CI excludes 0)")
@@ -768,8 +771,10 @@ def matrix_figure(
     if m.size == 0:
         _no_data(ax)
         return fig
-    image = ax.imshow(shown, cmap=colours, norm=norm, interpolation="nearest", aspect="auto")
     a, b = m.shape
+    image = ax.pcolormesh(np.arange(b + 1) - 0.5, np.arange(a + 1) - 0.5, shown, cmap=colours, norm=norm)
+    ax.set_xlim(-0.5, b - 0.5)
+    ax.set_ylim(a - 0.5, -0.5)  # source region 0 at the top
     ax.xaxis.set_major_locator(MaxNLocator(nbins=min(b, 6), integer=True))
     ax.yaxis.set_major_locator(MaxNLocator(nbins=min(a, 6), integer=True))
     if untraced.any():

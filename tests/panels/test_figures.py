@@ -8,6 +8,7 @@ import io
 import numpy as np
 import pytest
 import torch
+from matplotlib.collections import PathCollection
 from matplotlib.colors import BoundaryNorm, LogNorm
 from matplotlib.figure import Figure
 from matplotlib.text import Text
@@ -85,39 +86,52 @@ def _decode(png: bytes) -> np.ndarray:
         return np.asarray(image)
 
 
+@pytest.fixture(scope="module")
+def rendered():
+    """Every builder's figure, drawn once: ``{name: (figure, Rendered)}`` (the figures stay drawn)."""
+    out = {}
+    for name, (build, _) in _builders().items():
+        fig = build()
+        out[name] = (fig, render(fig))
+    return out
+
+
 @pytest.mark.parametrize("name", list(_builders()))
-def test_every_figure_renders_to_a_png_of_its_size_with_content(name):
-    build, (width, height) = _builders()[name]
-    fig = build()
+def test_every_figure_renders_to_a_png_of_its_size_with_content(name, rendered):
+    width, height = _builders()[name][1]
+    fig, out = rendered[name]
     assert isinstance(fig, Figure)
-    out = render(fig)
     pixels = _decode(out.png)
     assert pixels.shape == (height, width, 3) and out.size == (width, height)
     np.testing.assert_array_equal(pixels, out.rgb)  # the PNG holds exactly the rendered pixels
     ink = pixels.min(axis=2) < 250
     assert 0.05 < ink.mean() < 0.95, name  # not blank, not a solid block
     assert (pixels.max(axis=2) < 60).sum() > 500, name  # dark text: title, ticks, labels
-    assert len(np.unique(pixels.reshape(-1, 3), axis=0)) > 30, name
+    packed = (pixels[..., 0].astype(np.int32) << 16) | (pixels[..., 1].astype(np.int32) << 8) | pixels[..., 2]
+    assert np.unique(packed).size > 30, name  # colours, not a few flat fills
 
 
 @pytest.mark.parametrize("name", list(_builders()) + [f"long {n}" for n in _long_names()])
-def test_text_fits_inside_the_figure_and_reads_at_tensorboard_size(name):
-    build = _long_names()[name[5:]] if name.startswith("long ") else _builders()[name][0]
-    fig = build()
-    width, height = render(fig).size
+def test_text_fits_inside_the_figure_and_reads_at_tensorboard_size(name, rendered):
+    if name.startswith("long "):
+        fig = _long_names()[name[5:]]()
+        width, height = render(fig).size
+    else:
+        fig, out = rendered[name]
+        width, height = out.size
     # everything drawn (titles, tick labels, legends, colour-bar labels) lies inside the image
     box = fig.get_tightbbox(fig.canvas.get_renderer()).transformed(fig.dpi_scale_trans)
     assert box.x0 >= -1 and box.y0 >= -1 and box.x1 <= width + 1 and box.y1 <= height + 1, (name, box)
     texts = [t for t in fig.findobj(Text) if t.get_visible() and t.get_text().strip()]
     assert len(texts) >= 4
-    for text in texts:  # TensorBoard shows an image ~350 px wide: 12 pt at 100 dpi (16.7 px) stays ~9 px high
-        assert text.get_fontsize() >= 12, (name, text.get_text(), text.get_fontsize())
+    for text in texts:  # TensorBoard shows an image ~350 px wide: 13 pt at 100 dpi (18 px) stays ~10 px high
+        assert text.get_fontsize() >= 13, (name, text.get_text(), text.get_fontsize())
     title = fig.get_suptitle()
     assert title and all(len(line) <= 60 for line in title.splitlines()) and len(title.splitlines()) <= 2
 
 
-def test_colour_bars_and_axes_are_labelled_with_units():
-    figs = {name: build() for name, (build, _) in _builders().items()}
+def test_colour_bars_and_axes_are_labelled_with_units(rendered):
+    figs = {name: fig for name, (fig, _) in rendered.items()}
     for name in ("spectrogram", "zeta", "density_fc", "density_tokens", "significance", "tract"):
         bars = [ax for ax in figs[name].axes if ax.get_label() == "<colorbar>"]
         assert len(bars) == 1 and bars[0].get_ylabel(), name
@@ -179,10 +193,10 @@ def test_heatmap_diverging_scale_centred_at_zero_grid_coordinates_and_dots():
     sig[1, 2, 0] = sig[3, 3, 1] = sig[0, 0, 3] = True
     fig = heatmap_figure(zeta, "zeta", "RdBu_r", sig, symmetric=True, colorbar_label="zeta")
     ax = fig.axes[0]
-    image = ax.images[0]
-    assert (image.norm.vmin, image.norm.vmax) == (-3.0, 3.0) and image.cmap.name.startswith("RdBu_r")
+    mesh = ax.collections[0]  # one quad mesh of cells for all the maps
+    assert (mesh.norm.vmin, mesh.norm.vmax) == (-3.0, 3.0) and mesh.cmap.name.startswith("RdBu_r")
     # maps in 2 rows of 2 with a one-cell gap: slice k at row r = k // 2, column q = k % 2
-    mosaic = image.get_array()
+    mosaic = mesh.get_array()
     assert mosaic.shape == (9, 9) and mosaic.mask[4, :].all() and mosaic.mask[:, 4].all()
     for k in range(4):
         r, q = divmod(k, 2)
@@ -190,11 +204,13 @@ def test_heatmap_diverging_scale_centred_at_zero_grid_coordinates_and_dots():
     assert [t.get_text() for t in ax.texts] == ["c = 0", "c = 1", "c = 2", "c = 3"]
     assert [t.get_text() for t in ax.get_xticklabels()] == ["0", "1", "2", "3"] * 2
     assert [t.get_text() for t in ax.get_yticklabels()] == ["0", "1", "2", "3"] * 2
-    dots = ax.collections[0].get_offsets()
+    dots = next(c for c in ax.collections if isinstance(c, PathCollection)).get_offsets()
     # (x, y) in the mosaic: w + 5 q, h + 5 r (independent of the figure code's loops)
     assert sorted(map(tuple, np.asarray(dots))) == sorted([(2.0, 1.0), (5.0 + 3, 3.0), (5.0 + 0, 5.0 + 0)])
     assert [t.get_text() for t in fig.legends[0].texts] == ["significant (95 % CI excludes 0)"]
     out = render(fig)
+    gap_x, gap_y = ax.transData.transform((4.0, 1.0))  # the gap column between c = 0 and c = 1: white
+    assert out.rgb[int(round(out.size[1] - gap_y)), int(round(gap_x))].min() == 255
     for x, y in np.asarray(dots):  # each dot's centre pixel is black on its cell
         px, py = ax.transData.transform((x, y))
         assert out.rgb[int(round(out.size[1] - py)), int(round(px))].max() < 60
@@ -202,17 +218,18 @@ def test_heatmap_diverging_scale_centred_at_zero_grid_coordinates_and_dots():
 
 def test_heatmap_layouts_constant_nan_and_categories():
     wrapped = heatmap_figure(np.zeros((2, 2, 10)), max_cols=4)  # as square as possible: 4 columns, 3 rows
-    assert wrapped.axes[0].images[0].get_array().shape == (3 * 3 - 1, 4 * 3 - 1)
+    assert wrapped.axes[0].collections[0].get_array().shape == (3 * 3 - 1, 4 * 3 - 1)
     assert len(wrapped.axes[0].texts) == 10
     strip = heatmap_figure(torch.tensor([1.0, 1.0, 1.0]), "density")
     assert strip.axes[0].get_yticks().size == 0 and strip.axes[0].get_xlabel() == "feature group"
-    norm = strip.axes[0].images[0].norm
+    norm = strip.axes[0].collections[0].norm
     assert (norm.vmin, norm.vmax) == (0.5, 1.5)  # constant: the middle colour
     holes = heatmap_figure(np.array([[np.nan, 1.0], [2.0, 3.0]]), "density")
-    assert len(holes.axes[0].images) == 2  # the grey layer over NaN cells
+    grey = [p for p in holes.axes[0].patches if p.get_facecolor()[:3] == (187 / 255,) * 3]
+    assert len(grey) == 1 and grey[0].get_zorder() < holes.axes[0].collections[0].get_zorder()  # NaN cells show it
     cats = heatmap_figure(np.array([[0.0, 1.0], [1.0, 1.0]]), "significant", "Greys", categories=("no", "yes"))
     bar = [ax for ax in cats.axes if ax.get_label() == "<colorbar>"][0]
-    assert isinstance(cats.axes[0].images[0].norm, BoundaryNorm)
+    assert isinstance(cats.axes[0].collections[0].norm, BoundaryNorm)
     assert [t.get_text() for t in bar.get_yticklabels()] == ["no", "yes"]
 
 
@@ -225,7 +242,7 @@ def test_matrix_marks_untraced_pairs_and_log_scale():
     assert len(hatched) == 1 and np.ma.count(hatched[0].get_array()) == 2  # exactly the two NaN cells
     assert not matrix_figure(np.ones((3, 4)), "source", "target", "C").legends
     log = matrix_figure(np.array([[1.0, 10.0], [100.0, 0.0]]), "a", "b", log=True)
-    norm = log.axes[0].images[0].norm
+    norm = log.axes[0].collections[0].norm
     assert isinstance(norm, LogNorm) and (norm.vmin, norm.vmax) == (1.0, 100.0)
 
 
@@ -320,13 +337,13 @@ def test_render_release_and_no_pyplot_registry():
         encode_png(np.zeros((4, 5), dtype=np.uint8))
 
 
-def test_write_figure_reads_back_in_tensorboard(tmp_path):
+def test_write_figure_reads_back_in_tensorboard(tmp_path, rendered):
     writer = SummaryWriter(str(tmp_path))
     sizes = {}
-    for step in range(2):
-        for name, (build, size) in _builders().items():
-            write_figure(writer, f"fig/{name}", build(), step)
-            sizes[f"fig/{name}"] = size
+    for name, (build, size) in _builders().items():
+        write_figure(writer, f"fig/{name}", build(), 0)  # a figure: rendered and released here
+        write_figure(writer, f"fig/{name}", rendered[name][1].rgb, 1)  # an image: encoded here
+        sizes[f"fig/{name}"] = size
     writer.close()  # file_writer is None now: the next image goes through add_image
     write_figure(writer, "after_close", np.full((6, 7, 3), 200, dtype=np.uint8), 5)
     writer.close()
