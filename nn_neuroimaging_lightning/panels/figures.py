@@ -438,8 +438,8 @@ def phase_timeline_figure(
 
     One block per run of identical labels (one collection per phase, however many samples); the
     legend under the timeline names the phases present. With ``durations`` a bar chart on the
-    right shows each phase's seconds, the value written after its bar (non-finite or negative: no
-    bar). No sample gives "no samples".
+    right shows the seconds of each phase that took time, the value written after its bar (zero,
+    negative or non-finite durations are left out). No sample gives "no samples".
 
     Args:
         phases: ``(N,)`` phase label per sample (strings or ``Phase`` enum members), oldest first.
@@ -507,20 +507,21 @@ def phase_timeline_figure(
         fig.legend(handles=handles, loc="outside lower center", ncols=min(len(present), 4), fontsize=_SMALL,
                    frameon=False, handlelength=1.2, columnspacing=1.0)
     if bars is not None:
-        keys = [_label(k) for k in durations]
-        vals = np.array([float(v) for v in durations.values()], dtype=np.float64)
-        ok = np.isfinite(vals) & (vals > 0)
+        pairs = [(_label(k), float(v)) for k, v in durations.items()]
+        pairs = [(k, v) for k, v in pairs if math.isfinite(v) and v > 0]  # phases that took time
+        keys, vals = [k for k, _ in pairs], np.array([v for _, v in pairs], dtype=np.float64)
         pos = np.arange(len(keys))
-        drawn = bars.barh(pos, np.where(ok, vals, 0.0), color=[colours[k] for k in keys], height=0.7)
-        bars.bar_label(drawn, labels=[_fmt(v) if ok[i] else "–" for i, v in enumerate(vals)], padding=3, fontsize=_SMALL)
+        drawn = bars.barh(pos, vals, color=[colours[k] for k in keys], height=0.7)
+        bars.bar_label(drawn, labels=[_fmt(v) for v in vals], padding=3, fontsize=_SMALL)
         bars.set_yticks(pos, [_short(k, 12) for k in keys])
         bars.invert_yaxis()
+        if not keys:
+            _no_data(bars, "no time")
         bars.set_title("time per phase", fontsize=_LABEL)
         bars.set_xlabel("seconds", fontsize=_LABEL)
         _style(bars)
         bars.xaxis.set_major_locator(MaxNLocator(nbins=3))
-        top = float(vals[ok].max()) if ok.any() else 1.0
-        bars.set_xlim(0.0, top * 1.45)  # room for the value labels
+        bars.set_xlim(0.0, float(vals.max()) * 1.45 if keys else 1.0)  # room for the value labels
         for side in ("top", "right"):
             bars.spines[side].set_visible(False)
     return fig

@@ -247,7 +247,8 @@ def test_matrix_marks_untraced_pairs_and_log_scale():
 
 
 def test_phase_timeline_runs_and_bars():
-    fig = phase_timeline_figure(["train", "train", "validate", "train"], durations={"train": 1.0, "validate": 0.5})
+    fig = phase_timeline_figure(["train", "train", "validate", "train"],
+                                durations={"train": 1.0, "test": 0.0, "validate": 0.5, "error": float("nan")})
     ax, bars = fig.axes
     spans = {}
     for coll in ax.collections:
@@ -257,7 +258,8 @@ def test_phase_timeline_runs_and_bars():
         return tuple(np.round([int(hex_[i:i + 2], 16) / 255 for i in (1, 3, 5)], 3))
     assert spans[rgb(PHASE_COLOURS["train"])] == [(0.0, 2.0), (3.0, 1.0)]
     assert spans[rgb(PHASE_COLOURS["validate"])] == [(2.0, 1.0)]
-    assert [p.get_width() for p in bars.patches] == [1.0, 0.5]
+    assert [p.get_width() for p in bars.patches] == [1.0, 0.5]  # phases that took no time: no bar, no label
+    assert [t.get_text() for t in bars.get_yticklabels()] == ["train", "validate"]
     assert [t.get_text() for t in fig.legends[0].texts] == ["train", "validate"]
 
 
@@ -283,7 +285,7 @@ def test_consistency_lines_and_joint_anomaly_marks():
         ("spectrogram NaN", lambda: spectrogram_figure([0, 1], [0, 1], np.full((2, 2), np.nan)), "no finite power"),
         ("spectrogram constant", lambda: spectrogram_figure([0, 1], [0, 1], np.ones((2, 2)), log=False), None),
         ("phases empty", lambda: phase_timeline_figure([]), "no samples"),
-        ("phases one", lambda: phase_timeline_figure(["train"], durations={"train": float("nan")}), None),
+        ("phases one", lambda: phase_timeline_figure(["train"], durations={"train": float("nan")}), "no time"),
         ("heatmap empty", lambda: heatmap_figure(np.zeros((0,))), "no data"),
         ("heatmap no slices", lambda: heatmap_figure(np.zeros((2, 2, 0))), "no data"),
         ("heatmap NaN", lambda: heatmap_figure(np.full((2, 3, 2), np.nan), significance=np.ones((2, 3, 2), bool)), None),
