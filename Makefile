@@ -27,15 +27,18 @@ test: $(STAMP)
 benchmarks: $(STAMP)
 	$(BIN)/python benchmarks/run_all.py
 
-# PNGs of the TensorBoard panels into docs/ (headless Chromium, Debian package): the 8-epoch demo run,
-# and for the events panel a run that diverges (examples/early_stopping_on_anomaly.py).
+# PNGs of the TensorBoard panels into $(SHOTS) (default docs/; headless Chromium, Debian package): the
+# 8-epoch demo run, and for the events panel a run that diverges (examples/early_stopping_on_anomaly.py);
+# plus the demo run's self-contained HTML report in build/screens/report.html.
+SHOTS ?= docs
 screenshots: $(STAMP)
 	test -x /usr/bin/chromium || (apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y chromium)
 	rm -rf build/screens && mkdir -p build
-	$(BIN)/nn-neuroimaging demo --log-dir build/screens > build/screens.log 2>&1 || (cat build/screens.log; exit 1)
+	$(BIN)/nn-neuroimaging demo --log-dir build/screens --no-progress-bar > build/screens.log 2>&1 || (cat build/screens.log; exit 1)
 	$(BIN)/python examples/early_stopping_on_anomaly.py --tensorboard --log-dir build/screens --control-lr 0
-	$(BIN)/python scripts/screenshots.py --log-dir build/screens/demo --out-dir docs $(ARGS)
-	$(BIN)/python scripts/screenshots.py --log-dir build/screens/diverging --out-dir docs --only events.png $(ARGS)
+	$(BIN)/nn-neuroimaging report build/screens/demo/version_0 --html build/screens/report.html
+	$(BIN)/python scripts/screenshots.py --log-dir build/screens/demo --out-dir $(SHOTS) $(ARGS)
+	$(BIN)/python scripts/screenshots.py --log-dir build/screens/diverging --out-dir $(SHOTS) --only events.png $(ARGS)
 
 clean:
 	rm -rf $(VENV) runs build *.egg-info

@@ -3,7 +3,9 @@
 ``nn-neuroimaging demo [--config FILE] [--max-epochs N] [--data-dir DIR] [--log-dir DIR]`` trains the
 reference CNN on the embedded synthetic data (or a local CIFAR-10 binary copy) with all three
 callbacks and writes a TensorBoard run; ``nn-neuroimaging report RUN_DIR`` prints a Markdown report
-of a finished run. ``python -m nn_neuroimaging_lightning`` does the same.
+of a finished run, and ``nn-neuroimaging report RUN_DIR --html OUT.html`` writes it as one
+self-contained HTML page with the figures (readable offline). ``python -m nn_neuroimaging_lightning``
+does the same.
 """
 
 from __future__ import annotations
@@ -37,8 +39,10 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--n-val", type=_positive_int, help="synthetic validation images")
     demo.add_argument("--no-progress-bar", action="store_true", help="hide Lightning's progress bar")
 
-    report = sub.add_parser("report", help="print a Markdown report of a finished run")
+    report = sub.add_parser("report", help="print a Markdown report of a finished run, or write it as HTML")
     report.add_argument("run_dir", help="a run directory (the one holding events.out.tfevents.* and events.jsonl)")
+    report.add_argument("--html", metavar="OUT.html",
+                        help="write one self-contained HTML page (figures embedded, no network needed) instead of printing Markdown")
     return parser
 
 
@@ -59,9 +63,12 @@ def main(argv: Optional[List[str]] = None) -> int:
         run_demo(args.config, {k: v for k, v in overrides.items() if v is not None})
         return 0
     if args.command == "report":
-        from nn_neuroimaging_lightning.report import build_report
+        from nn_neuroimaging_lightning.report import build_report, write_html_report
 
-        print(build_report(args.run_dir))
+        if args.html:
+            print(f"HTML report: {write_html_report(args.run_dir, args.html)}")
+        else:
+            print(build_report(args.run_dir))
         return 0
     return 2  # pragma: no cover - argparse enforces the choices
 

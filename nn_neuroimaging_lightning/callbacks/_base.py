@@ -101,7 +101,7 @@ class MonitorCallback(Callback):
         if not self._sink and not self._noticed_no_panels:
             self._noticed_no_panels = True
             rank_zero_info(
-                f"{type(self).__name__}: no logger in `trainer.loggers` takes panels (TensorBoardLogger does); "
+                f"{type(self).__name__}: no logger in `trainer.loggers` takes panels (TensorBoardLogger, WandbLogger, MLFlowLogger and CSVLogger do); "
                 "logging scalars only, skipping the rich panels (spectra, heatmaps, timelines)."
             )
         return self._sink or None

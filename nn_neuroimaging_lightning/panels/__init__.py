@@ -1,6 +1,7 @@
-"""TensorBoard panels: presentation of values computed elsewhere (images drawn with numpy, no matplotlib)."""
+"""Panels: presentation of values computed elsewhere (matplotlib figures, writers per logger)."""
 
 from nn_neuroimaging_lightning.panels.figures import (
+    LINE_COLOURS,
     PHASE_COLOURS,
     consistency_figure,
     heatmap_figure,
@@ -9,33 +10,39 @@ from nn_neuroimaging_lightning.panels.figures import (
     spectrogram_figure,
     spectrum_figure,
 )
+from nn_neuroimaging_lightning.panels.rendering import Rendered, encode_png, release, render
 from nn_neuroimaging_lightning.panels.tensorboard import (
     CROSS_MODAL_KEYS,
     band_layout,
-    figure_to_array,
     merge_layouts,
     safe_tag,
     table_text,
     write_custom_scalars,
     write_figure,
+    write_scalars,
     write_stacked_spectrum,
 )
 
 __all__ = [
     "CROSS_MODAL_KEYS",
+    "LINE_COLOURS",
     "PHASE_COLOURS",
+    "Rendered",
     "band_layout",
     "consistency_figure",
-    "figure_to_array",
+    "encode_png",
     "heatmap_figure",
     "matrix_figure",
     "merge_layouts",
     "phase_timeline_figure",
+    "release",
+    "render",
     "safe_tag",
     "spectrogram_figure",
     "spectrum_figure",
     "table_text",
     "write_custom_scalars",
     "write_figure",
+    "write_scalars",
     "write_stacked_spectrum",
 ]

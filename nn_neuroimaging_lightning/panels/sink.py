@@ -2,46 +2,112 @@
 
 The callbacks never talk to a logger's experiment object themselves: each holds the sink of its
 trainer's loggers (``MonitorCallback._panels``: ``None`` when no logger takes panels, or off rank
-zero) and hands it values that are already computed. Each supported logger gets a small writer
-(:class:`TensorBoardPanels`, ...) that knows how that logger stores an image, a table and a
-spectrum; a logger without a writer gets the scalars Lightning sends it and nothing else (one
-notice per callback says so).
+zero) and hands it values that are already computed. Each supported logger gets a small writer that
+knows how that logger stores an image, a table, a text and a spectrum, through its public API:
+
+==================  ============================  ======================  ===========================
+logger              figures                       tables / text           spectra, layout
+==================  ============================  ======================  ===========================
+TensorBoardLogger   image summaries (PNG)         Markdown text panels    stacked histogram; custom
+                                                                          scalars layout
+WandbLogger         ``log_image``                 ``log_table`` /         ``wandb.Histogram`` /
+                                                  ``log_text``            (none)
+MLFlowLogger        ``log_image(key=, step=)``    CSV / Markdown          (none)
+                    (MLflow's image step slider)  artifacts under
+                                                  ``panels/<tag>/``
+CSVLogger           ``<log_dir>/panels/<tag>/     ``step_<step>.csv`` /   one CSV per spectrum tag:
+                    step_<step>.png``             ``.md`` beside them     a row per step
+==================  ============================  ======================  ===========================
+
+A figure is rendered once (:func:`~nn_neuroimaging_lightning.panels.rendering.render`) for all
+writers and released. Several loggers each get their share; a logger without a writer gets the
+scalars Lightning sends it and nothing else (one notice per logger class). A writer whose logger
+raises (a full disk, a closed run) is dropped with one warning naming the logger and the error: a
+panel never ends the user's fit.
 
 Example::
 
     >>> import tempfile
-    >>> from lightning.pytorch.loggers import TensorBoardLogger
-    >>> sink = PanelSink([TensorBoardLogger(tempfile.mkdtemp(), name="")])
+    >>> from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+    >>> root = tempfile.mkdtemp()
+    >>> sink = PanelSink([TensorBoardLogger(root, name="tb"), CSVLogger(root, name="csv")])
     >>> bool(sink), sink.kinds
-    (True, ['TensorBoardLogger'])
+    (True, ['TensorBoardLogger', 'CSVLogger'])
     >>> sink.table("nn_eeg/events", ("step", "kind"), [(3, "explosion")], step=3)
     >>> sink.flush()
+    >>> open(f"{root}/csv/version_0/panels/nn_eeg/events/step_000003.csv").read().splitlines()
+    ['step,kind', '3,explosion']
 """
 
 from __future__ import annotations
 
-from typing import Any, List, Mapping, Optional, Sequence
+import csv
+import enum
+import io
+import os
+from typing import Any, Callable, List, Mapping, Optional, Sequence, Set
 
 import numpy as np
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
+from nn_neuroimaging_lightning.panels.rendering import Rendered, release, render
 from nn_neuroimaging_lightning.panels.tensorboard import (
-    figure_to_array,
+    safe_tag,
     table_text,
     write_custom_scalars,
     write_figure,
     write_stacked_spectrum,
 )
 
-__all__ = ["PanelSink", "TensorBoardPanels"]
+__all__ = [
+    "CSVPanels",
+    "MLflowPanels",
+    "PanelSink",
+    "SUPPORTED_LOGGERS",
+    "TensorBoardPanels",
+    "WandbPanels",
+    "plain_cell",
+]
+
+#: Loggers that get panels (class names in ``lightning.pytorch.loggers``).
+SUPPORTED_LOGGERS = ("TensorBoardLogger", "WandbLogger", "MLFlowLogger", "CSVLogger")
+
+_noticed_skipped: Set[str] = set()  # logger classes already named in a "scalars only" notice
 
 
-def _close(fig: Any) -> None:
-    """Release a matplotlib figure (arrays need nothing)."""
-    if not isinstance(fig, np.ndarray):
-        import matplotlib.figure
+def plain_cell(value: Any) -> Any:
+    """A table cell as a plain Python value (int, float, bool, str) for JSON / CSV writers.
 
-        if isinstance(fig, matplotlib.figure.Figure):
-            fig.clear()
+    Tensors and numpy scalars become Python numbers (a tensor with several elements a list),
+    enums their value, anything else its ``str``.
+
+    Example::
+
+        >>> plain_cell(np.float32(0.5)), plain_cell(np.int64(3)), plain_cell((1, 2))
+        (0.5, 3, '(1, 2)')
+    """
+    if hasattr(value, "detach"):
+        value = value.detach().cpu()
+        value = value.item() if value.numel() == 1 else value.tolist()
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, enum.Enum):
+        value = value.value
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    return str(value)
+
+
+def _step_name(step: int) -> str:
+    return f"step_{int(step):06d}"
+
+
+def _csv_text(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    buf = io.StringIO()
+    out = csv.writer(buf, lineterminator="\n")
+    out.writerow([str(h) for h in header])
+    out.writerows([[plain_cell(c) for c in row] for row in rows])
+    return buf.getvalue()
 
 
 class TensorBoardPanels:
@@ -55,8 +121,8 @@ class TensorBoardPanels:
     def writer(self) -> Any:
         return self.logger.experiment
 
-    def figure(self, tag: str, rgb: np.ndarray, step: int) -> None:
-        write_figure(self.writer, tag, rgb, step)
+    def figure(self, tag: str, image: Rendered, step: int) -> None:
+        write_figure(self.writer, tag, image.rgb, step, png=image.png)
 
     def table(self, tag: str, header: Sequence[str], rows: Sequence[Sequence[Any]], step: int, note: str = "") -> None:
         text = table_text(rows, header)
@@ -78,11 +144,147 @@ class TensorBoardPanels:
         self.writer.flush()
 
 
-def _writer_for(logger: Any) -> Optional[Any]:
-    from lightning.pytorch.loggers import TensorBoardLogger
+class WandbPanels:
+    """Panels for a ``WandbLogger``: ``log_image``, ``log_table`` / ``log_text``, ``wandb.Histogram``.
 
-    if isinstance(logger, TensorBoardLogger):
-        return TensorBoardPanels(logger)
+    Every value is logged with ``step`` (Lightning's ``WandbLogger`` records it as
+    ``trainer/global_step``, its x-axis). A table's ``note`` becomes a one-cell text table
+    ``<tag>/note``. Spectra are W&B histograms whose bin weights are the powers (drawn over steps
+    like TensorBoard's stacked spectra); there is no custom-scalars layout.
+    """
+
+    def __init__(self, logger: Any) -> None:
+        self.logger = logger
+
+    def figure(self, tag: str, image: Rendered, step: int) -> None:
+        self.logger.log_image(key=tag, images=[image.rgb], step=int(step))
+
+    def table(self, tag: str, header: Sequence[str], rows: Sequence[Sequence[Any]], step: int, note: str = "") -> None:
+        data = [[plain_cell(c) for c in row] for row in rows]
+        self.logger.log_table(key=tag, columns=[str(h) for h in header], data=data, step=int(step))
+        if note:
+            self.text(f"{tag}/note", note, step)
+
+    def text(self, tag: str, text: str, step: int) -> None:
+        self.logger.log_text(key=tag, columns=["text"], data=[[text]], step=int(step))
+
+    def spectrum(self, tag: str, freqs: np.ndarray, psd: np.ndarray, step: int) -> None:
+        import wandb
+
+        p = np.where(np.isfinite(psd) & (psd > 0), psd, 0.0)  # (F,) bin weights
+        if not p.sum() > 0:
+            return
+        half = np.diff(freqs) / 2 if freqs.size > 1 else np.array([0.5])
+        edges = np.concatenate([[freqs[0] - half[0]], freqs[:-1] + half, [freqs[-1] + half[-1]]])  # (F + 1,)
+        self.logger.log_metrics({tag: wandb.Histogram(np_histogram=(p.tolist(), edges.tolist()))}, step=int(step))
+
+    def layout(self, layout: Mapping[str, Mapping[str, list]]) -> None:
+        pass
+
+    def flush(self) -> None:
+        pass
+
+
+class MLflowPanels:
+    """Panels for an ``MLFlowLogger``: images with ``MlflowClient.log_image(key=tag, step=step)``,
+    tables as CSV and text as Markdown artifacts ``panels/<tag>/step_<step>.csv`` / ``.md``.
+
+    Images logged with a key and a step are what MLflow's UI shows with a step slider (artifacts
+    under ``images/``). A table's ``note`` goes to ``step_<step>_note.md`` beside it. Spectra and
+    the layout have no MLflow counterpart (the spectrum figure carries the spectra).
+    """
+
+    def __init__(self, logger: Any) -> None:
+        self.logger = logger
+
+    @property
+    def client(self) -> Any:
+        return self.logger.experiment
+
+    def _path(self, tag: str, step: int, suffix: str) -> str:
+        return "/".join(("panels", safe_tag(tag), _step_name(step) + suffix))
+
+    def figure(self, tag: str, image: Rendered, step: int) -> None:
+        self.client.log_image(self.logger.run_id, image.rgb, key=safe_tag(tag), step=int(step))
+
+    def table(self, tag: str, header: Sequence[str], rows: Sequence[Sequence[Any]], step: int, note: str = "") -> None:
+        self.client.log_text(self.logger.run_id, _csv_text(header, rows), self._path(tag, step, ".csv"))
+        if note:
+            self.client.log_text(self.logger.run_id, note, self._path(tag, step, "_note.md"))
+
+    def text(self, tag: str, text: str, step: int) -> None:
+        self.client.log_text(self.logger.run_id, text, self._path(tag, step, ".md"))
+
+    def spectrum(self, tag: str, freqs: np.ndarray, psd: np.ndarray, step: int) -> None:
+        pass
+
+    def layout(self, layout: Mapping[str, Mapping[str, list]]) -> None:
+        pass
+
+    def flush(self) -> None:
+        pass
+
+
+class CSVPanels:
+    """Panels for a ``CSVLogger``: files in its run directory (beside ``metrics.csv``, ``events.jsonl``).
+
+    ``<log_dir>/panels/<tag>/step_<step>.png`` per figure, ``.csv`` per table (``_note.md`` for its
+    note), ``.md`` per text, and ``<log_dir>/panels/<tag>.csv`` per spectrum tag with a header of
+    frequencies (Hz) and one row of powers per step. Tags go through
+    :func:`~nn_neuroimaging_lightning.panels.tensorboard.safe_tag`, so a module name cannot leave
+    the run directory.
+    """
+
+    def __init__(self, logger: Any) -> None:
+        self.logger = logger
+
+    def _file(self, tag: str, name: Optional[str]) -> str:
+        parts = safe_tag(tag).split("/")
+        if name is None:  # <tag>.csv
+            parts[-1] += ".csv"
+        else:
+            parts.append(name)
+        path = os.path.join(os.path.realpath(self.logger.log_dir), "panels", *parts)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        return path
+
+    def figure(self, tag: str, image: Rendered, step: int) -> None:
+        with open(self._file(tag, _step_name(step) + ".png"), "wb") as fh:
+            fh.write(image.png)
+
+    def table(self, tag: str, header: Sequence[str], rows: Sequence[Sequence[Any]], step: int, note: str = "") -> None:
+        with open(self._file(tag, _step_name(step) + ".csv"), "w", encoding="utf-8", newline="") as fh:
+            fh.write(_csv_text(header, rows))
+        if note:
+            self.text(tag, note, step, suffix="_note.md")
+
+    def text(self, tag: str, text: str, step: int, suffix: str = ".md") -> None:
+        with open(self._file(tag, _step_name(step) + suffix), "w", encoding="utf-8") as fh:
+            fh.write(text)
+
+    def spectrum(self, tag: str, freqs: np.ndarray, psd: np.ndarray, step: int) -> None:
+        path = self._file(tag, None)
+        new = not os.path.exists(path)
+        with open(path, "a", encoding="utf-8", newline="") as fh:
+            out = csv.writer(fh, lineterminator="\n")
+            if new:
+                out.writerow(["step"] + [f"{f:g} Hz" for f in freqs.tolist()])
+            out.writerow([int(step)] + [f"{p:.6g}" for p in psd.tolist()])
+
+    def layout(self, layout: Mapping[str, Mapping[str, list]]) -> None:
+        pass
+
+    def flush(self) -> None:
+        pass
+
+
+def _writer_for(logger: Any) -> Optional[Any]:
+    from lightning.pytorch.loggers import CSVLogger, MLFlowLogger, TensorBoardLogger, WandbLogger
+
+    for cls, writer in ((TensorBoardLogger, TensorBoardPanels), (WandbLogger, WandbPanels),
+                        (MLFlowLogger, MLflowPanels), (CSVLogger, CSVPanels)):
+        if isinstance(logger, cls):
+            return writer(logger)
     return None
 
 
@@ -94,11 +296,24 @@ class PanelSink:
     frequencies and powers. Each call goes to every writer.
 
     Args:
-        loggers: the trainer's loggers; those without a panel writer are left out.
+        loggers: the trainer's loggers; those without a panel writer are left out (one notice per
+            logger class when some other logger does take panels).
     """
 
     def __init__(self, loggers: Sequence[Any]) -> None:
-        self.writers: List[Any] = [w for w in (_writer_for(lg) for lg in loggers) if w is not None]
+        self.writers: List[Any] = []
+        self.skipped: List[str] = []
+        for logger in loggers:
+            writer = _writer_for(logger)
+            if writer is None:
+                self.skipped.append(type(logger).__name__)
+            else:
+                self.writers.append(writer)
+        if self.writers:
+            for name in dict.fromkeys(self.skipped):
+                if name not in _noticed_skipped:
+                    _noticed_skipped.add(name)
+                    rank_zero_info(f"{name} gets the scalars only: rich panels go to {', '.join(SUPPORTED_LOGGERS)}.")
 
     def __bool__(self) -> bool:
         return bool(self.writers)
@@ -108,37 +323,64 @@ class PanelSink:
         """Class names of the loggers that get panels."""
         return [type(w.logger).__name__ for w in self.writers]
 
+    def _each(self, call: Callable[[Any], None]) -> None:
+        for w in list(self.writers):
+            try:
+                call(w)
+            except Exception as err:  # a logger's failure must not end the fit: drop its panels
+                self.writers.remove(w)
+                rank_zero_warn(
+                    f"Panels for {type(w.logger).__name__} stopped after an error ({type(err).__name__}: {err}); "
+                    "its scalars still go through Lightning."
+                )
+
     def figure(self, tag: str, fig: Any, step: int) -> None:
         """Write one figure under ``tag`` (rendered once for all writers, then released)."""
-        if not self.writers:
-            _close(fig)
-            return
-        rgb = figure_to_array(fig)
-        _close(fig)
-        for w in self.writers:
-            w.figure(tag, rgb, step)
+        try:
+            image = render(fig) if self.writers else None
+        finally:
+            release(fig)
+        if image is not None:
+            self._each(lambda w: w.figure(tag, image, step))
 
     def table(self, tag: str, header: Sequence[str], rows: Sequence[Sequence[Any]], step: int, note: str = "") -> None:
-        """Write a table (``note``: a line of text under it)."""
+        """Write a table (``note``: a line of text under it).
+
+        Raises:
+            ValueError: If ``header`` is empty or a row has another number of cells (checked before
+                any writer sees the table).
+        """
+        if isinstance(header, str) or not header:
+            raise ValueError(f"`header` must be a non-empty sequence of column names, got {header!r}.")
         rows = [list(r) for r in rows]
-        for w in self.writers:
-            w.table(tag, header, rows, step, note)
+        for i, row in enumerate(rows):
+            if len(row) != len(header):
+                raise ValueError(f"`rows[{i}]` must have {len(header)} cells like `header`, got {len(row)}.")
+        self._each(lambda w: w.table(tag, header, rows, step, note))
 
     def text(self, tag: str, text: str, step: int) -> None:
         """Write free text (e.g. why a pair was not traced)."""
-        for w in self.writers:
-            w.text(tag, text, step)
+        self._each(lambda w: w.text(tag, text, step))
 
     def spectrum(self, tag: str, freqs: Any, psd: Any, step: int) -> None:
-        """Write one power spectrum (TensorBoard stacks them over steps as a histogram)."""
-        for w in self.writers:
-            w.spectrum(tag, np.asarray(freqs, dtype=np.float64), np.asarray(psd, dtype=np.float64), step)
+        """Write one power spectrum (TensorBoard stacks them over steps as a histogram).
+
+        Raises:
+            ValueError: If ``freqs`` and ``psd`` are not 1-D of one length, or ``freqs`` is not
+                finite and strictly increasing (checked before any writer sees them).
+        """
+        f, p = np.asarray(freqs, dtype=np.float64), np.asarray(psd, dtype=np.float64)
+        if f.ndim != 1 or p.shape != f.shape or f.size == 0:
+            raise ValueError(
+                f"`freqs` and `psd` must be 1-D with the same non-zero length, got shapes {f.shape} and {p.shape}."
+            )
+        if not np.all(np.isfinite(f)) or (f.size > 1 and not np.all(np.diff(f) > 0)):
+            raise ValueError(f"`freqs` must be finite and strictly increasing, got {f!r}.")
+        self._each(lambda w: w.spectrum(tag, f, p, step))
 
     def layout(self, layout: Mapping[str, Mapping[str, list]]) -> None:
         """Declare a custom-scalars layout (written once per writer)."""
-        for w in self.writers:
-            w.layout(layout)
+        self._each(lambda w: w.layout(layout))
 
     def flush(self) -> None:
-        for w in self.writers:
-            w.flush()
+        self._each(lambda w: w.flush())

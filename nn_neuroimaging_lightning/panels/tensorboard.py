@@ -2,14 +2,15 @@
 
 Presentation only: every function receives values that are already computed (numpy arrays,
 tensors or Python numbers) and writes them through a ``torch.utils.tensorboard.SummaryWriter``-like
-``writer`` — what ``TensorBoardLogger.experiment`` returns. matplotlib is imported inside the
-functions that need it.
+``writer`` — what ``TensorBoardLogger.experiment`` returns — through its public methods and its
+public ``file_writer`` attribute. matplotlib is imported inside the functions that need it.
 """
 
 from __future__ import annotations
 
 import enum
 import re
+import weakref
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -18,9 +19,8 @@ import numpy as np
 __all__ = [
     "CROSS_MODAL_KEYS",
     "band_layout",
-    "figure_to_array",
+    "format_cell",
     "merge_layouts",
-    "png_bytes",
     "safe_tag",
     "table_text",
     "write_custom_scalars",
@@ -33,6 +33,8 @@ __all__ = [
 CROSS_MODAL_KEYS = ("consistency", "rho", "agreement", "coherence")
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9_./-]")
+#: Writers that got a custom-scalars layout (weak: kept here, not as an attribute on the user's writer).
+_LAYOUT_WRITTEN: "weakref.WeakSet[Any]" = weakref.WeakSet()
 
 
 def _to_numpy(x: Any, name: str) -> np.ndarray:
@@ -188,14 +190,21 @@ def write_custom_scalars(writer: Any, layout: Mapping[str, Mapping[str, list[Any
         ``True`` if the layout was written, ``False`` if this writer already had one or the layout
         is empty.
     """
-    if not layout or getattr(writer, "_nn_neuroimaging_layout_written", False):
+    if not layout or _layout_written(writer):
         return False
     writer.add_custom_scalars({k: dict(v) for k, v in layout.items()})
     try:
-        writer._nn_neuroimaging_layout_written = True
-    except AttributeError:  # a writer with __slots__: write every time rather than never
+        _LAYOUT_WRITTEN.add(writer)
+    except TypeError:  # a writer that takes no weak reference: write every time rather than never
         pass
     return True
+
+
+def _layout_written(writer: Any) -> bool:
+    try:
+        return writer in _LAYOUT_WRITTEN
+    except TypeError:
+        return False
 
 
 def write_stacked_spectrum(
@@ -273,83 +282,51 @@ def write_stacked_spectrum(
     return True
 
 
-def figure_to_array(fig: Any) -> np.ndarray:
-    """Render a matplotlib figure to an ``(H, W, 3)`` uint8 RGB array, without pyplot.
-
-    An ``(H, W, 3)`` uint8 array is returned as it is (a panel already rendered as an image).
-    """
-    if isinstance(fig, np.ndarray):
-        if fig.dtype != np.uint8 or fig.ndim != 3 or fig.shape[2] != 3:
-            raise ValueError(f"`fig` as an array must be (H, W, 3) uint8 RGB, got {fig.dtype} {fig.shape}.")
-        return fig
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-
-    canvas = FigureCanvasAgg(fig)
-    canvas.draw()
-    rgba = np.asarray(canvas.buffer_rgba())  # (H, W, 4)
-    return np.ascontiguousarray(rgba[..., :3])
+def _file_writer(writer: Any) -> Any:
+    """The writer's public ``file_writer`` (``SummaryWriter`` sets it; ``None`` after ``close()``)."""
+    return getattr(writer, "file_writer", None)
 
 
-def png_bytes(rgb: np.ndarray, level: int = 6) -> bytes:
-    r"""Encode an ``(H, W, 3)`` uint8 RGB array as PNG bytes (zlib only, no image library).
+def write_figure(writer: Any, tag: str, fig: Any, step: int, *, png: bytes | None = None) -> None:
+    """Render ``fig`` (a matplotlib figure, or an ``(H, W, 3)`` uint8 image) and write it as an image.
 
-    Rows are written with PNG filter 0 (none): the encoder holds one copy of the pixels plus one
-    byte per row, and the compressed stream.
-
-    .. math:: \text{PNG} = \text{signature} \,\|\, \text{IHDR} \,\|\, \text{IDAT}(\mathrm{zlib}(0 \,\|\, \text{row}_1 \,\|\, \dots)) \,\|\, \text{IEND}
-
-    Args:
-        rgb: ``(H, W, 3)`` uint8 pixels, top row first.
-        level: zlib compression level, 0 to 9.
-
-    Returns:
-        The PNG file's bytes.
-
-    Raises:
-        ValueError: If ``rgb`` is not a non-empty ``(H, W, 3)`` uint8 array.
+    Like ``writer.add_figure(tag, fig, step, close=True)`` but without pyplot (no interactive
+    backend, nothing in pyplot's figure registry; a figure passed here is released afterwards) and
+    with little memory: the PNG (``png``, when the caller already encoded the image, else Pillow's)
+    goes into an image summary on the writer's public ``file_writer``, whereas ``add_image`` makes
+    float32 copies of the image (12 bytes per pixel each). A writer without an open file writer
+    gets ``add_image``.
 
     Example::
 
-        >>> data = png_bytes(np.zeros((2, 3, 3), dtype=np.uint8))
-        >>> data[1:4], len(data) > 40
-        (b'PNG', True)
+        >>> import tempfile
+        >>> from torch.utils.tensorboard import SummaryWriter
+        >>> from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+        >>> d = tempfile.mkdtemp()
+        >>> with SummaryWriter(d) as w:
+        ...     write_figure(w, "panel", np.zeros((20, 30, 3), dtype=np.uint8), step=2)
+        >>> image = EventAccumulator(d).Reload().Images("panel")[0]
+        >>> image.step, image.width, image.height
+        (2, 30, 20)
     """
-    import struct
-    import zlib
+    from nn_neuroimaging_lightning.panels.rendering import release, render
 
-    if not isinstance(rgb, np.ndarray) or rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3 or 0 in rgb.shape:
-        got = f"{rgb.dtype} {rgb.shape}" if isinstance(rgb, np.ndarray) else type(rgb).__name__
-        raise ValueError(f"`rgb` must be a non-empty (H, W, 3) uint8 array, got {got}.")
-    h, w, _ = rgb.shape
-    raw = np.empty((h, 1 + 3 * w), dtype=np.uint8)  # (H, 1 + 3W): filter byte 0, then the row
-    raw[:, 0] = 0
-    raw[:, 1:] = rgb.reshape(h, 3 * w)
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
-
-    header = struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0)  # 8-bit RGB, no interlace
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw.tobytes(), level)) + chunk(b"IEND", b"")
-
-
-def write_figure(writer: Any, tag: str, fig: Any, step: int) -> None:
-    """Render ``fig`` (a matplotlib figure, or an ``(H, W, 3)`` uint8 image) and write it as an image.
-
-    Equivalent to ``writer.add_figure(tag, fig, step, close=True)`` but never touches pyplot (no
-    interactive backend is selected, nothing is kept in pyplot's figure registry) and costs little
-    memory: the pixels are PNG-encoded here (:func:`png_bytes`) and the image summary goes to the
-    writer's event file directly, whereas ``add_image`` makes float32 copies of the image (12 bytes
-    per pixel each) and resamples it. A writer without a file writer gets ``add_image``.
-    """
-    rgb = figure_to_array(fig)
-    get_file_writer = getattr(writer, "_get_file_writer", None)
-    if get_file_writer is None:
+    if isinstance(fig, np.ndarray) and png is not None:
+        rgb = fig
+    else:
+        try:
+            rendered = render(fig)
+        finally:
+            release(fig)
+        rgb, png = rendered.rgb, rendered.png
+    file_writer = _file_writer(writer)
+    if file_writer is None:
         writer.add_image(tag, rgb, int(step), dataformats="HWC")
         return
     from tensorboard.compat.proto.summary_pb2 import Summary
 
-    image = Summary.Image(height=rgb.shape[0], width=rgb.shape[1], colorspace=3, encoded_image_string=png_bytes(rgb))
-    get_file_writer().add_summary(Summary(value=[Summary.Value(tag=tag, image=image)]), int(step))
+    image = Summary.Image(height=rgb.shape[0], width=rgb.shape[1], colorspace=3, encoded_image_string=png)
+    file_writer.add_summary(Summary(value=[Summary.Value(tag=tag, image=image)]), int(step))
 
 
 def write_scalars(writer: Any, scalars: Mapping[str, float], step: int) -> None:
@@ -357,8 +334,9 @@ def write_scalars(writer: Any, scalars: Mapping[str, float], step: int) -> None:
 
     What ``TensorBoardLogger.log_metrics`` writes, one ``add_scalar`` per key, read back the same
     way (``EventAccumulator.Scalars(tag)``), but one event instead of ``len(scalars)``: 20 band
-    powers cost ~0.1 ms instead of ~0.9 ms (micro-benchmark; ~2.4 ms inside a training step). A
-    writer without a file writer gets ``add_scalar`` per key.
+    powers cost ~0.1 ms instead of ~0.9 ms (micro-benchmark; ~2.4 ms inside a training step). Goes
+    through the writer's public ``file_writer``; a writer without an open one gets ``add_scalar``
+    per key.
 
     Example::
 
@@ -373,27 +351,37 @@ def write_scalars(writer: Any, scalars: Mapping[str, float], step: int) -> None:
         >>> [(e.step, e.value) for e in acc.Scalars("a/y")]
         [(3, 2.5)]
     """
-    get_file_writer = getattr(writer, "_get_file_writer", None)
-    if get_file_writer is None:
+    file_writer = _file_writer(writer)
+    if file_writer is None:
         for tag, value in scalars.items():
             writer.add_scalar(tag, float(value), int(step))
         return
     from tensorboard.compat.proto.summary_pb2 import Summary
 
     values = [Summary.Value(tag=tag, simple_value=float(value)) for tag, value in scalars.items()]
-    get_file_writer().add_summary(Summary(value=values), int(step))
+    file_writer.add_summary(Summary(value=values), int(step))
 
 
-def _cell(value: Any) -> str:
+def format_cell(value: Any) -> str:
+    """A table cell as text: floats with 4 significant digits, booleans yes/no, enums by value.
+
+    Example::
+
+        >>> format_cell(7.123456), format_cell(True), format_cell("a|b")
+        ('7.123', 'yes', 'a|b')
+    """
     if hasattr(value, "detach"):
         value = value.detach().cpu()
         value = value.item() if value.numel() == 1 else value.tolist()
     if isinstance(value, (float, np.floating)):
-        text = f"{float(value):.4g}"
-    elif isinstance(value, (bool, np.bool_)):
-        text = "yes" if value else "no"
-    else:
-        text = str(value.value if isinstance(value, enum.Enum) else value)
+        return f"{float(value):.4g}"
+    if isinstance(value, (bool, np.bool_)):
+        return "yes" if value else "no"
+    return str(value.value if isinstance(value, enum.Enum) else value)
+
+
+def _cell(value: Any) -> str:
+    text = format_cell(value)
     return text.replace("\\", "\\\\").replace("|", "\\|").replace("\r", " ").replace("\n", " ")
 
 
