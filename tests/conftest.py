@@ -1,4 +1,4 @@
-"""Test set-up: ``tests/helpers`` importable as ``helpers``; property tests deterministic.
+"""Test set-up: ``tests/helpers`` importable as ``helpers``; one torch thread; property tests deterministic.
 
 Every hypothesis test runs with ``derandomize=True`` (the "deterministic" profile, loaded for the
 whole suite): the examples are a fixed function of the test, so ``make test`` gives the same
@@ -9,7 +9,15 @@ verdict on every run and every machine, and a failure reproduces. Set
 import os
 import sys
 
-from hypothesis import settings
+# One intra-op thread per test process (also inherited by the processes tests spawn, e.g. DDP):
+# on these 2-core machines torch's default of one thread per core oversubscribes the CPU as soon as
+# anything else runs, and a 5 s fit took 50 s. No test measures speed.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import torch  # noqa: E402
+from hypothesis import settings  # noqa: E402
+
+torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
 if _HERE not in sys.path:
