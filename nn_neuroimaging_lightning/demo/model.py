@@ -298,23 +298,20 @@ class DemoClassifier(pl.LightningModule):
         self.log("train_loss", loss, prog_bar=True)
         return loss
 
-    def validation_step(self, batch: Any, batch_idx: int) -> Tensor:
+    def _evaluate(self, batch: Any, stage: str, accuracy: Any) -> Tensor:
         x, y = batch
         logits = self(x)
         loss = F.cross_entropy(logits, y)
-        self.val_acc(logits, y)
-        self.log("val_loss", loss, prog_bar=True)
-        self.log("val_acc", self.val_acc, prog_bar=True)
+        accuracy(logits, y)
+        self.log(f"{stage}_loss", loss, prog_bar=stage == "val")
+        self.log(f"{stage}_acc", accuracy, prog_bar=stage == "val")
         return loss
 
+    def validation_step(self, batch: Any, batch_idx: int) -> Tensor:
+        return self._evaluate(batch, "val", self.val_acc)
+
     def test_step(self, batch: Any, batch_idx: int) -> Tensor:
-        x, y = batch
-        logits = self(x)
-        loss = F.cross_entropy(logits, y)
-        self.test_acc(logits, y)
-        self.log("test_loss", loss)
-        self.log("test_acc", self.test_acc)
-        return loss
+        return self._evaluate(batch, "test", self.test_acc)
 
     def predict_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> Tensor:
         x = batch[0] if isinstance(batch, (tuple, list)) else batch
