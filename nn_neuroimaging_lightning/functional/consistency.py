@@ -44,7 +44,6 @@ from typing import Dict, Optional, Union
 import torch
 from torch import Tensor
 from torchmetrics.functional import pearson_corrcoef
-from torchmetrics.functional.regression.spearman import _rank_data
 
 __all__ = ["agreement", "coherence", "consistency", "joint_anomalies", "spearman", "spearman_undefined"]
 
@@ -122,6 +121,13 @@ def _undefined_masks(x: Tensor, y: Tensor) -> Dict[str, Tensor]:
     }
 
 
+def _average_ranks(rows: Tensor) -> Tensor:
+    """1-based ranks along the last dim, ties given their average rank (scipy's ``rankdata``). (B, L) -> (B, L)."""
+    below = (rows.unsqueeze(-2) < rows.unsqueeze(-1)).sum(-1)  # (B, L): how many are smaller
+    equal = (rows.unsqueeze(-2) == rows.unsqueeze(-1)).sum(-1)  # (B, L): ties, itself included
+    return below.to(rows.dtype) + (equal.to(rows.dtype) + 1.0) / 2.0
+
+
 def _spearman_rho(x: Tensor, y: Tensor) -> Tensor:
     """Spearman's rho along the last dim; NaN where undefined. Shapes (..., L) -> (...)."""
     x, y = _check_series(x, y)
@@ -136,12 +142,11 @@ def _spearman_rho(x: Tensor, y: Tensor) -> Tensor:
     bad = undefined.reshape(-1, 1)
     rows_x = torch.where(bad, stand_in, rows_x)
     rows_y = torch.where(bad, stand_in, rows_y)
-    # torchmetrics' tie-averaging ranks, correlated in the inputs' dtype: its `spearman_corrcoef`
-    # ranks in float32 and adds 1e-6 to the denominator (up to 1.5e-6 off scipy, and 0 instead of
-    # undefined for a constant series), so the two steps are taken here.
-    ranks_x = torch.stack([_rank_data(r) for r in rows_x]).to(x.dtype)  # (B, L)
-    ranks_y = torch.stack([_rank_data(r) for r in rows_y]).to(x.dtype)  # (B, L)
-    rho = pearson_corrcoef(ranks_x.T, ranks_y.T).reshape(batch)  # one rho per series pair
+    # Spearman = Pearson (torchmetrics) of tie-averaged ranks, in the inputs' dtype. torchmetrics'
+    # own `spearman_corrcoef` ranks in float32 and adds 1e-6 to the denominator (a perfect
+    # agreement comes out 0.9999992), and its ranking helper is private, so the ranks are taken
+    # here: rank_i = #{j: v_j < v_i} + (#{j: v_j = v_i} + 1) / 2, batched, O(L^2) for L layers.
+    rho = pearson_corrcoef(_average_ranks(rows_x).T, _average_ranks(rows_y).T).reshape(batch)
     return torch.where(undefined, torch.full_like(rho, float("nan")), rho.clamp(-1.0, 1.0))
 
 

@@ -273,3 +273,13 @@ def test_bad_input():
         spearman(_b(True, False, True), torch.ones(3))
     with pytest.raises(TypeError, match="`agreement` must be a tensor or a real number"):
         consistency(0.0, "high", 1.0)
+
+
+def test_average_ranks_match_scipy_rankdata_with_ties():
+    from scipy.stats import rankdata
+
+    from nn_neuroimaging_lightning.functional.consistency import _average_ranks
+
+    g = torch.Generator().manual_seed(3)
+    rows = torch.randint(0, 4, (6, 9), generator=g).to(torch.float64)  # many ties
+    np.testing.assert_array_equal(_average_ranks(rows).numpy(), rankdata(rows.numpy(), axis=-1))
