@@ -15,6 +15,29 @@ def check_int(name: str, value: Any, minimum: int | None = None, maximum: int | 
     return value
 
 
+def check_index(name: str, value: Any, minimum: int, maximum: int | None = None, *, shown: Any = None,
+                must: str | None = None) -> int:
+    """Return ``operator.index(value)`` (ints, numpy ints) within ``[minimum, maximum]``, else ``ValueError``.
+
+    For the functional core, where a wrong type and a wrong value are both a ``ValueError``. The
+    message shows ``shown`` (e.g. the whole tuple an entry came from) instead of ``value``, and
+    ``must`` (e.g. "contain positive ints") instead of "be an int >= minimum", when given.
+    """
+    import operator
+
+    allowed = f">= {minimum}" if maximum is None else f"in [{minimum}, {maximum}]"
+    error = ValueError(f"`{name}` must {must or 'be an int ' + allowed}, got {value if shown is None else shown!r}.")
+    if isinstance(value, bool):
+        raise error
+    try:
+        v = operator.index(value)
+    except TypeError:
+        raise error from None
+    if v < minimum or (maximum is not None and v > maximum):
+        raise error
+    return v
+
+
 def check_float(
     name: str,
     value: Any,

@@ -22,13 +22,14 @@ the batch first, :func:`scatter_unit_sums` then scatters units into regions), wh
 from __future__ import annotations
 
 import math
-import operator
 from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Optional, Union
 
 import torch
 from torch import Tensor
+
+from nn_neuroimaging_lightning._validation import check_index
 
 __all__ = [
     "DEFAULT_GRID",
@@ -76,15 +77,7 @@ def _as_grid_tuple(grid: _GridLike) -> tuple[int, ...]:
         )
     out = []
     for g in grid:
-        if isinstance(g, bool):
-            raise ValueError(f"`grid` must contain positive ints, got {grid!r}.")
-        try:
-            gi = operator.index(g)
-        except TypeError:
-            raise ValueError(f"`grid` must contain positive ints, got {grid!r}.") from None
-        if gi <= 0:
-            raise ValueError(f"`grid` must contain positive ints, got {grid!r}.")
-        out.append(gi)
+        out.append(check_index("grid", g, 1, shown=grid, must="contain positive ints"))  # every entry a positive int
     if not 1 <= len(out) <= 3:
         raise ValueError(
             f"`grid` must have 1, 2 or 3 entries ((g_c,), (g_t, g_d) or (g_h, g_w, g_c)), got {grid!r}."

@@ -15,12 +15,13 @@ forward. Two estimators:
 from __future__ import annotations
 
 import math
-import operator
 from typing import Callable, NamedTuple, Optional, Sequence, Union
 
 import torch
 from scipy.stats import t as student_t
 from torch import Tensor
+
+from nn_neuroimaging_lightning._validation import check_index
 
 __all__ = [
     "ZetaResult",
@@ -89,17 +90,7 @@ class ZetaResult(NamedTuple):
 # argument checks and evaluation
 
 
-def _check_int(name: str, value, minimum: int, maximum: Optional[int] = None) -> int:
-    if isinstance(value, bool):
-        raise ValueError(f"`{name}` must be an int >= {minimum}, got {value!r}.")
-    try:
-        v = operator.index(value)
-    except TypeError:
-        raise ValueError(f"`{name}` must be an int >= {minimum}, got {value!r}.") from None
-    if v < minimum or (maximum is not None and v > maximum):
-        allowed = f">= {minimum}" if maximum is None else f"in [{minimum}, {maximum}]"
-        raise ValueError(f"`{name}` must be an int {allowed}, got {value!r}.")
-    return v
+_check_int = check_index
 
 
 def _check_confidence(confidence) -> float:
