@@ -64,7 +64,7 @@ class FaultInjector(Callback):
 
     ``nan``: the layer's output is NaN in the forward of that step. ``weights_x1e3``: every floating
     parameter of the layer is multiplied by 1e3 before that step. ``dead_layer``: the layer's output
-    is zero from that step on (validation included). ``lr_x100``: every optimizer's learning rate is
+    is zero (``x * 0``, still in the autograd graph) from that step on (validation included). ``lr_x100``: every optimizer's learning rate is
     multiplied by 100 from that step on. ``val_train_mode``: from that step on, every validation loop
     runs with the model in training mode (dropout and batch norm on).
     """
@@ -93,7 +93,9 @@ class FaultInjector(Callback):
             self.injected_at = self.step
             return _replace_first(output, lambda x: x * float("nan"))
         self.injected_at = self.step if self.injected_at is None else self.injected_at
-        return _replace_first(output, torch.zeros_like)
+        # x * 0, not zeros_like: the output stays in the autograd graph (a dead head would otherwise
+        # leave a loss without grad_fn, and backward would raise instead of the layer being dead)
+        return _replace_first(output, lambda x: x * 0.0)
 
     def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int) -> None:
         if trainer.global_step != self.step or self.injected_at is not None:

@@ -72,7 +72,16 @@ def _middle_layer(client: str, seed: int, steps_per_epoch: int) -> str:
 
 
 def run_one(task: Dict[str, Any]) -> Dict[str, Any]:
-    """One fit of the benchmark (runs in a worker process with one thread)."""
+    """One fit of the benchmark (runs in a worker process with one thread); a failed fit is a record with its error."""
+    try:
+        return _run_one(task)
+    except Exception as exc:  # one broken run must not lose the others' records
+        return {"client": task["client"], "seed": task["seed"], "fault": task["fault"], "steps": 0, "events": [],
+                "stop_step": None, "weights_finite": False, "fault_step": task.get("fault_step", 0) + 13 * task["seed"],
+                "error": f"{type(exc).__name__}: {exc}"[:300]}
+
+
+def _run_one(task: Dict[str, Any]) -> Dict[str, Any]:
     CF.quiet()
     CF.set_threads(1)
     import torch
@@ -107,6 +116,8 @@ def run_one(task: Dict[str, Any]) -> Dict[str, Any]:
 def summarise(results: List[Dict[str, Any]]) -> str:
     """The Markdown tables of the README (per kind of run)."""
     lines: List[str] = []
+    failed = [r for r in results if r.get("error")]
+    results = [r for r in results if not r.get("error")]
     healthy = [r for r in results if r["fault"] is None]
     steps = sum(r["steps"] for r in healthy)
     kinds = Counter(e["kind"] for r in healthy for e in r["events"])
@@ -148,6 +159,10 @@ def summarise(results: List[Dict[str, Any]]) -> str:
                      f"{CF.mean_sd_range(stop_lat)} | {finite}/{len(rs)} | {target} |")
     early = [(r["client"], r["seed"], r["fault"], e["kind"], e["step"]) for r in results if r["fault"] is not None
              for e in r["events"] if e["step"] < r["fault_step"]]
+    if failed:
+        lines.append("")
+        lines.append(f"Runs that failed (left out above): {len(failed)}: "
+                     + "; ".join(f"{r['client']} seed {r['seed']} {r['fault'] or 'healthy'}: {r['error']}" for r in failed))
     lines.append("")
     lines.append(f"Events before the fault in fault runs (false positives too): {len(early)}"
                  + (f": {early[:10]}" if early else "."))
