@@ -325,10 +325,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         p.error(f"unknown client(s) / arm(s) {bad}; clients: {list(CLIENTS)}, arms: {list(ARMS)}")
     if "plain" not in arms:
         arms.insert(0, "plain")
-    results = [run_case(c, s, epochs, max(repeats, 1), arms, args.seed) for c in clients for s in steps]
+    results = []
+    for c in clients:
+        for s in steps:
+            results.append(run_case(c, s, epochs, max(repeats, 1), arms, args.seed))
+            if args.out:  # after every case: a long run stopped early keeps what it measured
+                Path(args.out).write_text(json.dumps({"command": command, "results": results}, indent=1, default=float))
     print(table(results, command.strip()))
-    if args.out:
-        Path(args.out).write_text(json.dumps({"command": command, "results": results}, indent=1, default=float))
     return 0
 
 
