@@ -32,12 +32,15 @@ shared: read the ratios, which are measured side by side, not the absolute times
 ``--figures``: the cost of each panel figure kind alone (build, draw on Agg, PNG encode,
 release), the median of ``--repeats`` in ms; the figures are those of ``tests/panels``-like
 inputs of the sizes the callbacks draw (a 9-layer spectrum, an 8x8x4 zeta map, ...).
+``--baseline REF`` times the same figures with the panels code of git ``REF`` interleaved with
+the current code (before/after on a loaded machine).
 
 Usage::
 
     python benchmarks/overhead_clients.py                       # every client, 3 rounds, ~1 hour loaded
     python benchmarks/overhead_clients.py --clients resnet --repeats 5 --out overhead.json
     python benchmarks/overhead_clients.py --figures --repeats 9  # per figure kind, ms
+    python benchmarks/overhead_clients.py --figures --repeats 9 --baseline 583db8c  # before/after A/B
     python benchmarks/overhead_clients.py --smoke               # < 30 s: one tiny round
 """
 
@@ -222,28 +225,29 @@ def table(results: Sequence[Dict[str, Any]], command: str) -> str:
 # ------------------------------------------------------------------ --figures
 
 
-def figure_cases() -> Dict[str, Callable[[], Any]]:
-    """One builder per figure kind, with inputs of the sizes the callbacks draw."""
-    from nn_neuroimaging_lightning.panels import figures as PF
+def figure_cases(PF: Any = None) -> Dict[str, Callable[[], Any]]:
+    """One builder per figure kind, with inputs of the sizes the callbacks draw (``PF``: the figures module)."""
+    if PF is None:
+        from nn_neuroimaging_lightning.panels import figures as PF
 
     rng = np.random.default_rng(0)
     freqs = np.arange(33) * 3.125
     bands = {"delta": (0.5, 4.0), "theta": (4.0, 8.0), "alpha": (8.0, 13.0), "beta": (13.0, 30.0), "gamma": (30.0, 100.0)}
     psd = {f"layer{i}.conv": 1.0 / (1.0 + freqs) ** (1 + i / 8) for i in range(9)}
     zeta = rng.normal(size=(8, 8, 4))
+    power = rng.random((32, 33)) + 0.01
     m = rng.random((8, 8))
     m[0, 1] = np.nan
     phases = ["train"] * 40 + ["validate"] * 10 + ["train"] * 40
     return {
         "spectrum (9 layers)": lambda: PF.spectrum_figure(freqs, psd, bands),
-        "spectrogram (32 x 33)": lambda: PF.spectrogram_figure(np.arange(32) * 4, freqs, rng.random((32, 33)) + 0.01,
-                                                              title="Spectrogram layer1.conv"),
+        "spectrogram (32 x 33)": lambda: PF.spectrogram_figure(np.arange(32) * 4, freqs, power, title="Spectrogram layer1.conv"),
         "heatmap zeta 8x8x4": lambda: PF.heatmap_figure(zeta, "layer1: zeta (impact of each region)", "RdBu_r",
                                                        np.abs(zeta) > 1.5, symmetric=True, colorbar_label="zeta"),
         "heatmap significance 8x8x4": lambda: PF.heatmap_figure((np.abs(zeta) > 1.5).astype(float),
                                                                "layer1: significant regions (95 % CI excludes 0)",
                                                                "Greys", colorbar_label="significant"),
-        "heatmap density (4,)": lambda: PF.heatmap_figure(rng.random(4), "fc1: density phi", colorbar_label="phi"),
+        "heatmap density (4,)": lambda: PF.heatmap_figure(power[0, :4], "fc1: density phi", colorbar_label="phi"),
         "matrix 8x8": lambda: PF.matrix_figure(m, "layer1 region (source)", "layer2 region (target)", "C(layer1 -> layer2)"),
         "phase timeline": lambda: PF.phase_timeline_figure(phases, np.arange(90) * 0.1, {"train": 8.0, "validate": 1.0}),
         "consistency": lambda: PF.consistency_figure({"consistency": [0.5, 0.6, 0.7], "rho": [0.1, 0.2, 0.3],
@@ -253,43 +257,88 @@ def figure_cases() -> Dict[str, Callable[[], Any]]:
     }
 
 
-def figure_costs(repeats: int) -> Dict[str, Dict[str, float]]:
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
+def _module_at(ref: str, relpath: str, name: str) -> Any:
+    """The module ``relpath`` as it was at git ``ref`` of this repository (for a before/after A/B)."""
+    import subprocess
+    import types
 
+    root = Path(__file__).resolve().parents[1]
+    src = subprocess.run(["git", "-C", str(root), "show", f"{ref}:{relpath}"], capture_output=True, text=True, check=True).stdout
+    mod = types.ModuleType(name)
+    mod.__file__ = f"<{ref}:{relpath}>"
+    sys.modules[name] = mod  # dataclasses look their module up
+    exec(compile(src, mod.__file__, "exec"), mod.__dict__)
+    return mod
+
+
+def _time_once(build: Callable[[], Any], R: Any) -> Dict[str, Any]:
+    t0 = time.perf_counter()
+    fig = build()
+    t1 = time.perf_counter()
+    image = R.render(fig)
+    t2 = time.perf_counter()
+    R.release(fig)
+    t3 = time.perf_counter()
+    R.encode_png(image.rgb)
+    t4 = time.perf_counter()
+    return {"build": t1 - t0, "render": t2 - t1, "release": t3 - t2, "encode": t4 - t3, "total": t3 - t0,
+            "px": list(image.size)}
+
+
+def figure_costs(repeats: int, baseline: str = "") -> Dict[str, Dict[str, Any]]:
+    """Median ms per figure kind (build, render = draw + PNG, release, PNG alone, total); with
+    ``baseline`` a git ref, the same figures with ``panels/figures.py`` and ``panels/rendering.py``
+    of that ref, interleaved with the current ones (order alternating per repeat), and the median of
+    the per-repeat ratios current / baseline."""
+    from nn_neuroimaging_lightning.panels import figures as PF
     from nn_neuroimaging_lightning.panels import rendering as R
 
-    out = {}
-    for name, build in figure_cases().items():
-        R.release(build())  # warm-up: font cache, first-use costs
-        t: Dict[str, List[float]] = defaultdict(list)
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            fig = build()
-            t1 = time.perf_counter()
-            image = R.render(fig)
-            t2 = time.perf_counter()
-            R.release(fig)
-            t3 = time.perf_counter()
-            R.encode_png(image.rgb)
-            t4 = time.perf_counter()
-            t["build"].append(t1 - t0)
-            t["render"].append(t2 - t1)  # draw + PNG encode
-            t["release"].append(t3 - t2)
-            t["encode"].append(t4 - t3)
-            t["total"].append(t3 - t0)
-        out[name] = {k: float(np.median(v)) * 1e3 for k, v in t.items()}
-        out[name]["px"] = list(image.size)
-        print(f"  {name}: " + " ".join(f"{k}={v:.1f}" for k, v in out[name].items() if k != "px"), file=sys.stderr, flush=True)
-    del FigureCanvasAgg
+    variants = {"now": (figure_cases(PF), R)}
+    if baseline:
+        PFb = _module_at(baseline, "nn_neuroimaging_lightning/panels/figures.py", "_baseline_figures")
+        Rb = _module_at(baseline, "nn_neuroimaging_lightning/panels/rendering.py", "_baseline_rendering")
+        variants["base"] = (figure_cases(PFb), Rb)
+    out: Dict[str, Dict[str, Any]] = {}
+    for name in variants["now"][0]:
+        for cases, R_ in variants.values():
+            R_.release(cases[name]())  # warm-up: font cache, first-use costs
+        t: Dict[str, Dict[str, List[float]]] = {v: defaultdict(list) for v in variants}
+        px: Dict[str, Any] = {}
+        for r in range(repeats):
+            for v in (list(variants) if r % 2 == 0 else list(variants)[::-1]):
+                cases, R_ = variants[v]
+                once = _time_once(cases[name], R_)
+                px[v] = once.pop("px")
+                for k, x in once.items():
+                    t[v][k].append(x)
+        row: Dict[str, Any] = {k: float(np.median(x)) * 1e3 for k, x in t["now"].items()}
+        row["px"] = px["now"]
+        if baseline:
+            row["base"] = {k: float(np.median(x)) * 1e3 for k, x in t["base"].items()}
+            row["base"]["px"] = px["base"]
+            row["ratio"] = median_ci([a / b for a, b in zip(t["now"]["total"], t["base"]["total"])])
+        out[name] = row
+        print(f"  {name}: " + " ".join(f"{k}={v:.1f}" for k, v in row.items() if isinstance(v, float)), file=sys.stderr, flush=True)
     return out
 
 
-def figure_table(costs: Dict[str, Dict[str, float]], command: str) -> str:
-    lines = [f"`{command}`", "", "| figure | size (px) | build | render (draw + PNG) | of which PNG | release | total (ms) |",
-             "|---|---|---:|---:|---:|---:|---:|"]
+def figure_table(costs: Dict[str, Dict[str, Any]], command: str) -> str:
+    base = any("base" in c for c in costs.values())
+    head = "| figure | size (px) | build | render (draw + PNG) | of which PNG | release | total (ms) |"
+    rule = "|---|---|---:|---:|---:|---:|---:|"
+    if base:
+        head += " baseline total (ms) | now / baseline |"
+        rule += "---:|---|"
+    lines = [f"`{command}`", "", head, rule]
     for name, c in costs.items():
-        lines.append(f"| {name} | {c['px'][0]}×{c['px'][1]} | {c['build']:.1f} | {c['render']:.1f} | {c['encode']:.1f} | "
-                     f"{c['release']:.1f} | {c['total']:.1f} |")
+        line = (f"| {name} | {c['px'][0]}×{c['px'][1]} | {c['build']:.1f} | {c['render']:.1f} | {c['encode']:.1f} | "
+                f"{c['release']:.1f} | {c['total']:.1f} |")
+        if base:
+            line += f" {c['base']['total']:.1f} | {_ci(c['ratio'])} |"
+        lines.append(line)
+    if base:
+        lines += ["", "Now and baseline interleaved in one process; ratio: median of per-repeat total-time ratios "
+                  "[bootstrap 95 % CI]."]
     return "\n".join(lines)
 
 
@@ -302,6 +351,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--arms", default=",".join(ARMS), help=f"comma-separated, of {', '.join(ARMS)} (plain is always run)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--figures", action="store_true", help="cost of each panel figure kind instead of the fits")
+    p.add_argument("--baseline", default="", help="with --figures: a git ref whose panels/figures.py and "
+                   "rendering.py are timed interleaved with the current ones")
     p.add_argument("--smoke", action="store_true", help="< 30 s: cnn, 8-step epochs, 1 epoch, 1 round, arms plain,all,floor")
     p.add_argument("--out", default="", help="write the results as JSON here")
     args = p.parse_args(argv)
@@ -309,7 +360,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     quiet()
     set_threads(1)
     if args.figures:
-        costs = figure_costs(max(args.repeats, 1))
+        costs = figure_costs(max(args.repeats, 1), args.baseline)
         print(figure_table(costs, command.strip()))
         if args.out:
             Path(args.out).write_text(json.dumps({"command": command, "figures": costs}, indent=1))
