@@ -95,7 +95,7 @@ def _label(value: Any) -> str:
 
 
 def _figure(figsize: Any, dpi: Any) -> Figure:
-    """A white figure with constrained layout, ``figsize`` inches at ``dpi`` (each side at most 4096 px)."""
+    """A white figure, ``figsize`` inches at ``dpi`` (each side at most 4096 px), laid out by :func:`_layout`."""
     try:
         w_in, h_in = (float(v) for v in figsize)
     except (TypeError, ValueError) as err:
@@ -105,9 +105,87 @@ def _figure(figsize: Any, dpi: Any) -> Figure:
     if isinstance(dpi, bool) or not isinstance(dpi, (int, float, np.number)) or not dpi > 0 or not math.isfinite(dpi):
         raise ValueError(f"`dpi` must be a positive number, got {dpi!r}.")
     w_in, h_in = min(w_in, _MAX_PX / dpi), min(h_in, _MAX_PX / dpi)
-    fig = Figure(figsize=(w_in, h_in), dpi=dpi, facecolor="white", layout="constrained")
-    fig.get_layout_engine().set(w_pad=0.06, h_pad=0.06, wspace=0.04, hspace=0.04)
-    return fig
+    return Figure(figsize=(w_in, h_in), dpi=dpi, facecolor="white")
+
+
+# Fixed margins (decision, issue 17): matplotlib's constrained layout measured every text twice
+# more before drawing it (about 40 % of a panel's render time). The margins are computed here
+# instead from what the figure holds: title lines, tick-label lengths (the axis's own locator and
+# formatter, no text drawn), axis labels, legend rows and a colour bar, in inches from the font
+# sizes, so the axes get the rest of the figure and no text leaves it.
+_PAD_IN = 0.1  # figure edge to the outermost text
+_EM_W = 0.66  # widest common glyph width of tick labels (digits 0.64, minus 0.84), in font sizes
+_CB_W_IN, _CB_GAP_IN = 0.22, 0.12  # colour bar width, gap between the axes and the bar
+
+
+def _pt(points: float) -> float:
+    return points / 72.0
+
+
+def _tick_chars(axis: Any) -> int:
+    """Characters of the longest tick label ``axis`` will draw (0 with no visible tick)."""
+    lo, hi = sorted(axis.get_view_interval())
+    span = (hi - lo) * 1e-9
+    locs = [v for v in axis.get_major_locator()() if lo - span <= v <= hi + span]
+    labels = axis.get_major_formatter().format_ticks(locs) if locs else []
+    return max((len(t) for t in labels), default=0)
+
+
+def _side_in(axis: Any, label_pt: float = _LABEL) -> float:
+    """Inches of tick labels and the axis label beside an axis (y axes: label widths; x: heights)."""
+    chars = _tick_chars(axis)
+    vertical = axis.axis_name == "y"
+    ticks = _pt(4 + 3.5) + (_pt(chars * _EM_W * _TICK) if vertical else _pt(_TICK * 1.2)) if chars else 0.0
+    label = _pt(4 + label_pt * 1.25) if axis.get_label_text() else 0.0
+    return ticks + label
+
+
+def _legend_in(rows: int) -> float:
+    return _pt(rows * _SMALL * 1.55 + _SMALL * 0.9) if rows else 0.0
+
+
+def _legend(fig: Figure, rows: int, **kwargs: Any) -> int:
+    """A figure legend under the axes, on the figure's bottom edge; returns its rows for :func:`_layout`."""
+    fig.legend(loc="lower center", bbox_to_anchor=(0.5, _PAD_IN / fig.get_figheight() * 0.5), **kwargs)
+    return rows
+
+
+def _title_in(fig: Figure) -> float:
+    title = fig.get_suptitle()
+    if not title:
+        return 0.0
+    return _pt(_TITLE * 1.25 * len(title.splitlines())) + 0.06
+
+
+def _layout(fig: Figure, ax: Any, *, bar: Any = None, legend_rows: int = 0, top_extra_in: float = 0.0,
+            right_in: float | None = None, left_in: float | None = None) -> None:
+    """Place ``ax`` (and its colour bar ``bar`` on its right) in the figure with fixed margins.
+
+    The margins hold the suptitle, ``top_extra_in`` more above the axes (band names, map titles),
+    the x tick labels, x label and ``legend_rows`` legend rows below, the y tick labels and y label
+    on the left, and the colour bar with its tick labels and label on the right. An axes with a
+    fixed aspect (maps) shrinks inside its box; the colour bar then follows the drawn map.
+    """
+    w_in, h_in = fig.get_figwidth(), fig.get_figheight()
+    top = _PAD_IN + _title_in(fig) + top_extra_in + _pt(_TICK * 0.6)  # half the top y tick label
+    bottom = _PAD_IN + _side_in(ax.xaxis) + _legend_in(legend_rows)
+    left = _PAD_IN + max(_side_in(ax.yaxis), 0.15) if left_in is None else left_in  # 0.15: half an x tick label
+    if bar is not None:
+        right = _PAD_IN + _CB_GAP_IN + _CB_W_IN + _side_in(bar.ax.yaxis) if right_in is None else right_in
+    else:
+        right = 0.25 if right_in is None else right_in  # half of the last x tick label
+    left, bottom = min(left, 0.45 * w_in), min(bottom, 0.45 * h_in)
+    width, height = max(w_in - left - right, 0.2 * w_in), max(h_in - bottom - top, 0.2 * h_in)
+    ax.set_position([left / w_in, bottom / h_in, width / w_in, height / h_in])
+    if bar is not None:
+        ax.apply_aspect()  # the drawn box of a fixed-aspect map, inside the position above
+        box = ax.get_position(original=False)
+        bar.ax.set_position([box.x1 + _CB_GAP_IN / w_in, box.y0 + 0.025 * box.height, _CB_W_IN / w_in, 0.95 * box.height])
+
+
+def _colorbar(fig: Figure, mappable: Any) -> Any:
+    """A colour bar on its own axes (placed by :func:`_layout`)."""
+    return fig.colorbar(mappable, cax=fig.add_axes((0.9, 0.1, 0.02, 0.8), label="<colorbar>"))  # matplotlib's name for it
 
 
 def _chars(width_px: float, size_pt: float, dpi: float) -> int:
@@ -154,7 +232,8 @@ def _elide(text: str, max_chars: int) -> str:
 def _title(fig: Figure, title: str) -> None:
     if title:
         width_px = fig.get_figwidth() * fig.dpi
-        fig.suptitle(_wrap(title, _chars(width_px * 0.96, _TITLE, fig.dpi)), fontsize=_TITLE)
+        fig.suptitle(_wrap(title, _chars(width_px * 0.96, _TITLE, fig.dpi)), fontsize=_TITLE,
+                     y=1.0 - _PAD_IN / fig.get_figheight(), va="top")
 
 
 def _style(ax: Any) -> None:
@@ -331,9 +410,12 @@ def spectrum_figure(
     ax.grid(True, which="major", color="#DDDDDD", lw=0.8)
     ax.set_xlabel("frequency (Hz, nominal)", fontsize=_LABEL)
     ax.set_ylabel("power spectral density", fontsize=_LABEL)
+    rows = 0
     if series:
-        fig.legend(loc="outside lower center", ncols=_legend_cols(len(series)), fontsize=_SMALL, frameon=False,
-                   handlelength=2.2, columnspacing=1.2)
+        ncols = _legend_cols(len(series))
+        rows = _legend(fig, math.ceil(len(series) / ncols), ncols=ncols, fontsize=_SMALL, frameon=False,
+                       handlelength=2.2, columnspacing=1.2)
+    _layout(fig, ax, legend_rows=rows, top_extra_in=_pt(_LABEL * 1.3) if bands else 0.0)
     return fig
 
 
@@ -395,6 +477,7 @@ def spectrogram_figure(
     ax.set_ylabel("frequency (Hz, nominal)", fontsize=_LABEL)
     if p.size == 0:
         _no_data(ax)
+        _layout(fig, ax)
         return fig
     valid = p[ok]
     lo, hi = (float(valid.min()), float(valid.max())) if valid.size else (1.0, 10.0)
@@ -412,13 +495,14 @@ def spectrogram_figure(
             axis.set_major_formatter(_index_formatter(values))
         else:
             axis.set_major_locator(MaxNLocator(nbins=6))
-    bar = fig.colorbar(mesh, ax=ax, pad=0.02)
+    bar = _colorbar(fig, mesh)
     if log:
         _log_axis(bar.ax.yaxis)
     bar.set_label("power spectral density" + (" (log scale)" if log else ""), fontsize=_LABEL)
     bar.ax.tick_params(labelsize=_TICK)
     if not valid.size:
         _no_data(ax, "no finite power")
+    _layout(fig, ax, bar=bar)
     return fig
 
 
@@ -478,11 +562,8 @@ def phase_timeline_figure(
     colours = {**PHASE_COLOURS, **{name: _FALLBACK[i % len(_FALLBACK)] for i, name in enumerate(extra)}}
     fig = _figure(figsize, dpi)
     _title(fig, title)
-    if durations:
-        grid = fig.add_gridspec(1, 2, width_ratios=(2.4, 1.0))
-        ax, bars = fig.add_subplot(grid[0]), fig.add_subplot(grid[1])
-    else:
-        ax, bars = fig.add_subplot(), None
+    ax = fig.add_axes((0.1, 0.1, 0.8, 0.8))  # placed at the end, with the bars beside it
+    bars = fig.add_axes((0.7, 0.1, 0.2, 0.8)) if durations else None
     _style(ax)
     ax.set_yticks([])
     ax.set_xlabel("sample" if times is None else "time (s)", fontsize=_LABEL)
@@ -502,10 +583,11 @@ def phase_timeline_figure(
         ax.set_ylim(0.0, 1.0)
     else:
         _no_data(ax, "no samples")
+    rows = 0
     if present:
         handles = [Patch(facecolor=colours[p], label=p) for p in present]
-        fig.legend(handles=handles, loc="outside lower center", ncols=min(len(present), 4), fontsize=_SMALL,
-                   frameon=False, handlelength=1.2, columnspacing=1.0)
+        rows = _legend(fig, math.ceil(len(present) / 4), handles=handles, ncols=min(len(present), 4), fontsize=_SMALL,
+                       frameon=False, handlelength=1.2, columnspacing=1.0)
     if bars is not None:
         pairs = [(_label(k), float(v)) for k, v in durations.items()]
         pairs = [(k, v) for k, v in pairs if math.isfinite(v) and v > 0]  # phases that took time
@@ -524,6 +606,19 @@ def phase_timeline_figure(
         bars.set_xlim(0.0, float(vals.max()) * 1.45 if keys else 1.0)  # room for the value labels
         for side in ("top", "right"):
             bars.spines[side].set_visible(False)
+    if bars is None:
+        _layout(fig, ax, legend_rows=rows)
+        return fig
+    # the timeline and the bars side by side (widths 2.4 : 1), the bars' phase names between them
+    w_in, h_in = fig.get_figwidth(), fig.get_figheight()
+    top = _PAD_IN + _title_in(fig) + _pt(_LABEL * 1.4)  # the bars' title
+    bottom = _PAD_IN + max(_side_in(ax.xaxis), _side_in(bars.xaxis)) + _legend_in(rows)
+    left, right, gap = _PAD_IN + max(_side_in(ax.yaxis), 0.15), 0.3, 0.3 + _side_in(bars.yaxis)
+    avail = max(w_in - left - right - gap, 0.3 * w_in)
+    height = max(h_in - top - bottom, 0.2 * h_in)
+    w_ax = avail * 2.4 / 3.4
+    ax.set_position([left / w_in, bottom / h_in, w_ax / w_in, height / h_in])
+    bars.set_position([(left + w_ax + gap) / w_in, bottom / h_in, (avail - w_ax) / w_in, height / h_in])
     return fig
 
 
@@ -635,6 +730,7 @@ def heatmap_figure(
         ax.set_xticks([])
         ax.set_yticks([])
         _no_data(ax)
+        _layout(fig, ax)
         return fig
     gap = 1 if n > 1 else 0
     height, width = rows * g_rows + (rows - 1) * gap, cols * g_cols + (cols - 1) * gap
@@ -680,7 +776,7 @@ def heatmap_figure(
         xs, ys = zip(*pts)
         ax.scatter(xs, ys, s=_dot_size(fig, width, height, values.ndim), c=_INK, edgecolors="white", linewidths=1.2,
                    zorder=3)
-    bar = fig.colorbar(image, ax=ax, pad=0.02, fraction=0.08 if values.ndim == 1 else 0.12, shrink=0.95)
+    bar = _colorbar(fig, image)
     bar.set_label(colorbar_label, fontsize=_LABEL)
     bar.ax.tick_params(labelsize=_TICK)
     if categories is not None:
@@ -688,10 +784,12 @@ def heatmap_figure(
         bar.ax.tick_params(length=0)
     else:
         bar.ax.yaxis.set_major_locator(MaxNLocator(nbins=3 if values.ndim == 1 else 5))
+    dot = None
     if mask is not None:
         dot = Line2D([], [], ls="", marker="o", markersize=9, markerfacecolor=_INK, markeredgecolor="white",
                      label="significant (95 % CI excludes 0)")
-        fig.legend(handles=[dot], loc="outside lower center", fontsize=_SMALL, frameon=False, handletextpad=0.3)
+    rows = _legend(fig, 1, handles=[dot], fontsize=_SMALL, frameon=False, handletextpad=0.3) if mask is not None else 0
+    _layout(fig, ax, bar=bar, legend_rows=rows, top_extra_in=_pt(_LABEL * 1.3) if any(names) else 0.0)
     return fig
 
 
@@ -771,6 +869,7 @@ def matrix_figure(
     ax.set_ylabel(_elide(row_label, _chars(fig.get_figheight() * fig.dpi * 0.75, _LABEL, fig.dpi)), fontsize=_LABEL)
     if m.size == 0:
         _no_data(ax)
+        _layout(fig, ax)
         return fig
     a, b = m.shape
     image = ax.pcolormesh(np.arange(b + 1) - 0.5, np.arange(a + 1) - 0.5, shown, cmap=colours, norm=norm)
@@ -778,18 +877,20 @@ def matrix_figure(
     ax.set_ylim(a - 0.5, -0.5)  # source region 0 at the top
     ax.xaxis.set_major_locator(MaxNLocator(nbins=min(b, 6), integer=True))
     ax.yaxis.set_major_locator(MaxNLocator(nbins=min(a, 6), integer=True))
+    rows = 0
     if untraced.any():
         ax.pcolor(np.arange(b + 1) - 0.5, np.arange(a + 1) - 0.5, np.ma.masked_array(np.zeros_like(m), mask=~untraced),
                   hatch="///", facecolor="none", edgecolor="#666666", lw=0)
         swatch = Patch(facecolor=_BAD, edgecolor="#666666", hatch="///", label="not traced")
-        fig.legend(handles=[swatch], loc="outside lower center", fontsize=_SMALL, frameon=False)
-    bar = fig.colorbar(image, ax=ax, pad=0.02)
+        rows = _legend(fig, 1, handles=[swatch], fontsize=_SMALL, frameon=False)
+    bar = _colorbar(fig, image)
     if log:
         _log_axis(bar.ax.yaxis)
     bar.set_label(colorbar_label + (" (log scale)" if log else ""), fontsize=_LABEL)
     bar.ax.tick_params(labelsize=_TICK)
     if not finite.size:
         _no_data(ax, "no pair traced")
+    _layout(fig, ax, bar=bar, legend_rows=rows)
     return fig
 
 
@@ -878,7 +979,10 @@ def consistency_figure(
     if n == 0:
         _no_data(ax)
     handles, labels = ax.get_legend_handles_labels()
+    rows = 0
     if handles:
-        fig.legend(handles, labels, loc="outside lower center", ncols=_legend_cols(len(handles)), fontsize=_SMALL,
-                   frameon=False, handlelength=2.4, columnspacing=1.2)
+        ncols = _legend_cols(len(handles))
+        rows = _legend(fig, math.ceil(len(handles) / ncols), handles=handles, labels=labels, ncols=ncols,
+                       fontsize=_SMALL, frameon=False, handlelength=2.4, columnspacing=1.2)
+    _layout(fig, ax, legend_rows=rows)
     return fig

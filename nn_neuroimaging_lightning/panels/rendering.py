@@ -4,14 +4,15 @@ One render serves every logger: :class:`Rendered` holds the ``(H, W, 3)`` uint8 
 ``add_image``, ``wandb.Image`` and ``MlflowClient.log_image`` take) and the PNG file bytes (what an
 image summary, a CSV run directory and the HTML report store). The figure is drawn on its own
 ``FigureCanvasAgg`` (no pyplot, no interactive backend) and cleared afterwards by :func:`release`.
-PNG encoding is Pillow's (a matplotlib dependency).
+PNG encoding is the standard library's ``zlib`` (:func:`encode_png`).
 """
 
 from __future__ import annotations
 
 import gc
-import io
+import struct
 import sys
+import zlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,9 +39,20 @@ class Rendered:
         return int(self.rgb.shape[1]), int(self.rgb.shape[0])
 
 
+def _chunk(tag: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data) & 0xFFFFFFFF)
+
+
 def encode_png(rgb: np.ndarray) -> bytes:
-    """PNG bytes of an ``(H, W, 3)`` uint8 RGB array (Pillow, zlib level 3: figures' flat colours
-    compress well, and level 6 costs about twice the time for a few per cent).
+    """PNG bytes of an ``(H, W, 3)`` uint8 RGB array: 8-bit RGB, no row filter, zlib level 1.
+
+    Written with the standard library (``zlib``, ``struct``): the file is a plain PNG (signature,
+    ``IHDR``, one ``IDAT``, ``IEND``) that any reader decodes to exactly these pixels. Decision:
+    figures are mostly runs of flat colour, which zlib compresses well without PNG's per-row
+    filters; measured on the panel figures (640 px wide, 1 thread) this takes 35-45 % of the time
+    of Pillow's encoder at ``compress_level=3`` (its adaptive filtering is most of its cost) for
+    files of about the same size (spectrum 73 vs 75 KiB, zeta map 49 vs 45 KiB, spectrogram 39 vs
+    36 KiB). Lossless: readability is the figure's, not the encoder's.
 
     Example::
 
@@ -50,11 +62,12 @@ def encode_png(rgb: np.ndarray) -> bytes:
     if not isinstance(rgb, np.ndarray) or rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3 or 0 in rgb.shape:
         got = f"{rgb.dtype} {rgb.shape}" if isinstance(rgb, np.ndarray) else type(rgb).__name__
         raise ValueError(f"`rgb` must be a non-empty (H, W, 3) uint8 array, got {got}.")
-    from PIL import Image
-
-    buf = io.BytesIO()
-    Image.fromarray(np.ascontiguousarray(rgb), mode="RGB").save(buf, format="PNG", compress_level=3)
-    return buf.getvalue()
+    h, w, _ = rgb.shape
+    raw = np.zeros((h, 1 + 3 * w), dtype=np.uint8)  # each row: filter byte 0 (none), then R G B ...
+    raw[:, 1:] = rgb.reshape(h, 3 * w)
+    header = struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0)  # 8 bits per channel, colour type 2 (RGB)
+    return (b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", header) + _chunk(b"IDAT", zlib.compress(raw.tobytes(), 1))
+            + _chunk(b"IEND", b""))
 
 
 def render(fig: Any) -> Rendered:
