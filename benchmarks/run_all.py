@@ -6,9 +6,12 @@ per benchmark and a summary of exit codes and wall times at the end. ``benchmark
 needs a GPU and is run only when CUDA is available. ``zeta_cost.py`` needs Captum
 (``pip install --no-deps captum``, the ``bench`` extra); it is skipped with a notice when missing.
 
+``alarms.py`` writes its runs to ``build/benchmarks/alarms.json`` and ``seed_claims.py``, run last,
+reads that file and the other benchmarks' JSON outputs there (rows without one say which command to run).
+
 Usage::
 
-    .venv/bin/python benchmarks/run_all.py             # full settings, ~40 minutes on 2 cores
+    .venv/bin/python benchmarks/run_all.py             # full settings, ~1.5 hours on 2 cores (alarms ~45 min)
     .venv/bin/python benchmarks/run_all.py --quick     # each benchmark's --quick/smoke settings
     .venv/bin/python benchmarks/run_all.py eeg_overhead memory   # a selection
 """
@@ -34,6 +37,10 @@ BENCHMARKS: Dict[str, tuple] = {
     "zeta_cost": ([], ["--quick"]),
     "memory": ([], ["--repeats", "1"]),
     "cuda_check": ([], ["--epochs", "1", "--repeats", "1"]),
+    "alarms": (["--jobs", "2", "--out", "build/benchmarks/alarms.json"], ["--smoke", "--out", "build/benchmarks/alarms.json"]),
+    # last: its table reads the JSON outputs of the benchmarks above (build/benchmarks/*.json)
+    "seed_claims": (["--jobs", "2", "--out", "build/seed_claims.json", "--markdown", "build/seed_claims.md"],
+                    ["--smoke", "--out", "build/seed_claims.json"]),
 }
 
 
