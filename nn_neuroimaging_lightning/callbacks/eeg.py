@@ -316,6 +316,7 @@ class NNEEGCallback(MonitorCallback):
         self._latest: Optional[Tensor] = None  # (layers,) newest sample
         self._latest_step = 0
         self._fresh = False  # a sample arrived since the last judgement
+        self._judged: Optional[Tuple[Any, bool]] = None  # (score, flagged) of a step judged in on_before_backward
         self._step_mirror = HostMirror()
         self._state_mirror = HostMirror()
         # Training baseline (device tensors, (layers,) each), refreshed every `_REFRESH` training samples:
@@ -601,12 +602,16 @@ class NNEEGCallback(MonitorCallback):
         for k in range(n):
             self._push(zeros, Phase.IDLE, step, t_end - gap + (k + 1) * gap / n)
 
-    def _commit(self) -> None:
-        """Root-module forward finished (or a batch ended with pending calls): write one sample."""
+    def _commit(self, step: Optional[int] = None) -> None:
+        """Root-module forward finished (or a batch ended with pending calls): write one sample.
+
+        ``step``: the global step of the forward that made it (default: ``trainer.global_step``
+        now, right for a commit at the root forward's end or in ``on_before_backward``).
+        """
         t0 = time.perf_counter_ns()
         sample = self._taps.sample()
         if sample is not None:
-            self._latest_step = self._current_step  # the step whose forward made the sample
+            self._latest_step = self._current_step if step is None else step  # the step whose forward made the sample
             self._push(sample, self.tracker.current, self._latest_step)
             self._latest = sample
             self._fresh = True
@@ -632,11 +637,40 @@ class NNEEGCallback(MonitorCallback):
         """Host-side twin of ``classifier.calibrated`` (labels are known on the host: no sync)."""
         return int((self._label_counts >= self.classifier.min_count).sum()) >= 2
 
-    def _batch_end(self, trainer: Trainer, pl_module: LightningModule, loss: Optional[Tensor], log: bool) -> None:
-        if self._taps is None:
+    def on_before_backward(self, trainer: Trainer, pl_module: LightningModule, loss: Tensor) -> None:
+        """Judge the training step's forward and loss before its backward and optimizer update.
+
+        Here, not in ``on_train_batch_end``: the step is still the forward's ``global_step``
+        (a ``training_step`` that calls ``self.model(...)`` never ends the root forward, whose
+        hook would write the sample), and a stop decided here vetoes the update
+        (:meth:`~nn_neuroimaging_lightning.callbacks._base.MonitorCallback.on_before_optimizer_step`).
+        With ``stop_on`` on an accelerator the verdict is read at once (one host sync per training
+        step, the price of stopping before the update); without it, one step late as before.
+        """
+        if self._taps is None or self._judged is not None:
             return
         if self._taps.dirty:
             self._commit()
+        if self._latest is None or not self._fresh:
+            return
+        t0 = time.perf_counter_ns()
+        self._fresh = False
+        phase = self.tracker.current
+        training = phase is Phase.TRAIN or (phase is Phase.ERROR and self.tracker.loop is Phase.TRAIN)
+        score, events = self._step_anomalies(loss, phase, training, sync=bool(self.stop_on))
+        self._judged = (score, bool(events))
+        if events:
+            self._record(events)
+        if events or (bool(self.stop_on) and trainer.world_size > 1):
+            self._maybe_stop(trainer, events)
+        self._self_time_ns += time.perf_counter_ns() - t0
+
+    def _batch_end(self, trainer: Trainer, pl_module: LightningModule, loss: Optional[Tensor], log: bool) -> None:
+        if self._taps is None:
+            return
+        judged, self._judged = self._judged, None
+        if self._taps.dirty:
+            self._commit(self._event_step(trainer))
         now = time.perf_counter()
         if self._last_batch_end is not None:
             interval = now - self._last_batch_end
@@ -647,16 +681,21 @@ class NNEEGCallback(MonitorCallback):
         # Under DDP with `stop_on`, the stop decision is a collective: every rank must take part on
         # every batch, whether or not it found an event itself (else a NaN on one rank hangs the run).
         collective = bool(self.stop_on) and trainer.world_size > 1
-        if self._latest is None or not self._fresh:
+        phase = self.tracker.current
+        if judged is not None and not self._fresh:  # judged in `on_before_backward`
+            score, flagged = judged
+            events: List[AnomalyEvent] = []
+        elif self._latest is None or not self._fresh:
             if collective:
                 self._maybe_stop(trainer, [])
             return
-        self._fresh = False
-        phase = self.tracker.current
-        training = phase is Phase.TRAIN or (phase is Phase.ERROR and self.tracker.loop is Phase.TRAIN)
-        score, events = self._step_anomalies(loss, phase, training)
+        else:
+            self._fresh = False
+            training = phase is Phase.TRAIN or (phase is Phase.ERROR and self.tracker.loop is Phase.TRAIN)
+            score, events = self._step_anomalies(loss, phase, training)
+            flagged = bool(events)
         if log:
-            self._log_anomaly(trainer, pl_module, score, bool(events))
+            self._log_anomaly(trainer, pl_module, score, flagged)
         if phase.is_inference and not self._mode_reported:
             events += self._mode_mismatch(trainer, phase)
         # At most what the ring still holds: a queued window the ring has overwritten is lost.
@@ -668,7 +707,7 @@ class NNEEGCallback(MonitorCallback):
             self._maybe_stop(trainer, events)
 
     # ------------------------------------------------------------------ per-step anomalies
-    def _step_anomalies(self, loss: Optional[Tensor], phase: Phase, training: bool) -> Tuple[Any, List[AnomalyEvent]]:
+    def _step_anomalies(self, loss: Optional[Tensor], phase: Phase, training: bool, sync: bool = False) -> Tuple[Any, List[AnomalyEvent]]:
         """Judge the newest sample; returns the anomaly score and the events (no host sync).
 
         Per layer, ``e = z / explosion_z`` (robust z-score of log-activity against the baseline) and
@@ -744,7 +783,9 @@ class NNEEGCallback(MonitorCallback):
         if phase is Phase.TRAIN:
             self._history.push(x, None)
             self._since_refresh += 1
-        host, host_tag = self._step_mirror.read()  # the previous step's copy, once it has landed
+        # The previous step's copy once it has landed; with `sync` (a stop gate before the update)
+        # this step's own copy, waited for.
+        host, host_tag = self._step_mirror.flush() if sync else self._step_mirror.read()
         if host is None:
             return score, []
         self._step_mirror.clear()
