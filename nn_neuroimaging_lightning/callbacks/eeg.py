@@ -39,15 +39,7 @@ EEG_ANOMALY_KINDS: Tuple[str, ...] = (
 # 16, not 8: each refresh costs ~400 us in a reference-CNN step (judgement 85 -> 65 us per step);
 # the median/MAD of a 128-sample history moves little in 16 samples.
 _REFRESH = 16
-_TINY = 1e-30
-_LOG_EPS = 1e-12  # as in functional.anomalies.robust_zscore
-# Scale floor of the robust z-score, in log units. With `explosion_z=8` a layer explodes when its
-# activity exceeds exp(8 * 0.5) = 55x the median of its recent training samples (more when the
-# history is noisier): early-training rises (up to ~10x in 20 steps in examples/early_stopping_on_anomaly.py
-# at a healthy lr) stay quiet, a x1000 weight blow-up gives z ~ 14, and a diverging run is caught a few
-# steps before its loss turns non-finite. The functional default 0.05 flagged healthy runs.
-_MIN_SCALE = 0.5
-_ABS_FLOOR = 1e-8  # activity at or below which a layer is dead whatever its baseline
+_TINY = 1e-30  # `inv` of a layer that is not judged (as in functional.anomalies.baseline_coefficients)
 # Complete state windows queued before they are classified together (one batched feature
 # computation and one classifier solve); also flushed on analysis steps and loop ends.
 _MAX_PENDING_WINDOWS = 4
@@ -112,33 +104,6 @@ def _host_view(t: Tensor) -> np.ndarray:
     return (t.float() if t.dtype == torch.bfloat16 else t).numpy()
 
 
-def _step_score(x: Sequence[float], neg_med: Sequence[float], inv: Sequence[float], floor: Sequence[float]) -> float:
-    """``max_l max(e_l, c_l)`` of :meth:`NNEEGCallback._step_anomalies` on host floats.
-
-    ``e = log(x) * inv + neg_med`` (``-inf`` for ``x = 0``), ``c = floor / max(x, 1e-30)``; NaN
-    when any ``x`` is NaN and ``inf`` when any is infinite, like the numpy form. ``0.0`` for no
-    layers.
-
-    Example::
-
-        >>> _step_score([1.0, 4.0], [0.0, 0.0], [1.0, 1.0], [0.5, 0.0])
-        1.3862943611198906
-        >>> _step_score([float("nan")], [0.0], [1.0], [0.0])
-        nan
-    """
-    top = -math.inf if x else 0.0
-    for v, m, a, f in zip(x, neg_med, inv, floor):
-        if not v < math.inf:  # NaN or +inf: the numpy form's max is NaN / inf too
-            return v
-        e = math.log(v) * a + m if v > 0.0 else -math.inf
-        c = f / (v if v > _TINY else _TINY)
-        if e > top:
-            top = e
-        if c > top:
-            top = c
-    return top
-
-
 _PHASE_TO_STATE = {
     Phase.TRAIN: FST.OperationalState.TRAINING,
     Phase.VALIDATE: FST.OperationalState.INFERENCE,
@@ -179,8 +144,10 @@ class NNEEGCallback(MonitorCallback):
     callback.
 
     Args:
-        layers: which modules to tap: ``None`` (every leaf module owning parameters, norm layers
-            excluded), a name glob, a ``"re:"`` regex, a module type, or a list of these.
+        layers: which modules to tap: ``None`` (:func:`~nn_neuroimaging_lightning.taps.default_layers`:
+            the blocks of a block model plus its stem and head, else every leaf owning parameters,
+            norm layers and embedding tables excluded), a name glob, a ``"re:"`` regex, a module
+            type, or a list of these.
         window: ring-buffer length in samples (forwards) per layer.
         fs: nominal sampling rate in Hz (one forward = ``1/fs`` s of virtual time).
         nperseg: Welch segment length (samples).
@@ -188,7 +155,9 @@ class NNEEGCallback(MonitorCallback):
         bands: ``{name: (lo_hz, hi_hz)}`` (default: delta, theta, alpha, beta, gamma).
         state_window: samples per window classified into an operational state.
         stop_on: anomaly kinds that set ``trainer.should_stop`` in the step they are detected.
-        explosion_z: robust z-score of log-activity above which a layer explodes.
+        explosion_z: robust z-score of log-activity above which a layer explodes. This and the next
+            three thresholds default to the one set of :mod:`~nn_neuroimaging_lightning.functional.anomalies`
+            (``EXPLOSION_Z``, ``COLLAPSE_RATIO``, ``SHIFT_THRESHOLD``, ``MIN_HISTORY``), shared with ``Monitor``.
         collapse_ratio: activity below ``collapse_ratio`` times the recent median is a collapse.
         spectral_shift_threshold: Hellinger distance of relative band powers from the baseline
             (0.7: the healthy 5-epoch demo reaches 0.59 as training moves on; a real shift goes higher).
@@ -239,11 +208,11 @@ class NNEEGCallback(MonitorCallback):
         bands: Optional[Mapping[str, Sequence[float]]] = None,
         state_window: int = 16,
         stop_on: Sequence[str] = (),
-        explosion_z: float = 8.0,
-        collapse_ratio: float = 1e-3,
-        spectral_shift_threshold: float = 0.7,
+        explosion_z: float = FA.EXPLOSION_Z,
+        collapse_ratio: float = FA.COLLAPSE_RATIO,
+        spectral_shift_threshold: float = FA.SHIFT_THRESHOLD,
         state_confidence: float = 0.95,
-        min_history: int = 16,
+        min_history: int = FA.MIN_HISTORY,
         idle_threshold: float = 0.25,
         idle_max_samples: int = 32,
         analysis_every_n_steps: Optional[int] = None,
@@ -721,7 +690,7 @@ class NNEEGCallback(MonitorCallback):
         step cost ~320 us of it on the reference CNN).
 
         On CPU the arithmetic runs on host floats read through numpy views of the tensors
-        (``Tensor.numpy()`` shares memory and dispatches nothing; :func:`_step_score`), so the score
+        (``Tensor.numpy()`` shares memory and dispatches nothing; :func:`~nn_neuroimaging_lightning.functional.anomalies.judge_score_host`), so the score
         is a host float and the events are known in the same step. On an accelerator it runs on the device and ``[x, e, c, loss]`` goes to the
         host through a lagged non-blocking copy.
         """
@@ -759,19 +728,16 @@ class NNEEGCallback(MonitorCallback):
                     self._baseline_host = host
                 else:
                     self._infer_baseline = self._infer_baseline[:4] + (host,)
-            top = _step_score(xn.tolist(), *host)
+            top = FA.judge_score_host(xn.tolist(), *host)
             score = 10.0 if not (math.isfinite(top) and math.isfinite(loss_v)) else min(max(top, 0.0), 10.0)
             if phase is Phase.TRAIN:
                 self._history.push(x, xn)
                 self._since_refresh += 1
             if score < 1.0:
                 return score, []
-            with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-                e = np.log(xn) * inv.numpy() + neg_med.numpy()
-                c = floor.numpy() / np.maximum(xn, _TINY)
-            return score, self._step_events(np.concatenate([xn, e, c, [loss_v]]), tag)
-        e = torch.addcmul(neg_med, torch.log(x), inv)  # (layers,) z / explosion_z
-        c = floor / x.clamp_min(_TINY)  # (layers,) >= 1: collapsed
+            _, _, e, c = FA.judge(x, (neg_med, inv, floor))  # an anomalous step only: the scores per layer
+            return score, self._step_events(np.concatenate([xn, e.numpy(), c.numpy(), [loss_v]]), tag)
+        _, _, e, c = FA.judge(x, (neg_med, inv, floor))  # (layers,) z / explosion_z and floor / x
         top = torch.maximum(e, c).amax()
         if loss is not None:
             loss = loss.detach().reshape(1).to(x.dtype)
@@ -819,23 +785,23 @@ class NNEEGCallback(MonitorCallback):
     def _baseline_stats(self, history: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
         """``(neg_med, inv, floor)``, each ``(layers,)``, from ``(layers, n)`` history samples.
 
-        ``log(x) * inv + neg_med`` equals :func:`~nn_neuroimaging_lightning.functional.anomalies.robust_zscore`
-        divided by ``explosion_z``; ``floor`` is ``max(collapse_ratio * median, 1e-8)``. A layer with
+        :func:`~nn_neuroimaging_lightning.functional.anomalies.baseline_coefficients` (the one judgement,
+        with ``Monitor`` and ``detect``): ``log(x) * inv + neg_med`` is the robust z-score divided by
+        ``explosion_z``; ``floor`` is ``max(collapse_ratio * median, 1e-8)``. A layer with
         fewer than ``min_history`` finite samples, or one that never fired, is not judged (``inv`` ~0,
         ``floor`` 0).
         """
-        med, scale, base, k = FA.robust_baseline(history, min_scale=_MIN_SCALE)  # (layers,) each
         # A module that has never fired (e.g. MultiheadAttention.out_proj, whose weights are used
         # without calling it) has no signal to judge: it is reported by `silent_layers`, not flagged.
-        judged = k >= self.min_history
+        judged = None
         if self._taps is not None:
             fired = tuple(c > 0 for c in self._taps.fire_counts)
-            if self._fired_mask is None or self._fired_mask[0] != fired or self._fired_mask[1].device != k.device:
-                self._fired_mask = (fired, torch.tensor(fired, device=k.device))  # changes once per layer at most
-            judged = judged & self._fired_mask[1]
-        inv = torch.where(judged, 1.0 / (scale * self.explosion_z), torch.full_like(scale, _TINY))
-        neg_med = torch.where(judged, -med * inv, torch.zeros_like(med))
-        floor = torch.where(judged, (self.collapse_ratio * base).clamp_min(_ABS_FLOOR), torch.zeros_like(base))
+            if self._fired_mask is None or self._fired_mask[0] != fired or self._fired_mask[1].device != history.device:
+                self._fired_mask = (fired, torch.tensor(fired, device=history.device))  # changes once per layer at most
+            judged = self._fired_mask[1]
+        neg_med, inv, floor, _ = FA.baseline_coefficients(
+            history, explosion_z=self.explosion_z, collapse_ratio=self.collapse_ratio, min_count=self.min_history, judged=judged
+        )
         return neg_med, inv, floor
 
     def _step_events(self, host: np.ndarray, tag: Tuple[int, Phase, int]) -> List[AnomalyEvent]:
