@@ -269,6 +269,8 @@ class NNEEGCallback(MonitorCallback):
         self._label_counts = np.zeros(len(FST.OperationalState), dtype=np.int64)  # host mirror of calibration
         self._trainer_ref: Optional[Trainer] = None
         self._warned_silent = False
+        self._noticed_state_accuracy = False
+        self._val_samples = 0  # forwards of the current validation loop
         # Each rank's classifier is calibrated on its own windows and its windows may differ in
         # number: its accuracy is the rank's own (a synced compute is a collective that a rank with
         # no window yet would skip, hanging the others).
@@ -460,6 +462,7 @@ class NNEEGCallback(MonitorCallback):
 
     def on_validation_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._loop_start(trainer, Phase.VALIDATE)
+        self._val_samples = 0
 
     def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         # Validation inside fit returns to the training loop; the sanity check precedes it.
@@ -541,6 +544,31 @@ class NNEEGCallback(MonitorCallback):
             return
         if self.state_accuracy.update_count:
             self._log(pl_module, "nn_eeg/state_accuracy", self.state_accuracy.compute(), on_step=False, on_epoch=True, sync_dist=False)
+        else:
+            self._notice_no_state_accuracy()
+
+    def _notice_no_state_accuracy(self) -> None:
+        """One notice, the first time a validation loop ends without ``nn_eeg/state_accuracy``, saying why.
+
+        The accuracy is defined once the classifier has predicted a window, i.e. once it is
+        calibrated (``min_count`` complete windows of ``state_window`` same-phase samples of two
+        states, training and inference): a validation loop shorter than ``state_window`` forwards
+        never gives an inference window, so the accuracy stays undefined for the whole run.
+        """
+        if self._noticed_state_accuracy:
+            return
+        self._noticed_state_accuracy = True
+        training, inference = int(FST.OperationalState.TRAINING), int(FST.OperationalState.INFERENCE)
+        counts = self._label_counts
+        if self._val_samples < self.state_window:
+            why = (f"this validation loop made {self._val_samples} forward(s), fewer than `state_window`={self.state_window}, "
+                   "so it gave no inference window to classify")
+            fix = "pass a smaller `state_window`, or run more validation batches (`limit_val_batches`, a larger validation set)"
+        else:
+            why = (f"the state classifier is not calibrated yet: it needs {self.classifier.min_count} windows of two states "
+                   f"(so far {int(counts[training])} training, {int(counts[inference])} inference)")
+            fix = "it is logged from the first validation loop after calibration"
+        rank_zero_warn(f"NNEEGCallback: `nn_eeg/state_accuracy` not logged at this validation end (undefined): {why}. Fix: {fix}.")
 
     def on_test_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._flush_windows(trainer)
@@ -589,6 +617,8 @@ class NNEEGCallback(MonitorCallback):
     def _push(self, sample: Tensor, phase: Phase, step: int, wall_time: Optional[float] = None) -> None:
         """Write one sample; windows of ``state_window`` samples of one phase become due for states."""
         self._ring.push(sample, phase.code, step, wall_time)
+        if phase is Phase.VALIDATE:
+            self._val_samples += 1
         self._cpu_time[(self._ring.pos - 1) % self._ring.window] = time.thread_time() + self._cpu_offset
         if phase.code != self._run_code:
             self._run_code, self._run_len = phase.code, 0
