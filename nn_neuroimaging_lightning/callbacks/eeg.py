@@ -18,12 +18,13 @@ from nn_neuroimaging_lightning import _validation as V
 from nn_neuroimaging_lightning._host import HostMirror
 from nn_neuroimaging_lightning.callbacks._base import AnomalyEvent, MonitorCallback
 from nn_neuroimaging_lightning.config import EEGConfig
+from nn_neuroimaging_lightning.eeg import ShiftBaseline, TrainingHistory
 from nn_neuroimaging_lightning.phases import Phase, PhaseTracker
 from nn_neuroimaging_lightning.functional import anomalies as FA
 from nn_neuroimaging_lightning.functional import spectral as FS
 from nn_neuroimaging_lightning.functional import states as FST
 from nn_neuroimaging_lightning.metrics.eeg import StateAccuracy
-from nn_neuroimaging_lightning.taps import ActivityTaps, LayerSelector, NumpyViewState, RingBuffer, select_layers
+from nn_neuroimaging_lightning.taps import ActivityTaps, LayerSelector, RingBuffer, select_layers
 
 #: Anomaly kinds NN-EEG can raise; ``stop_on`` takes any of them.
 EEG_ANOMALY_KINDS: Tuple[str, ...] = (
@@ -50,53 +51,6 @@ _MISMATCH_WINDOWS = 3
 # the `cadence` state feature is a window's median interval relative to it.
 _CADENCE_REF_WINDOWS = 32
 
-
-class _History(NumpyViewState):
-    """A small ``(layers, n)`` ring of training samples: the explosion/collapse baseline.
-
-    Order does not matter to medians, so no re-ordering is ever done. On CPU a sample is written
-    through a numpy view of the tensor (no aten dispatch); elsewhere with one ``copy_``.
-    """
-
-    def __init__(self, rows: int, size: int) -> None:
-        self.rows, self.size = rows, size
-        self.values: Optional[Tensor] = None  # (rows, size)
-        self._np: Optional[np.ndarray] = None
-        self.pos = 0
-        self.count = 0
-
-    def push(self, x: Tensor, host: Optional[np.ndarray]) -> None:
-        if self.values is None or self.values.device != x.device:
-            with torch.inference_mode(False):  # writable by later training steps (see RingBuffer)
-                old = None if self.values is None else self.values.to(x.device)
-                self.values = torch.zeros(self.rows, self.size, dtype=torch.float32, device=x.device)
-                if old is not None:
-                    self.values.copy_(old)
-            self._np = self.values.numpy() if x.device.type == "cpu" else None
-        if self._np is not None and host is not None:
-            self._np[:, self.pos] = host
-        else:
-            self.values[:, self.pos].copy_(x)
-        self.pos = (self.pos + 1) % self.size
-        self.count = min(self.count + 1, self.size)
-
-    def view(self, device: torch.device) -> Tensor:
-        """The held samples ``(rows, count)`` (any order)."""
-        if self.values is None:
-            return torch.zeros(self.rows, 0, device=device)
-        return self.values if self.count == self.size else self.values[:, : self.count]
-
-    def state_dict(self) -> Dict[str, Any]:
-        values = torch.zeros(self.rows, self.size) if self.values is None else self.values.detach().cpu().clone()
-        return {"values": values, "pos": self.pos, "count": self.count}
-
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        values = state["values"]
-        if tuple(values.shape) != (self.rows, self.size):
-            return  # another configuration: start a fresh baseline
-        self.values = values.clone().float()
-        self._np = self.values.numpy()
-        self.pos, self.count = int(state.get("pos", 0)) % self.size, int(state.get("count", 0))
 
 def _host_view(t: Tensor) -> np.ndarray:
     """A CPU tensor as numpy without a host sync; bf16 (which numpy lacks) is widened to float32 first."""
@@ -277,7 +231,7 @@ class NNEEGCallback(MonitorCallback):
         self.state_accuracy = StateAccuracy(sync_on_compute=False)
         self._taps: Optional[ActivityTaps] = None
         self._ring: Optional[RingBuffer] = None
-        self._history: Optional[_History] = None  # training samples only: the explosion/collapse baseline
+        self._history: Optional[TrainingHistory] = None  # training samples only: the explosion/collapse baseline
         self._pending_windows: List[Tuple[int, int]] = []  # (ring.total at the window's end, state label)
         self._score_max: Any = None  # running max of the anomaly score between logs
         self._error_run = 0  # consecutive non-finite samples
@@ -298,8 +252,7 @@ class NNEEGCallback(MonitorCallback):
         self._infer_baseline: Optional[Tuple[Any, int, int, Tuple[Tensor, Tensor, Tensor], Any]] = None
         self._since_refresh = 0
         self._fired_mask: Optional[Tuple[Tuple[bool, ...], Tensor]] = None  # which tapped layers have fired
-        self._band_baseline: Optional[Tensor] = None  # (layers, bands) relative powers, EMA
-        self._baseline_windows = 0
+        self._shift = ShiftBaseline(self.spectral_shift_threshold)  # spectral-shift baseline (EMA of relative band powers)
         self._latest_bands: Optional[Tensor] = None  # (layers, bands) relative, newest analysis
         self._latest_psd: Optional[Tuple[Tensor, Tensor]] = None  # (F,), (layers, F)
         self._mode_modules: List[torch.nn.Module] = []
@@ -417,7 +370,7 @@ class NNEEGCallback(MonitorCallback):
             modules = select_layers(pl_module, self.layer_selection)
             self._taps = ActivityTaps(modules, selector=self.output_selector)
             self._ring = RingBuffer(len(modules), self.window)
-            self._history = _History(len(modules), max(2 * self.min_history, 32))
+            self._history = TrainingHistory(len(modules), max(2 * self.min_history, 32))
         self._apply_pending_state()
         self._mode_modules = [pl_module] + [m for m in pl_module.modules() if m is not pl_module]
         self._mode_names = {id(m): (n or "<model>") for n, m in pl_module.named_modules()}
@@ -1020,23 +973,13 @@ class NNEEGCallback(MonitorCallback):
         self.flag_history.append((events[-1].step, flagged))
 
     def _spectral_shift(self, trainer: Trainer, relative: Tensor) -> List[AnomalyEvent]:
-        finite = torch.isfinite(relative).all(dim=1, keepdim=True)
-        if self._band_baseline is None:
-            self._band_baseline = torch.where(finite, relative, torch.zeros_like(relative)).clone()
-            self._baseline_windows = 1
-            return []
-        flagged, distance = FA.spectral_shift(relative, self._band_baseline, self.spectral_shift_threshold)  # (layers,)
-        # The baseline needs a few windows before it is judged; it keeps adapting slowly afterwards.
-        if self._baseline_windows >= 3:
-            host = torch.stack([(flagged & finite.squeeze(1)).float(), distance]).cpu().numpy()
-        else:
-            host = None
-        self._band_baseline = torch.where(finite, 0.9 * self._band_baseline + 0.1 * relative, self._band_baseline)
-        self._baseline_windows += 1
+        self._shift.threshold = self.spectral_shift_threshold
+        host = self._shift.update(relative)
         if host is None:
             return []
-        return [AnomalyEvent(trainer.global_step, Phase.TRAIN.value, self._taps.names[i], "spectral_shift", float(host[1, i]), self.source)
-                for i in np.nonzero(host[0] > 0.5)[0]]
+        flags, distance = host
+        return [AnomalyEvent(trainer.global_step, Phase.TRAIN.value, self._taps.names[i], "spectral_shift", float(distance[i]), self.source)
+                for i in np.nonzero(flags > 0.5)[0]]
 
     # ------------------------------------------------------------------ panels
     def _write_step_panels(self, trainer: Trainer, freqs: Tensor, psd: Tensor) -> None:
@@ -1090,8 +1033,7 @@ class NNEEGCallback(MonitorCallback):
                 "cadence_ref": list(self._cadence_ref),
                 "cpu_time": torch.from_numpy(self._cpu_time.copy()),
                 "state_accuracy": {k: v.detach().cpu() for k, v in self.state_accuracy.metric_state.items()},
-                "band_baseline": None if self._band_baseline is None else self._band_baseline.detach().cpu(),
-                "baseline_windows": self._baseline_windows,
+                **self._shift.state_dict(),  # "band_baseline", "baseline_windows"
                 "tracker": self.tracker.state_dict(),
                 "train_batches": self._train_batches,
                 "label_counts": self._label_counts.tolist(),
@@ -1137,8 +1079,7 @@ class NNEEGCallback(MonitorCallback):
             self._cpu_offset = float(newest) - time.thread_time()
         for k, v in dict(state.get("state_accuracy", {})).items():
             setattr(self.state_accuracy, k, v.clone())
-        self._band_baseline = state.get("band_baseline")
-        self._baseline_windows = int(state.get("baseline_windows", 0))
+        self._shift.load_state_dict(state)
         self.tracker.load_state_dict(state.get("tracker", {}))
         self._train_batches = int(state.get("train_batches", 0))
         self.flag_history.clear()
