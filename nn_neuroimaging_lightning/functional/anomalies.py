@@ -61,8 +61,9 @@ MIN_SCALE: float = 0.5
 COLLAPSE_RATIO: float = 1e-3
 #: Activity at or below which a layer is dead whatever its baseline.
 ABS_FLOOR: float = 1e-8
-#: Hellinger distance of relative band powers from the baseline above which the spectrum shifted.
-SHIFT_THRESHOLD: float = 0.7
+#: Hellinger distance of relative band powers from the baseline above which the spectrum shifted
+#: (healthy 500-step client runs reach 0.71: BERT seed 101; 0.65: the CNN and BERT, seed 100).
+SHIFT_THRESHOLD: float = 0.8
 #: Finite baseline samples a layer needs before it is judged.
 MIN_HISTORY: int = 16
 
