@@ -45,7 +45,7 @@ class EEGConfig:
     stop_on: List[str] = field(default_factory=list)
     explosion_z: float = 8.0
     collapse_ratio: float = 1e-3
-    spectral_shift_threshold: float = 0.7
+    spectral_shift_threshold: float = 0.8
     state_confidence: float = 0.95
     min_history: int = 16
     idle_threshold: float = 0.25

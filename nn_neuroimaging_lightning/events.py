@@ -24,7 +24,8 @@ class AnomalyEvent:
     """One anomaly: what happened, where and when.
 
     Attributes:
-        step: ``trainer.global_step`` when it was detected.
+        step: ``trainer.global_step`` during the forward that produced it (the step Lightning logs
+            that batch's ``training_step`` metrics under).
         phase: the lifecycle phase of the sample (``train``, ``validate``, ...).
         layer: the tapped module's name (``"<loss>"``/``"<model>"`` for whole-model events).
         kind: ``non_finite``, ``explosion``, ``collapse``, ``spectral_shift``, ``state_mismatch``,
@@ -32,6 +33,8 @@ class AnomalyEvent:
         value: the measure that crossed its threshold (z-score, distance, ...).
         source: ``nn_eeg``, ``nn_fmri`` or ``cross_modal``.
         detail: free text (e.g. the exception message).
+        after_stop: recorded after the callback stopped the run (e.g. in the validation loop
+            Lightning runs on stopping); such an event did not stop anything.
     """
 
     step: int
@@ -42,6 +45,7 @@ class AnomalyEvent:
     source: str = "nn_eeg"
     detail: str = ""
     time: float = field(default_factory=time.time)
+    after_stop: bool = False
 
     def to_json(self) -> str:
         d = asdict(self)

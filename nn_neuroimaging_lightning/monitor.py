@@ -5,7 +5,10 @@
 root-model forward into a :class:`~nn_neuroimaging_lightning.taps.RingBuffer`). The first
 ``calibrate`` forwards are taken as a healthy stream and become the baseline; every later forward
 is judged against it with :func:`~nn_neuroimaging_lightning.functional.anomalies.detect`
-(``non_finite``, ``explosion``, ``collapse``), and :meth:`Monitor.check` compares the band powers
+(``non_finite``, ``explosion``, ``collapse``: the judgement of
+:func:`~nn_neuroimaging_lightning.functional.anomalies.baseline_coefficients` and
+:func:`~nn_neuroimaging_lightning.functional.anomalies.judge` that NNEEGCallback makes, with the same
+defaults), and :meth:`Monitor.check` compares the band powers
 of the recent window with the calibration window's
 (:func:`~nn_neuroimaging_lightning.functional.spectral.welch_psd`,
 :func:`~nn_neuroimaging_lightning.functional.spectral.band_powers`,
@@ -53,7 +56,7 @@ class Monitor:
     every later forward ``t`` is judged per layer against it:
 
     .. math::
-        z_l = \frac{\log s_{l,t} - \mathrm{med}\log b_l}{\max(1.4826\,\mathrm{MAD}\log b_l,\ 0.05)} > z^*
+        z_l = \frac{\log s_{l,t} - \mathrm{med}\log b_l}{\max(1.4826\,\mathrm{MAD}\log b_l,\ 0.5)} > z^*
         \;(\text{explosion}), \qquad
         s_{l,t} \le r\,\mathrm{med}\, b_l \;(\text{collapse}), \qquad
         s_{l,t} \notin \mathbb{R} \;(\text{non\_finite})
@@ -72,7 +75,8 @@ class Monitor:
     Args:
         model: the served ``nn.Module``.
         layers: modules to tap (see :func:`~nn_neuroimaging_lightning.taps.select_layers`);
-            ``None`` taps every leaf module owning parameters, normalisation layers excluded.
+            ``None`` taps :func:`~nn_neuroimaging_lightning.taps.default_layers` (the tap rule shared
+            with the callbacks).
         window: ring-buffer length in forwards (for :meth:`signal` and :meth:`check`).
         fs: nominal sampling rate in Hz (one forward = ``1/fs`` s of virtual time).
         nperseg: Welch segment length.
@@ -99,7 +103,7 @@ class Monitor:
         >>> g = torch.Generator().manual_seed(0)
         >>> with Monitor(net, calibrate=64) as mon:
         ...     for t in range(80):
-        ...         x = torch.randn(16, 4, generator=g) * (50.0 if t >= 70 else 1.0)
+        ...         x = torch.randn(16, 4, generator=g) * (200.0 if t >= 70 else 1.0)
         ...         _ = net(x)
         >>> mon.layers
         ['0', '2']
@@ -119,10 +123,10 @@ class Monitor:
         fs: float = FS.DEFAULT_FS,
         nperseg: int = FS.DEFAULT_NPERSEG,
         bands: Optional[Mapping[str, Sequence[float]]] = None,
-        explosion_z: float = 8.0,
-        collapse_ratio: float = 1e-3,
-        spectral_shift_threshold: float = 0.3,
-        min_history: int = 16,
+        explosion_z: float = FA.EXPLOSION_Z,
+        collapse_ratio: float = FA.COLLAPSE_RATIO,
+        spectral_shift_threshold: float = FA.SHIFT_THRESHOLD,
+        min_history: int = FA.MIN_HISTORY,
         calibrate: int = 64,
         on_anomaly: Optional[Callable[[List[AnomalyEvent]], Any]] = None,
         check_every: Optional[int] = None,

@@ -6,7 +6,10 @@ from collections import deque
 from dataclasses import asdict
 from typing import Any, Deque, Dict, List, Optional, Sequence
 
+import functools
+
 import torch
+from torch import Tensor
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
@@ -15,6 +18,21 @@ from nn_neuroimaging_lightning.events import EVENTS_FILENAME, AnomalyEvent, appe
 from nn_neuroimaging_lightning.panels.sink import PanelSink
 
 __all__ = ["EVENTS_FILENAME", "AnomalyEvent", "MonitorCallback", "append_events", "log_dir"]
+
+def _wrap_batch_hook(fn: Any, before: bool) -> Any:
+    @functools.wraps(fn)
+    def hook(self: "MonitorCallback", trainer: Trainer, pl_module: LightningModule, *args: Any, **kwargs: Any) -> Any:
+        if before:
+            self._note_batch_start(trainer, pl_module)
+            return fn(self, trainer, pl_module, *args, **kwargs)
+        try:
+            return fn(self, trainer, pl_module, *args, **kwargs)
+        finally:
+            self._note_batch_end()
+
+    hook._monitor_wrapped = True  # type: ignore[attr-defined]
+    return hook
+
 
 def log_dir(trainer: Trainer) -> str:
     """The directory of the run: the first logger's ``log_dir`` or the trainer's root dir."""
@@ -39,6 +57,16 @@ class MonitorCallback(Callback):
     stop_on: Sequence[str] = ()
     panels: bool = True
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        # Every subclass's own `on_train_batch_start` / `on_train_batch_end` is wrapped so that the
+        # base knows the step of the batch (`trainer.global_step` during its forward) and when a
+        # training batch is running, whichever hooks a subclass overrides (see `_event_step`).
+        super().__init_subclass__(**kwargs)
+        for name, before in (("on_train_batch_start", True), ("on_train_batch_end", False)):
+            fn = cls.__dict__.get(name)
+            if fn is not None and not getattr(fn, "_monitor_wrapped", False):
+                setattr(cls, name, _wrap_batch_hook(fn, before))
+
     def __init__(self, max_events: int = 1000) -> None:
         super().__init__()
         self._events: Deque[AnomalyEvent] = deque(maxlen=max_events)
@@ -48,6 +76,12 @@ class MonitorCallback(Callback):
         self._sink: Optional[PanelSink] = None
         self._sink_loggers: List[Any] = []
         self._stopped_by: Optional[str] = None
+        self._batch_step: Optional[int] = None  # trainer.global_step at the current training batch's start
+        self._in_train_batch = False
+        self._trainer_now: Optional[Trainer] = None
+        self._veto = False  # skip the next optimizer update (a stop decided before it)
+        self._stepped_in_batch = False  # an optimizer step already ran in this training batch
+        self._buffer_snapshot: Optional[List[Tensor]] = None
 
     @classmethod
     def from_config(cls, config: Any, **overrides: Any) -> "MonitorCallback":
@@ -68,10 +102,79 @@ class MonitorCallback(Callback):
         self._log_dir = log_dir(trainer)
         self._is_global_zero = trainer.is_global_zero
 
+    # ------------------------------------------------------------------ steps and the update gate
+    def _note_batch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """A training batch starts: remember its step; with ``stop_on``, snapshot the model's buffers."""
+        self._batch_step = trainer.global_step
+        self._in_train_batch = True
+        self._trainer_now = trainer
+        self._stepped_in_batch = False
+        if self.stop_on:
+            # BatchNorm running statistics change in the forward, before any update: a poisoned forward
+            # would leave NaN in them. Restored in `on_before_optimizer_step` when the update is vetoed.
+            with torch.no_grad():
+                self._buffer_snapshot = [b.detach().clone() for b in pl_module.buffers()]
+
+    def _note_batch_end(self) -> None:
+        self._in_train_batch = False
+
+    def _event_step(self, trainer: Trainer) -> int:
+        """The step an event found now belongs to: the training batch's step inside a training batch
+        (``trainer.global_step`` during its forward, also after the optimizer step advanced it),
+        else ``trainer.global_step``."""
+        if self._in_train_batch and self._batch_step is not None:
+            return self._batch_step
+        return trainer.global_step
+
+    def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int) -> None:
+        pass  # wrapped below: `_note_batch_start`
+
+    def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
+        pass  # wrapped below: `_note_batch_end`
+
+    def on_before_optimizer_step(self, trainer: Trainer, pl_module: LightningModule, optimizer: Any) -> None:
+        """Veto the update of a step whose forward or loss stopped the run (``stop_on``).
+
+        The gate: a stop decided before the optimizer step of the batch (NN-EEG judges a training
+        step in ``on_before_backward``) sets every gradient of the optimizer to ``None``, so
+        ``optimizer.step()`` leaves those parameters (and their optimizer state) untouched, and the
+        model's buffers (BatchNorm running statistics) are restored from the snapshot taken at the
+        batch's start. The decision is already the same on every rank (``_maybe_stop`` reduces it),
+        so every DDP rank skips the same update. With gradient accumulation the whole accumulated
+        update is dropped (the poisoned micro-batch's gradients are in it); with manual optimization
+        the gate acts at the first ``optimizer.step()`` after the judged ``manual_backward``.
+        """
+        self._stepped_in_batch = True
+        if not self._veto:
+            return
+        self._veto = False
+        for group in optimizer.param_groups:
+            for p in group["params"]:
+                p.grad = None
+        snapshot, self._buffer_snapshot = self._buffer_snapshot, None
+        if snapshot is not None:
+            with torch.no_grad():
+                for b, saved in zip(pl_module.buffers(), snapshot):
+                    b.copy_(saved)
+
     def _record(self, events: List[AnomalyEvent]) -> None:
-        """Keep the events and append them to the events file (global rank zero only)."""
+        """Keep the events and append them to the events file (global rank zero only).
+
+        Inside a training batch, an event dated ``trainer.global_step`` read after that batch's
+        optimizer step is dated with the batch's step (the global step of its forward). Events
+        recorded after this callback stopped the run (e.g. in the validation loop Lightning runs
+        on stopping) are marked ``after_stop``.
+        """
         if not events:
             return
+        trainer = self._trainer_now
+        if self._in_train_batch and trainer is not None and self._batch_step is not None:
+            for e in events:
+                if e.step == trainer.global_step:
+                    e.step = self._batch_step
+        if self._stopped_by is not None:
+            for e in events:
+                e.after_stop = True
         self._events.extend(events)
         if self._is_global_zero and self._log_dir is not None:
             append_events(self._log_dir, events)
@@ -114,8 +217,10 @@ class MonitorCallback(Callback):
         if self._reduce_decision(trainer, hit is not None) and not trainer.should_stop:
             trainer.should_stop = True
             self._stopped_by = hit.kind if hit is not None else "another rank"
+            if self._in_train_batch and not self._stepped_in_batch:
+                self._veto = True  # decided before this batch's update: `on_before_optimizer_step` skips it
             where = f" in `{hit.layer}`" if hit is not None else ""
-            step = hit.step if hit is not None else trainer.global_step
+            step = hit.step if hit is not None else self._event_step(trainer)
             rank_zero_warn(f"{type(self).__name__} stopped the run at step {step}: {self._stopped_by}{where}.")
 
     @staticmethod
@@ -181,3 +286,7 @@ class MonitorCallback(Callback):
         if pending is not None:
             self._apply_state(pending)
 
+
+
+MonitorCallback.on_train_batch_start = _wrap_batch_hook(MonitorCallback.on_train_batch_start, True)  # type: ignore[method-assign]
+MonitorCallback.on_train_batch_end = _wrap_batch_hook(MonitorCallback.on_train_batch_end, False)  # type: ignore[method-assign]

@@ -18,12 +18,13 @@ from nn_neuroimaging_lightning import _validation as V
 from nn_neuroimaging_lightning._host import HostMirror
 from nn_neuroimaging_lightning.callbacks._base import AnomalyEvent, MonitorCallback
 from nn_neuroimaging_lightning.config import EEGConfig
+from nn_neuroimaging_lightning.eeg import ShiftBaseline, TrainingHistory
 from nn_neuroimaging_lightning.phases import Phase, PhaseTracker
 from nn_neuroimaging_lightning.functional import anomalies as FA
 from nn_neuroimaging_lightning.functional import spectral as FS
 from nn_neuroimaging_lightning.functional import states as FST
 from nn_neuroimaging_lightning.metrics.eeg import StateAccuracy
-from nn_neuroimaging_lightning.taps import ActivityTaps, LayerSelector, NumpyViewState, RingBuffer, select_layers
+from nn_neuroimaging_lightning.taps import ActivityTaps, LayerSelector, RingBuffer, select_layers
 
 #: Anomaly kinds NN-EEG can raise; ``stop_on`` takes any of them.
 EEG_ANOMALY_KINDS: Tuple[str, ...] = (
@@ -39,15 +40,7 @@ EEG_ANOMALY_KINDS: Tuple[str, ...] = (
 # 16, not 8: each refresh costs ~400 us in a reference-CNN step (judgement 85 -> 65 us per step);
 # the median/MAD of a 128-sample history moves little in 16 samples.
 _REFRESH = 16
-_TINY = 1e-30
-_LOG_EPS = 1e-12  # as in functional.anomalies.robust_zscore
-# Scale floor of the robust z-score, in log units. With `explosion_z=8` a layer explodes when its
-# activity exceeds exp(8 * 0.5) = 55x the median of its recent training samples (more when the
-# history is noisier): early-training rises (up to ~10x in 20 steps in examples/early_stopping_on_anomaly.py
-# at a healthy lr) stay quiet, a x1000 weight blow-up gives z ~ 14, and a diverging run is caught a few
-# steps before its loss turns non-finite. The functional default 0.05 flagged healthy runs.
-_MIN_SCALE = 0.5
-_ABS_FLOOR = 1e-8  # activity at or below which a layer is dead whatever its baseline
+_TINY = 1e-30  # `inv` of a layer that is not judged (as in functional.anomalies.baseline_coefficients)
 # Complete state windows queued before they are classified together (one batched feature
 # computation and one classifier solve); also flushed on analysis steps and loop ends.
 _MAX_PENDING_WINDOWS = 4
@@ -59,84 +52,10 @@ _MISMATCH_WINDOWS = 3
 _CADENCE_REF_WINDOWS = 32
 
 
-class _History(NumpyViewState):
-    """A small ``(layers, n)`` ring of training samples: the explosion/collapse baseline.
-
-    Order does not matter to medians, so no re-ordering is ever done. On CPU a sample is written
-    through a numpy view of the tensor (no aten dispatch); elsewhere with one ``copy_``.
-    """
-
-    def __init__(self, rows: int, size: int) -> None:
-        self.rows, self.size = rows, size
-        self.values: Optional[Tensor] = None  # (rows, size)
-        self._np: Optional[np.ndarray] = None
-        self.pos = 0
-        self.count = 0
-
-    def push(self, x: Tensor, host: Optional[np.ndarray]) -> None:
-        if self.values is None or self.values.device != x.device:
-            with torch.inference_mode(False):  # writable by later training steps (see RingBuffer)
-                old = None if self.values is None else self.values.to(x.device)
-                self.values = torch.zeros(self.rows, self.size, dtype=torch.float32, device=x.device)
-                if old is not None:
-                    self.values.copy_(old)
-            self._np = self.values.numpy() if x.device.type == "cpu" else None
-        if self._np is not None and host is not None:
-            self._np[:, self.pos] = host
-        else:
-            self.values[:, self.pos].copy_(x)
-        self.pos = (self.pos + 1) % self.size
-        self.count = min(self.count + 1, self.size)
-
-    def view(self, device: torch.device) -> Tensor:
-        """The held samples ``(rows, count)`` (any order)."""
-        if self.values is None:
-            return torch.zeros(self.rows, 0, device=device)
-        return self.values if self.count == self.size else self.values[:, : self.count]
-
-    def state_dict(self) -> Dict[str, Any]:
-        values = torch.zeros(self.rows, self.size) if self.values is None else self.values.detach().cpu().clone()
-        return {"values": values, "pos": self.pos, "count": self.count}
-
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        values = state["values"]
-        if tuple(values.shape) != (self.rows, self.size):
-            return  # another configuration: start a fresh baseline
-        self.values = values.clone().float()
-        self._np = self.values.numpy()
-        self.pos, self.count = int(state.get("pos", 0)) % self.size, int(state.get("count", 0))
-
 def _host_view(t: Tensor) -> np.ndarray:
     """A CPU tensor as numpy without a host sync; bf16 (which numpy lacks) is widened to float32 first."""
     t = t.detach()
     return (t.float() if t.dtype == torch.bfloat16 else t).numpy()
-
-
-def _step_score(x: Sequence[float], neg_med: Sequence[float], inv: Sequence[float], floor: Sequence[float]) -> float:
-    """``max_l max(e_l, c_l)`` of :meth:`NNEEGCallback._step_anomalies` on host floats.
-
-    ``e = log(x) * inv + neg_med`` (``-inf`` for ``x = 0``), ``c = floor / max(x, 1e-30)``; NaN
-    when any ``x`` is NaN and ``inf`` when any is infinite, like the numpy form. ``0.0`` for no
-    layers.
-
-    Example::
-
-        >>> _step_score([1.0, 4.0], [0.0, 0.0], [1.0, 1.0], [0.5, 0.0])
-        1.3862943611198906
-        >>> _step_score([float("nan")], [0.0], [1.0], [0.0])
-        nan
-    """
-    top = -math.inf if x else 0.0
-    for v, m, a, f in zip(x, neg_med, inv, floor):
-        if not v < math.inf:  # NaN or +inf: the numpy form's max is NaN / inf too
-            return v
-        e = math.log(v) * a + m if v > 0.0 else -math.inf
-        c = f / (v if v > _TINY else _TINY)
-        if e > top:
-            top = e
-        if c > top:
-            top = c
-    return top
 
 
 _PHASE_TO_STATE = {
@@ -179,8 +98,10 @@ class NNEEGCallback(MonitorCallback):
     callback.
 
     Args:
-        layers: which modules to tap: ``None`` (every leaf module owning parameters, norm layers
-            excluded), a name glob, a ``"re:"`` regex, a module type, or a list of these.
+        layers: which modules to tap: ``None`` (:func:`~nn_neuroimaging_lightning.taps.default_layers`:
+            the blocks of a block model plus its stem and head, else every leaf owning parameters,
+            norm layers and embedding tables excluded), a name glob, a ``"re:"`` regex, a module
+            type, or a list of these.
         window: ring-buffer length in samples (forwards) per layer.
         fs: nominal sampling rate in Hz (one forward = ``1/fs`` s of virtual time).
         nperseg: Welch segment length (samples).
@@ -188,10 +109,12 @@ class NNEEGCallback(MonitorCallback):
         bands: ``{name: (lo_hz, hi_hz)}`` (default: delta, theta, alpha, beta, gamma).
         state_window: samples per window classified into an operational state.
         stop_on: anomaly kinds that set ``trainer.should_stop`` in the step they are detected.
-        explosion_z: robust z-score of log-activity above which a layer explodes.
+        explosion_z: robust z-score of log-activity above which a layer explodes. This and the next
+            three thresholds default to the one set of :mod:`~nn_neuroimaging_lightning.functional.anomalies`
+            (``EXPLOSION_Z``, ``COLLAPSE_RATIO``, ``SHIFT_THRESHOLD``, ``MIN_HISTORY``), shared with ``Monitor``.
         collapse_ratio: activity below ``collapse_ratio`` times the recent median is a collapse.
         spectral_shift_threshold: Hellinger distance of relative band powers from the baseline
-            (0.7: the healthy 5-epoch demo reaches 0.59 as training moves on; a real shift goes higher).
+            (0.8: healthy 500-step client runs reach 0.71 as training moves on; a real shift goes higher).
         state_confidence: classifier probability above which a disagreement with the lifecycle
             is a ``state_mismatch``.
         min_history: same-phase samples needed before explosion/collapse are judged.
@@ -239,11 +162,11 @@ class NNEEGCallback(MonitorCallback):
         bands: Optional[Mapping[str, Sequence[float]]] = None,
         state_window: int = 16,
         stop_on: Sequence[str] = (),
-        explosion_z: float = 8.0,
-        collapse_ratio: float = 1e-3,
-        spectral_shift_threshold: float = 0.7,
+        explosion_z: float = FA.EXPLOSION_Z,
+        collapse_ratio: float = FA.COLLAPSE_RATIO,
+        spectral_shift_threshold: float = FA.SHIFT_THRESHOLD,
         state_confidence: float = 0.95,
-        min_history: int = 16,
+        min_history: int = FA.MIN_HISTORY,
         idle_threshold: float = 0.25,
         idle_max_samples: int = 32,
         analysis_every_n_steps: Optional[int] = None,
@@ -300,13 +223,15 @@ class NNEEGCallback(MonitorCallback):
         self._label_counts = np.zeros(len(FST.OperationalState), dtype=np.int64)  # host mirror of calibration
         self._trainer_ref: Optional[Trainer] = None
         self._warned_silent = False
+        self._noticed_state_accuracy = False
+        self._val_samples = 0  # forwards of the current validation loop
         # Each rank's classifier is calibrated on its own windows and its windows may differ in
         # number: its accuracy is the rank's own (a synced compute is a collective that a rank with
         # no window yet would skip, hanging the others).
         self.state_accuracy = StateAccuracy(sync_on_compute=False)
         self._taps: Optional[ActivityTaps] = None
         self._ring: Optional[RingBuffer] = None
-        self._history: Optional[_History] = None  # training samples only: the explosion/collapse baseline
+        self._history: Optional[TrainingHistory] = None  # training samples only: the explosion/collapse baseline
         self._pending_windows: List[Tuple[int, int]] = []  # (ring.total at the window's end, state label)
         self._score_max: Any = None  # running max of the anomaly score between logs
         self._error_run = 0  # consecutive non-finite samples
@@ -316,6 +241,7 @@ class NNEEGCallback(MonitorCallback):
         self._latest: Optional[Tensor] = None  # (layers,) newest sample
         self._latest_step = 0
         self._fresh = False  # a sample arrived since the last judgement
+        self._judged: Optional[Tuple[Any, bool]] = None  # (score, flagged) of a step judged in on_before_backward
         self._step_mirror = HostMirror()
         self._state_mirror = HostMirror()
         # Training baseline (device tensors, (layers,) each), refreshed every `_REFRESH` training samples:
@@ -326,8 +252,7 @@ class NNEEGCallback(MonitorCallback):
         self._infer_baseline: Optional[Tuple[Any, int, int, Tuple[Tensor, Tensor, Tensor], Any]] = None
         self._since_refresh = 0
         self._fired_mask: Optional[Tuple[Tuple[bool, ...], Tensor]] = None  # which tapped layers have fired
-        self._band_baseline: Optional[Tensor] = None  # (layers, bands) relative powers, EMA
-        self._baseline_windows = 0
+        self._shift = ShiftBaseline(self.spectral_shift_threshold)  # spectral-shift baseline (EMA of relative band powers)
         self._latest_bands: Optional[Tensor] = None  # (layers, bands) relative, newest analysis
         self._latest_psd: Optional[Tuple[Tensor, Tensor]] = None  # (F,), (layers, F)
         self._mode_modules: List[torch.nn.Module] = []
@@ -445,7 +370,7 @@ class NNEEGCallback(MonitorCallback):
             modules = select_layers(pl_module, self.layer_selection)
             self._taps = ActivityTaps(modules, selector=self.output_selector)
             self._ring = RingBuffer(len(modules), self.window)
-            self._history = _History(len(modules), max(2 * self.min_history, 32))
+            self._history = TrainingHistory(len(modules), max(2 * self.min_history, 32))
         self._apply_pending_state()
         self._mode_modules = [pl_module] + [m for m in pl_module.modules() if m is not pl_module]
         self._mode_names = {id(m): (n or "<model>") for n, m in pl_module.named_modules()}
@@ -490,6 +415,7 @@ class NNEEGCallback(MonitorCallback):
 
     def on_validation_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._loop_start(trainer, Phase.VALIDATE)
+        self._val_samples = 0
 
     def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         # Validation inside fit returns to the training loop; the sanity check precedes it.
@@ -571,6 +497,31 @@ class NNEEGCallback(MonitorCallback):
             return
         if self.state_accuracy.update_count:
             self._log(pl_module, "nn_eeg/state_accuracy", self.state_accuracy.compute(), on_step=False, on_epoch=True, sync_dist=False)
+        else:
+            self._notice_no_state_accuracy()
+
+    def _notice_no_state_accuracy(self) -> None:
+        """One notice, the first time a validation loop ends without ``nn_eeg/state_accuracy``, saying why.
+
+        The accuracy is defined once the classifier has predicted a window, i.e. once it is
+        calibrated (``min_count`` complete windows of ``state_window`` same-phase samples of two
+        states, training and inference): a validation loop shorter than ``state_window`` forwards
+        never gives an inference window, so the accuracy stays undefined for the whole run.
+        """
+        if self._noticed_state_accuracy:
+            return
+        self._noticed_state_accuracy = True
+        training, inference = int(FST.OperationalState.TRAINING), int(FST.OperationalState.INFERENCE)
+        counts = self._label_counts
+        if self._val_samples < self.state_window:
+            why = (f"this validation loop made {self._val_samples} forward(s), fewer than `state_window`={self.state_window}, "
+                   "so it gave no inference window to classify")
+            fix = "pass a smaller `state_window`, or run more validation batches (`limit_val_batches`, a larger validation set)"
+        else:
+            why = (f"the state classifier is not calibrated yet: it needs {self.classifier.min_count} windows of two states "
+                   f"(so far {int(counts[training])} training, {int(counts[inference])} inference)")
+            fix = "it is logged from the first validation loop after calibration"
+        rank_zero_warn(f"NNEEGCallback: `nn_eeg/state_accuracy` not logged at this validation end (undefined): {why}. Fix: {fix}.")
 
     def on_test_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._flush_windows(trainer)
@@ -601,12 +552,16 @@ class NNEEGCallback(MonitorCallback):
         for k in range(n):
             self._push(zeros, Phase.IDLE, step, t_end - gap + (k + 1) * gap / n)
 
-    def _commit(self) -> None:
-        """Root-module forward finished (or a batch ended with pending calls): write one sample."""
+    def _commit(self, step: Optional[int] = None) -> None:
+        """Root-module forward finished (or a batch ended with pending calls): write one sample.
+
+        ``step``: the global step of the forward that made it (default: ``trainer.global_step``
+        now, right for a commit at the root forward's end or in ``on_before_backward``).
+        """
         t0 = time.perf_counter_ns()
         sample = self._taps.sample()
         if sample is not None:
-            self._latest_step = self._current_step  # the step whose forward made the sample
+            self._latest_step = self._current_step if step is None else step  # the step whose forward made the sample
             self._push(sample, self.tracker.current, self._latest_step)
             self._latest = sample
             self._fresh = True
@@ -615,6 +570,8 @@ class NNEEGCallback(MonitorCallback):
     def _push(self, sample: Tensor, phase: Phase, step: int, wall_time: Optional[float] = None) -> None:
         """Write one sample; windows of ``state_window`` samples of one phase become due for states."""
         self._ring.push(sample, phase.code, step, wall_time)
+        if phase is Phase.VALIDATE:
+            self._val_samples += 1
         self._cpu_time[(self._ring.pos - 1) % self._ring.window] = time.thread_time() + self._cpu_offset
         if phase.code != self._run_code:
             self._run_code, self._run_len = phase.code, 0
@@ -632,11 +589,40 @@ class NNEEGCallback(MonitorCallback):
         """Host-side twin of ``classifier.calibrated`` (labels are known on the host: no sync)."""
         return int((self._label_counts >= self.classifier.min_count).sum()) >= 2
 
-    def _batch_end(self, trainer: Trainer, pl_module: LightningModule, loss: Optional[Tensor], log: bool) -> None:
-        if self._taps is None:
+    def on_before_backward(self, trainer: Trainer, pl_module: LightningModule, loss: Tensor) -> None:
+        """Judge the training step's forward and loss before its backward and optimizer update.
+
+        Here, not in ``on_train_batch_end``: the step is still the forward's ``global_step``
+        (a ``training_step`` that calls ``self.model(...)`` never ends the root forward, whose
+        hook would write the sample), and a stop decided here vetoes the update
+        (:meth:`~nn_neuroimaging_lightning.callbacks._base.MonitorCallback.on_before_optimizer_step`).
+        With ``stop_on`` on an accelerator the verdict is read at once (one host sync per training
+        step, the price of stopping before the update); without it, one step late as before.
+        """
+        if self._taps is None or self._judged is not None:
             return
         if self._taps.dirty:
             self._commit()
+        if self._latest is None or not self._fresh:
+            return
+        t0 = time.perf_counter_ns()
+        self._fresh = False
+        phase = self.tracker.current
+        training = phase is Phase.TRAIN or (phase is Phase.ERROR and self.tracker.loop is Phase.TRAIN)
+        score, events = self._step_anomalies(loss, phase, training, sync=bool(self.stop_on))
+        self._judged = (score, bool(events))
+        if events:
+            self._record(events)
+        if events or (bool(self.stop_on) and trainer.world_size > 1):
+            self._maybe_stop(trainer, events)
+        self._self_time_ns += time.perf_counter_ns() - t0
+
+    def _batch_end(self, trainer: Trainer, pl_module: LightningModule, loss: Optional[Tensor], log: bool) -> None:
+        if self._taps is None:
+            return
+        judged, self._judged = self._judged, None
+        if self._taps.dirty:
+            self._commit(self._event_step(trainer))
         now = time.perf_counter()
         if self._last_batch_end is not None:
             interval = now - self._last_batch_end
@@ -647,16 +633,21 @@ class NNEEGCallback(MonitorCallback):
         # Under DDP with `stop_on`, the stop decision is a collective: every rank must take part on
         # every batch, whether or not it found an event itself (else a NaN on one rank hangs the run).
         collective = bool(self.stop_on) and trainer.world_size > 1
-        if self._latest is None or not self._fresh:
+        phase = self.tracker.current
+        if judged is not None and not self._fresh:  # judged in `on_before_backward`
+            score, flagged = judged
+            events: List[AnomalyEvent] = []
+        elif self._latest is None or not self._fresh:
             if collective:
                 self._maybe_stop(trainer, [])
             return
-        self._fresh = False
-        phase = self.tracker.current
-        training = phase is Phase.TRAIN or (phase is Phase.ERROR and self.tracker.loop is Phase.TRAIN)
-        score, events = self._step_anomalies(loss, phase, training)
+        else:
+            self._fresh = False
+            training = phase is Phase.TRAIN or (phase is Phase.ERROR and self.tracker.loop is Phase.TRAIN)
+            score, events = self._step_anomalies(loss, phase, training)
+            flagged = bool(events)
         if log:
-            self._log_anomaly(trainer, pl_module, score, bool(events))
+            self._log_anomaly(trainer, pl_module, score, flagged)
         if phase.is_inference and not self._mode_reported:
             events += self._mode_mismatch(trainer, phase)
         # At most what the ring still holds: a queued window the ring has overwritten is lost.
@@ -668,7 +659,7 @@ class NNEEGCallback(MonitorCallback):
             self._maybe_stop(trainer, events)
 
     # ------------------------------------------------------------------ per-step anomalies
-    def _step_anomalies(self, loss: Optional[Tensor], phase: Phase, training: bool) -> Tuple[Any, List[AnomalyEvent]]:
+    def _step_anomalies(self, loss: Optional[Tensor], phase: Phase, training: bool, sync: bool = False) -> Tuple[Any, List[AnomalyEvent]]:
         """Judge the newest sample; returns the anomaly score and the events (no host sync).
 
         Per layer, ``e = z / explosion_z`` (robust z-score of log-activity against the baseline) and
@@ -682,7 +673,7 @@ class NNEEGCallback(MonitorCallback):
         step cost ~320 us of it on the reference CNN).
 
         On CPU the arithmetic runs on host floats read through numpy views of the tensors
-        (``Tensor.numpy()`` shares memory and dispatches nothing; :func:`_step_score`), so the score
+        (``Tensor.numpy()`` shares memory and dispatches nothing; :func:`~nn_neuroimaging_lightning.functional.anomalies.judge_score_host`), so the score
         is a host float and the events are known in the same step. On an accelerator it runs on the device and ``[x, e, c, loss]`` goes to the
         host through a lagged non-blocking copy.
         """
@@ -720,19 +711,16 @@ class NNEEGCallback(MonitorCallback):
                     self._baseline_host = host
                 else:
                     self._infer_baseline = self._infer_baseline[:4] + (host,)
-            top = _step_score(xn.tolist(), *host)
+            top = FA.judge_score_host(xn.tolist(), *host)
             score = 10.0 if not (math.isfinite(top) and math.isfinite(loss_v)) else min(max(top, 0.0), 10.0)
             if phase is Phase.TRAIN:
                 self._history.push(x, xn)
                 self._since_refresh += 1
             if score < 1.0:
                 return score, []
-            with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-                e = np.log(xn) * inv.numpy() + neg_med.numpy()
-                c = floor.numpy() / np.maximum(xn, _TINY)
-            return score, self._step_events(np.concatenate([xn, e, c, [loss_v]]), tag)
-        e = torch.addcmul(neg_med, torch.log(x), inv)  # (layers,) z / explosion_z
-        c = floor / x.clamp_min(_TINY)  # (layers,) >= 1: collapsed
+            _, _, e, c = FA.judge(x, (neg_med, inv, floor))  # an anomalous step only: the scores per layer
+            return score, self._step_events(np.concatenate([xn, e.numpy(), c.numpy(), [loss_v]]), tag)
+        _, _, e, c = FA.judge(x, (neg_med, inv, floor))  # (layers,) z / explosion_z and floor / x
         top = torch.maximum(e, c).amax()
         if loss is not None:
             loss = loss.detach().reshape(1).to(x.dtype)
@@ -744,7 +732,9 @@ class NNEEGCallback(MonitorCallback):
         if phase is Phase.TRAIN:
             self._history.push(x, None)
             self._since_refresh += 1
-        host, host_tag = self._step_mirror.read()  # the previous step's copy, once it has landed
+        # The previous step's copy once it has landed; with `sync` (a stop gate before the update)
+        # this step's own copy, waited for.
+        host, host_tag = self._step_mirror.flush() if sync else self._step_mirror.read()
         if host is None:
             return score, []
         self._step_mirror.clear()
@@ -778,23 +768,23 @@ class NNEEGCallback(MonitorCallback):
     def _baseline_stats(self, history: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
         """``(neg_med, inv, floor)``, each ``(layers,)``, from ``(layers, n)`` history samples.
 
-        ``log(x) * inv + neg_med`` equals :func:`~nn_neuroimaging_lightning.functional.anomalies.robust_zscore`
-        divided by ``explosion_z``; ``floor`` is ``max(collapse_ratio * median, 1e-8)``. A layer with
+        :func:`~nn_neuroimaging_lightning.functional.anomalies.baseline_coefficients` (the one judgement,
+        with ``Monitor`` and ``detect``): ``log(x) * inv + neg_med`` is the robust z-score divided by
+        ``explosion_z``; ``floor`` is ``max(collapse_ratio * median, 1e-8)``. A layer with
         fewer than ``min_history`` finite samples, or one that never fired, is not judged (``inv`` ~0,
         ``floor`` 0).
         """
-        med, scale, base, k = FA.robust_baseline(history, min_scale=_MIN_SCALE)  # (layers,) each
         # A module that has never fired (e.g. MultiheadAttention.out_proj, whose weights are used
         # without calling it) has no signal to judge: it is reported by `silent_layers`, not flagged.
-        judged = k >= self.min_history
+        judged = None
         if self._taps is not None:
             fired = tuple(c > 0 for c in self._taps.fire_counts)
-            if self._fired_mask is None or self._fired_mask[0] != fired or self._fired_mask[1].device != k.device:
-                self._fired_mask = (fired, torch.tensor(fired, device=k.device))  # changes once per layer at most
-            judged = judged & self._fired_mask[1]
-        inv = torch.where(judged, 1.0 / (scale * self.explosion_z), torch.full_like(scale, _TINY))
-        neg_med = torch.where(judged, -med * inv, torch.zeros_like(med))
-        floor = torch.where(judged, (self.collapse_ratio * base).clamp_min(_ABS_FLOOR), torch.zeros_like(base))
+            if self._fired_mask is None or self._fired_mask[0] != fired or self._fired_mask[1].device != history.device:
+                self._fired_mask = (fired, torch.tensor(fired, device=history.device))  # changes once per layer at most
+            judged = self._fired_mask[1]
+        neg_med, inv, floor, _ = FA.baseline_coefficients(
+            history, explosion_z=self.explosion_z, collapse_ratio=self.collapse_ratio, min_count=self.min_history, judged=judged
+        )
         return neg_med, inv, floor
 
     def _step_events(self, host: np.ndarray, tag: Tuple[int, Phase, int]) -> List[AnomalyEvent]:
@@ -983,23 +973,13 @@ class NNEEGCallback(MonitorCallback):
         self.flag_history.append((events[-1].step, flagged))
 
     def _spectral_shift(self, trainer: Trainer, relative: Tensor) -> List[AnomalyEvent]:
-        finite = torch.isfinite(relative).all(dim=1, keepdim=True)
-        if self._band_baseline is None:
-            self._band_baseline = torch.where(finite, relative, torch.zeros_like(relative)).clone()
-            self._baseline_windows = 1
-            return []
-        flagged, distance = FA.spectral_shift(relative, self._band_baseline, self.spectral_shift_threshold)  # (layers,)
-        # The baseline needs a few windows before it is judged; it keeps adapting slowly afterwards.
-        if self._baseline_windows >= 3:
-            host = torch.stack([(flagged & finite.squeeze(1)).float(), distance]).cpu().numpy()
-        else:
-            host = None
-        self._band_baseline = torch.where(finite, 0.9 * self._band_baseline + 0.1 * relative, self._band_baseline)
-        self._baseline_windows += 1
+        self._shift.threshold = self.spectral_shift_threshold
+        host = self._shift.update(relative)
         if host is None:
             return []
-        return [AnomalyEvent(trainer.global_step, Phase.TRAIN.value, self._taps.names[i], "spectral_shift", float(host[1, i]), self.source)
-                for i in np.nonzero(host[0] > 0.5)[0]]
+        flags, distance = host
+        return [AnomalyEvent(trainer.global_step, Phase.TRAIN.value, self._taps.names[i], "spectral_shift", float(distance[i]), self.source)
+                for i in np.nonzero(flags > 0.5)[0]]
 
     # ------------------------------------------------------------------ panels
     def _write_step_panels(self, trainer: Trainer, freqs: Tensor, psd: Tensor) -> None:
@@ -1053,8 +1033,7 @@ class NNEEGCallback(MonitorCallback):
                 "cadence_ref": list(self._cadence_ref),
                 "cpu_time": torch.from_numpy(self._cpu_time.copy()),
                 "state_accuracy": {k: v.detach().cpu() for k, v in self.state_accuracy.metric_state.items()},
-                "band_baseline": None if self._band_baseline is None else self._band_baseline.detach().cpu(),
-                "baseline_windows": self._baseline_windows,
+                **self._shift.state_dict(),  # "band_baseline", "baseline_windows"
                 "tracker": self.tracker.state_dict(),
                 "train_batches": self._train_batches,
                 "label_counts": self._label_counts.tolist(),
@@ -1100,8 +1079,7 @@ class NNEEGCallback(MonitorCallback):
             self._cpu_offset = float(newest) - time.thread_time()
         for k, v in dict(state.get("state_accuracy", {})).items():
             setattr(self.state_accuracy, k, v.clone())
-        self._band_baseline = state.get("band_baseline")
-        self._baseline_windows = int(state.get("baseline_windows", 0))
+        self._shift.load_state_dict(state)
         self.tracker.load_state_dict(state.get("tracker", {}))
         self._train_batches = int(state.get("train_batches", 0))
         self.flag_history.clear()

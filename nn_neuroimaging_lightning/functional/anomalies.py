@@ -13,15 +13,25 @@ carry the value. Conventions shared by all of them, so that bad input never cras
 
 from __future__ import annotations
 
+import math
 from typing import Optional
 
 import torch
 from torch import Tensor
 
 __all__ = [
+    "ABS_FLOOR",
     "ANOMALY_KINDS",
+    "COLLAPSE_RATIO",
+    "EXPLOSION_Z",
     "MAD_SCALE",
+    "MIN_HISTORY",
+    "MIN_SCALE",
+    "SHIFT_THRESHOLD",
+    "baseline_coefficients",
     "collapse",
+    "judge",
+    "judge_score_host",
     "detect",
     "explosion",
     "non_finite",
@@ -36,6 +46,26 @@ MAD_SCALE: float = 1.4826
 #: Kinds returned by :func:`detect`, in row order.
 ANOMALY_KINDS: tuple[str, ...] = ("non_finite", "explosion", "collapse", "spectral_shift")
 _LOG_EPS = 1e-12
+_TINY = 1e-30
+
+# ---- The one set of defaults of the judgement (NNEEGCallback, Monitor, detect and every function here).
+#: Robust z-score of log-activity above which a layer explodes.
+EXPLOSION_Z: float = 8.0
+#: Scale floor of the robust z-score, in log units. With ``EXPLOSION_Z = 8`` a layer explodes when its
+#: activity exceeds ``exp(8 * 0.5) = 55x`` the median of its baseline (more when the baseline is
+#: noisier): early-training rises (up to ~10x in 20 steps at a healthy learning rate) and the healthy
+#: BERT's attention output (an ``explosion`` with the former 0.05) stay quiet, while weights x1e3 give
+#: z ~ 14 and NaN is ``non_finite``.
+MIN_SCALE: float = 0.5
+#: Activity at or below this fraction of the baseline median is a collapse (dead layer).
+COLLAPSE_RATIO: float = 1e-3
+#: Activity at or below which a layer is dead whatever its baseline.
+ABS_FLOOR: float = 1e-8
+#: Hellinger distance of relative band powers from the baseline above which the spectrum shifted
+#: (healthy 500-step client runs reach 0.71: BERT seed 101; 0.65: the CNN and BERT, seed 100).
+SHIFT_THRESHOLD: float = 0.8
+#: Finite baseline samples a layer needs before it is judged.
+MIN_HISTORY: int = 16
 
 
 def _as_float(x: Tensor, name: str) -> Tensor:
@@ -60,7 +90,7 @@ def _masked_median(x: Tensor, valid: Tensor) -> tuple[Tensor, Tensor]:
 def robust_baseline(
     history: Tensor,
     valid: Optional[Tensor] = None,
-    min_scale: float = 0.05,
+    min_scale: float = MIN_SCALE,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Per-layer robust baseline of activity: median and scale of log-activity, median level.
 
@@ -82,7 +112,7 @@ def robust_baseline(
 
         >>> m, s, b, k = robust_baseline(torch.tensor([[1.0, 1.0, 4.0]]))
         >>> b.tolist(), k.tolist(), [round(v, 6) for v in s.tolist()]
-        ([1.0], [3], [0.05])
+        ([1.0], [3], [0.5])
     """
     history = _as_float(history, "history")
     ok = torch.isfinite(history)
@@ -112,13 +142,13 @@ def robust_zscore(
     values: Tensor,
     history: Tensor,
     valid: Optional[Tensor] = None,
-    min_scale: float = 0.05,
+    min_scale: float = MIN_SCALE,
 ) -> Tensor:
     """Robust z-score of log-activity against the median/MAD of each layer's valid history.
 
     The scale is ``1.4826 * MAD`` (a normal-consistent standard deviation) floored at
     ``min_scale`` log units, so a constant history does not make every change infinite: with the
-    default 0.05, a 2x jump over a flat baseline gives ``z = log 2 / 0.05 ≈ 13.9``.
+    default :data:`MIN_SCALE` = 0.5, a 2x jump over a flat baseline gives ``z = log 2 / 0.5 ≈ 1.39``.
 
     .. math::
         z_l = \\frac{\\log(v_l + \\epsilon) - \\mathrm{med}_t \\log(h_{lt} + \\epsilon)}
@@ -141,7 +171,7 @@ def robust_zscore(
     Example::
 
         >>> h = torch.tensor([[1.0, 1.1, 0.9, 1.0], [1.0, 1.0, 1.0, 1.0]])
-        >>> robust_zscore(torch.tensor([1.0, 2.0]), h)
+        >>> robust_zscore(torch.tensor([1.0, 2.0]), h, min_scale=0.05)
         tensor([ 0.0000, 13.8629])
     """
     values = _as_float(values, "values")
@@ -203,8 +233,8 @@ def explosion(
     values: Tensor,
     history: Tensor,
     valid: Optional[Tensor] = None,
-    threshold: float = 6.0,
-    min_scale: float = 0.05,
+    threshold: float = EXPLOSION_Z,
+    min_scale: float = MIN_SCALE,
 ) -> tuple[Tensor, Tensor]:
     """Activity far above its running baseline: robust z-score of log-activity above a threshold.
 
@@ -227,8 +257,8 @@ def explosion(
     Example::
 
         >>> h = torch.ones(2, 8)
-        >>> explosion(torch.tensor([1.01, 10.0]), h)
-        (tensor([False,  True]), tensor([ 0.1990, 46.0517]))
+        >>> explosion(torch.tensor([1.01, 100.0]), h)
+        (tensor([False,  True]), tensor([0.0199, 9.2103]))
     """
     z = robust_zscore(values, history, valid, min_scale=min_scale)
     return z > threshold, z
@@ -237,8 +267,8 @@ def explosion(
 def collapse(
     values: Tensor,
     baseline: Tensor,
-    abs_floor: float = 1e-8,
-    rel_floor: float = 1e-2,
+    abs_floor: float = ABS_FLOOR,
+    rel_floor: float = COLLAPSE_RATIO,
 ) -> tuple[Tensor, Tensor]:
     """Dead layers: activity at ~0 in absolute terms or far below the layer's baseline level.
 
@@ -337,7 +367,7 @@ def spectral_distance(powers: Tensor, baseline: Tensor) -> Tensor:
 def spectral_shift(
     powers: Tensor,
     baseline: Tensor,
-    threshold: float = 0.3,
+    threshold: float = SHIFT_THRESHOLD,
 ) -> tuple[Tensor, Tensor]:
     """Band-power vector far from the calibrated baseline (Hellinger distance above a threshold).
 
@@ -357,7 +387,7 @@ def spectral_shift(
 
     Example::
 
-        >>> spectral_shift(torch.tensor([[1.0, 0.0]]), torch.tensor([0.5, 0.5]))
+        >>> spectral_shift(torch.tensor([[1.0, 0.0]]), torch.tensor([0.5, 0.5]), threshold=0.3)
         (tensor([True]), tensor([0.5412]))
     """
     if not isinstance(threshold, (int, float)) or not 0.0 <= threshold <= 1.0:
@@ -373,17 +403,19 @@ def detect(
     powers: Optional[Tensor] = None,
     baseline_powers: Optional[Tensor] = None,
     nonfinite_flags: Optional[Tensor] = None,
-    explosion_threshold: float = 6.0,
-    min_scale: float = 0.05,
-    abs_floor: float = 1e-8,
-    rel_floor: float = 1e-2,
-    shift_threshold: float = 0.3,
+    explosion_threshold: float = EXPLOSION_Z,
+    min_scale: float = MIN_SCALE,
+    abs_floor: float = ABS_FLOOR,
+    rel_floor: float = COLLAPSE_RATIO,
+    shift_threshold: float = SHIFT_THRESHOLD,
+    min_count: int = 1,
 ) -> tuple[Tensor, Tensor]:
     """All per-layer anomaly measures at once, stacked in :data:`ANOMALY_KINDS` order.
 
-    The collapse baseline is the median of the valid history (a layer without valid history only
-    gets the absolute floor). Without ``powers``/``baseline_powers`` the spectral-shift row is
-    all False / 0.
+    Explosion and collapse are judged by :func:`baseline_coefficients` and :func:`judge` (the
+    judgement NNEEGCallback and Monitor make): the collapse baseline is the median of the valid
+    history; a layer with fewer than ``min_count`` valid history samples is not judged. Without
+    ``powers``/``baseline_powers`` the spectral-shift row is all False / 0.
 
     .. math::
         F_{kl} = \\text{flag of kind } k \\text{ for layer } l
@@ -400,6 +432,7 @@ def detect(
         abs_floor: absolute floor of :func:`collapse`.
         rel_floor: relative floor of :func:`collapse`.
         shift_threshold: distance threshold of :func:`spectral_shift`.
+        min_count: valid history samples a layer needs to be judged for explosion/collapse.
 
     Returns:
         ``(flags, values)``: ``(4, L)`` bool and ``(4, L)`` float.
@@ -410,7 +443,7 @@ def detect(
     Example::
 
         >>> h = torch.ones(3, 16)
-        >>> flags, vals = detect(torch.tensor([1.0, 50.0, 0.0]), h)
+        >>> flags, vals = detect(torch.tensor([1.0, 100.0, 0.0]), h)
         >>> flags.int()
         tensor([[0, 0, 0],
                 [0, 1, 0],
@@ -418,13 +451,24 @@ def detect(
                 [0, 0, 0]], dtype=torch.int32)
     """
     nf_flag, nf_val = non_finite(values, nonfinite_flags)
-    ex_flag, z = explosion(values, history, valid, explosion_threshold, min_scale)
+    values = _as_float(values, "values")
     hist = _as_float(history, "history")
-    ok = torch.isfinite(hist)
-    if valid is not None:
-        ok = ok & valid.to(torch.bool)
-    base, _ = _masked_median(torch.where(ok, hist, torch.zeros_like(hist)), ok)
-    co_flag, ratio = collapse(values, base, abs_floor, rel_floor)
+    if values.ndim != 1 or hist.ndim != 2 or hist.shape[0] != values.shape[0]:
+        raise ValueError(
+            f"`values` must be (L,) and `history` (L, W), got {tuple(values.shape)} and {tuple(hist.shape)}."
+        )
+    if valid is not None and (not isinstance(valid, Tensor) or valid.shape != hist.shape):
+        raise ValueError(f"`valid` must be a bool tensor of shape {tuple(hist.shape)}, got {getattr(valid, 'shape', valid)!r}.")
+    neg_med, inv, floor, level = baseline_coefficients(
+        hist, valid, explosion_z=explosion_threshold, collapse_ratio=rel_floor, min_scale=min_scale,
+        abs_floor=abs_floor, min_count=min_count,
+    )
+    ex_flag, co_flag, e, _ = judge(values, (neg_med, inv, floor))
+    fin = torch.isfinite(values)
+    z = torch.where(fin, e * explosion_threshold, torch.zeros_like(e))
+    v = torch.where(fin, values, torch.zeros_like(values))
+    base_ok = torch.isfinite(level) & (level > 0)
+    ratio = torch.where(base_ok, v / torch.where(base_ok, level, torch.ones_like(level)), v)
     if powers is not None and baseline_powers is not None:
         sh_flag, dist = spectral_shift(powers, baseline_powers, shift_threshold)
     else:
@@ -433,3 +477,97 @@ def detect(
     flags = torch.stack([nf_flag, ex_flag, co_flag, sh_flag.to(nf_flag.device)])
     vals = torch.stack([nf_val, z.to(nf_val.dtype), ratio.to(nf_val.dtype), dist.to(nf_val.dtype)])
     return flags, vals
+
+
+def baseline_coefficients(
+    history: Tensor,
+    valid: Optional[Tensor] = None,
+    *,
+    explosion_z: float = EXPLOSION_Z,
+    collapse_ratio: float = COLLAPSE_RATIO,
+    min_scale: float = MIN_SCALE,
+    abs_floor: float = ABS_FLOOR,
+    min_count: int = 1,
+    judged: Optional[Tensor] = None,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """The explosion/collapse judgement of a baseline, as per-layer coefficients for :func:`judge`.
+
+    .. math::
+        e_l = \\frac{\\log(x_l + \\epsilon) - m_l}{s_l\\, z^*} = \\log(x_l + \\epsilon)\\,\\mathrm{inv}_l + \\mathrm{neg\\_med}_l,
+        \\qquad c_l = \\frac{\\max(r\\, b_l,\\ a)}{x_l}
+
+    with ``m, s, b`` of :func:`robust_baseline`: ``e > 1`` is an explosion (``z > z*``),
+    ``c >= 1`` a collapse (``x <= max(r b, a)``). Computed once per baseline, so that judging a
+    sample is two element-wise ops (NNEEGCallback refreshes its baseline every few samples,
+    Monitor once after calibration). A layer with fewer than ``min_count`` valid samples, or
+    ``False`` in ``judged`` (e.g. a module that never ran), is not judged: ``inv`` ~0, ``floor`` 0.
+
+    Args:
+        history: ``(L, W)`` baseline activity samples.
+        valid: optional ``(L, W)`` usable-entry mask.
+        explosion_z: z-score threshold ``z*``.
+        collapse_ratio: ``r``.
+        min_scale: scale floor of :func:`robust_baseline`.
+        abs_floor: ``a``.
+        min_count: valid samples needed to judge a layer.
+        judged: optional ``(L,)`` bool, layers that may be judged at all.
+
+    Returns:
+        ``(neg_med, inv, floor, level)``, each ``(L,)`` (``level``: the baseline median ``b``).
+
+    Example::
+
+        >>> neg_med, inv, floor, level = baseline_coefficients(torch.ones(1, 16))
+        >>> judge(torch.tensor([100.0]), (neg_med, inv, floor))[0]
+        tensor([True])
+    """
+    med, scale, level, k = robust_baseline(history, valid, min_scale)
+    ok = k >= min_count
+    if judged is not None:
+        ok = ok & judged.to(device=ok.device, dtype=torch.bool)
+    inv = torch.where(ok, 1.0 / (scale * explosion_z), torch.full_like(scale, _TINY))
+    neg_med = torch.where(ok, -med * inv, torch.zeros_like(med))
+    floor = torch.where(ok, (collapse_ratio * level).clamp_min(abs_floor), torch.zeros_like(level))
+    return neg_med, inv, floor, level
+
+
+def judge(values: Tensor, coefficients: tuple[Tensor, Tensor, Tensor]) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Explosion and collapse of ``(L,)`` activity against :func:`baseline_coefficients`.
+
+    Returns:
+        ``(exploded, collapsed, e, c)``: ``(L,)`` bool flags (``False`` for a non-finite value,
+        which is :func:`non_finite`'s) and the ``(L,)`` scores ``e`` (``z / z*``) and ``c``
+        (``floor / x``); an anomaly when ``max(e, c) >= 1``.
+    """
+    neg_med, inv, floor = coefficients
+    e = torch.addcmul(neg_med, torch.log(values.clamp_min(0.0) + _LOG_EPS), inv)
+    c = floor / values.clamp_min(_TINY)
+    fin = torch.isfinite(values)
+    return fin & (e > 1.0), fin & (c >= 1.0), e, c
+
+
+def judge_score_host(x: list, neg_med: list, inv: list, floor: list) -> float:
+    """``max_l max(e_l, c_l)`` of :func:`judge` on host floats (lists of Python floats).
+
+    The same formula, for the CPU path of a training step: for a handful of layers a loop of float
+    ops costs less than dispatching tensor ops. NaN when any ``x`` is NaN, ``inf`` when any is
+    infinite; ``0.0`` for no layers.
+
+    Example::
+
+        >>> round(judge_score_host([1.0, 4.0], [0.0, 0.0], [1.0, 1.0], [0.5, 0.0]), 9)
+        1.386294361
+        >>> judge_score_host([float("nan")], [0.0], [1.0], [0.0])
+        nan
+    """
+    top = -math.inf if x else 0.0
+    for v, m, a, f in zip(x, neg_med, inv, floor):
+        if not v < math.inf:  # NaN or +inf
+            return v
+        e = math.log((v if v > 0.0 else 0.0) + _LOG_EPS) * a + m
+        c = f / (v if v > _TINY else _TINY)
+        if e > top:
+            top = e
+        if c > top:
+            top = c
+    return top

@@ -148,7 +148,7 @@ def test_step_judgement_equals_functional_robust_zscore():
     x = torch.tensor([0.7, 1000.0, 1e-7])
     neg_med, inv, floor = eeg._baseline_stats(history)
     e = torch.log(x) * inv + neg_med
-    from nn_neuroimaging_lightning.callbacks.eeg import _MIN_SCALE
+    _MIN_SCALE = FA.MIN_SCALE
 
     z = FA.robust_zscore(x, history, min_scale=_MIN_SCALE)
     torch.testing.assert_close(e * eeg.explosion_z, z, rtol=1e-4, atol=1e-5)
@@ -483,7 +483,7 @@ def test_events_table_written_when_the_run_stops_before_a_spectrum(tmp_path):
 
 def test_step_score_equals_the_vectorised_form():
     """The CPU per-step score on host floats equals numpy's ``max(max(e, c))`` (independent form)."""
-    from nn_neuroimaging_lightning.callbacks.eeg import _step_score
+    _step_score = FA.judge_score_host
 
     rng = np.random.default_rng(0)
     for trial in range(300):
@@ -495,7 +495,8 @@ def test_step_score_equals_the_vectorised_form():
         inv = rng.uniform(1e-30, 3.0, n).astype(np.float32)
         floor = np.where(rng.random(n) < 0.5, 0.0, rng.uniform(0.0, 2.0, n)).astype(np.float32)
         with np.errstate(divide="ignore"):
-            ref = float(np.max(np.maximum(np.log(x) * inv + neg_med, floor / np.maximum(x, 1e-30))))
+            # log(x + 1e-12), as the baseline's log-activity (functional.anomalies.judge)
+            ref = float(np.max(np.maximum(np.log(x.astype(np.float64) + 1e-12) * inv + neg_med, floor / np.maximum(x, 1e-30))))
         got = _step_score(x.tolist(), neg_med.tolist(), inv.tolist(), floor.tolist())
         assert got == pytest.approx(ref, rel=1e-5, abs=1e-5)
     for bad, expect in ((float("nan"), math.isnan), (float("inf"), math.isinf)):

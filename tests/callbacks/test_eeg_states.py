@@ -64,3 +64,49 @@ def test_cadence_column_reference_and_checkpoint_round_trip(tmp_path):
     assert float(eeg2.classifier.count.sum()) > saved_count  # calibration goes on from the checkpoint
     assert float(state["classifier"]["count"].sum()) == saved_count  # the saved state is not mutated
     assert seen2 and all(f.shape[1] == 3 * per_layer + 1 for f, _ in seen2)
+
+
+# ------------------------------------------------------------------ state_accuracy defined or explained (issue 13 item 5)
+def _fit_states(tmp_path, n_val, epochs=3, **trainer_kwargs):
+    import warnings as _w
+
+    from helpers import MLPModule, fast_trainer
+
+    from nn_neuroimaging_lightning.callbacks.eeg import NNEEGCallback
+
+    class Val(MLPModule):
+        def val_dataloader(self):
+            from torch.utils.data import DataLoader, TensorDataset
+
+            return DataLoader(TensorDataset(self.x[:n_val], self.y[:n_val]), batch_size=32)
+
+    model = Val(n=max(512, n_val), batch_size=8)
+    eeg = NNEEGCallback()
+    trainer = fast_trainer(tmp_path, [eeg], max_epochs=epochs, **trainer_kwargs)
+    logged = []
+
+    class Seen(__import__("lightning").pytorch.Callback):
+        def on_validation_end(self, trainer, pl_module):
+            logged.append("nn_eeg/state_accuracy" in trainer.callback_metrics)
+
+    trainer.callbacks.append(Seen())
+    with _w.catch_warnings(record=True) as caught:
+        _w.simplefilter("always")
+        trainer.fit(model)
+    notices = [str(w.message) for w in caught if "nn_eeg/state_accuracy" in str(w.message)]
+    return logged, notices
+
+
+def test_short_validation_gives_one_notice_why_state_accuracy_is_undefined(tmp_path):
+    logged, notices = _fit_states(tmp_path, n_val=256)  # 8 forwards per loop < state_window 16
+    assert logged == [False] * 3
+    assert len(notices) == 1 and "8 forward(s), fewer than `state_window`=16" in notices[0]
+
+
+def test_state_accuracy_logged_at_each_validation_end_once_defined(tmp_path):
+    # 32 forwards per validation loop: two inference windows per loop, calibrated after two loops
+    logged, notices = _fit_states(tmp_path, n_val=1024, epochs=4, limit_train_batches=32)
+    # Defined once the classifier is calibrated (min_count inference windows); before that, one notice says why.
+    first = logged.index(True)
+    assert all(logged[first:]), logged
+    assert len(notices) == (1 if first else 0) and (not notices or "not calibrated yet" in notices[0])

@@ -7,8 +7,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from nn_neuroimaging_lightning.functional.anomalies import (
+    ABS_FLOOR,
     ANOMALY_KINDS,
+    COLLAPSE_RATIO,
+    EXPLOSION_Z,
     MAD_SCALE,
+    MIN_SCALE,
     collapse,
     detect,
     explosion,
@@ -19,7 +23,7 @@ from nn_neuroimaging_lightning.functional.anomalies import (
 )
 
 
-def _ref_z(v, hist, min_scale=0.05):
+def _ref_z(v, hist, min_scale=MIN_SCALE):
     """numpy reference: median/MAD of log history over finite entries."""
     h = np.log(np.asarray(hist, dtype=np.float64) + 1e-12)
     h = h[np.isfinite(np.asarray(hist, dtype=np.float64))]
@@ -46,7 +50,7 @@ def test_robust_zscore_valid_mask_and_floor():
     hist = torch.tensor([[1.0, 1.0, 1.0, 1000.0, 1000.0]])
     valid = torch.tensor([[True, True, True, False, False]])
     z = robust_zscore(torch.tensor([2.0]), hist, valid)
-    assert z.item() == pytest.approx(math.log(2.0) / 0.05)  # constant history: floor 0.05
+    assert z.item() == pytest.approx(math.log(2.0) / MIN_SCALE)  # constant history: the scale floor
     z2 = robust_zscore(torch.tensor([2.0]), hist, valid, min_scale=1.0)
     assert z2.item() == pytest.approx(math.log(2.0))
 
@@ -68,6 +72,7 @@ def test_collapse_known_answers():
     flag, ratio = collapse(
         torch.tensor([0.5, 0.005, 0.0, float("nan"), 1e-9, 3.0]),
         torch.tensor([1.0, 1.0, 1.0, 1.0, float("nan"), 0.0]),
+        rel_floor=1e-2,
     )
     assert flag.tolist() == [False, True, True, False, True, False]
     assert ratio.tolist() == pytest.approx([0.5, 0.005, 0.0, 0.0, 1e-9, 3.0])
@@ -90,7 +95,7 @@ def test_detect_stack_order_and_values():
     hist = torch.ones(4, 16)
     values = torch.tensor([1.0, 100.0, 0.0, float("inf")])
     powers = torch.tensor([[0.5, 0.5], [0.5, 0.5], [0.5, 0.5], [1.0, 0.0]])
-    flags, vals = detect(values, hist, powers=powers, baseline_powers=torch.tensor([0.5, 0.5]))
+    flags, vals = detect(values, hist, powers=powers, baseline_powers=torch.tensor([0.5, 0.5]), shift_threshold=0.3)
     assert flags.shape == (len(ANOMALY_KINDS), 4)
     assert flags.int().tolist() == [
         [0, 0, 0, 1],  # non_finite
@@ -98,7 +103,7 @@ def test_detect_stack_order_and_values():
         [0, 0, 1, 0],  # collapse
         [0, 0, 0, 1],  # spectral_shift (Hellinger 0.54 > 0.3)
     ]
-    assert vals[1, 1].item() == pytest.approx(math.log(100.0) / 0.05, rel=1e-5)
+    assert vals[1, 1].item() == pytest.approx(math.log(100.0) / MIN_SCALE, rel=1e-5)
     assert vals[2].tolist() == pytest.approx([1.0, 100.0, 0.0, 0.0])
 
 
@@ -169,9 +174,27 @@ def test_robust_baseline_matches_numpy_masked_medians():
             v = h[i][ok[i]].astype(np.float64)
             assert int(k[i]) == len(v)
             if not len(v):
-                assert float(med[i]) == float(level[i]) == 0.0 and float(scale[i]) == pytest.approx(0.05)
+                assert float(med[i]) == float(level[i]) == 0.0 and float(scale[i]) == pytest.approx(MIN_SCALE)
                 continue
             lg = np.log(np.maximum(v, 0.0) + 1e-12)
             assert float(med[i]) == pytest.approx(np.median(lg), rel=1e-5, abs=1e-6)
-            assert float(scale[i]) == pytest.approx(max(1.4826 * np.median(np.abs(lg - np.median(lg))), 0.05), rel=1e-5, abs=1e-6)
+            assert float(scale[i]) == pytest.approx(max(1.4826 * np.median(np.abs(lg - np.median(lg))), MIN_SCALE), rel=1e-5, abs=1e-6)
             assert float(level[i]) == pytest.approx(np.median(v), rel=1e-5, abs=1e-6)
+
+
+def test_judge_matches_detect_reference():
+    """`baseline_coefficients` + `judge` against a numpy reference of z > z* and x <= max(r b, a)."""
+    from nn_neuroimaging_lightning.functional.anomalies import baseline_coefficients, judge, judge_score_host
+
+    rng = np.random.default_rng(3)
+    for _ in range(50):
+        hist = rng.lognormal(0.0, 0.3, (5, 32))
+        x = rng.lognormal(0.0, 0.3, 5) * rng.choice([1e-5, 1.0, 1e3], 5)
+        coeffs = baseline_coefficients(torch.from_numpy(hist), min_count=16)[:3]
+        exploded, collapsed, e, c = judge(torch.from_numpy(x), coeffs)
+        z_ref = np.array([_ref_z(x[i], hist[i]) for i in range(5)])
+        level = np.median(hist, axis=1)
+        assert exploded.tolist() == (z_ref > EXPLOSION_Z).tolist()
+        assert collapsed.tolist() == (x <= np.maximum(COLLAPSE_RATIO * level, ABS_FLOOR)).tolist()
+        host = judge_score_host(x.tolist(), *(t.tolist() for t in coeffs))
+        assert host == pytest.approx(float(torch.maximum(e, c).max()), rel=1e-9)
