@@ -62,7 +62,7 @@ class FMRIConfig:
     """Keyword arguments of :class:`~nn_neuroimaging_lightning.NNfMRICallback`."""
 
     layers: Any = None  # null, a glob / "re:" regex string, or a list of them
-    grid: List[int] = field(default_factory=lambda: [8, 8, 4])
+    grid: Optional[List[int]] = None  # null: (8, 8, 4) for the densities; zeta then uses zeta_grid's default
     lam: float = 0.1
     eps: float = 1e-6
     check_every_n_steps: Optional[int] = None
@@ -70,10 +70,12 @@ class FMRIConfig:
     min_history: int = 2
     zeta_every_n_epochs: int = 1
     zeta_layers: Any = None
-    zeta_budget: int = 256
-    zeta_time_fraction: Optional[float] = 0.05
+    zeta_grid: Optional[List[int]] = None  # null: `grid` when given, else (2, 2, 4)
+    zeta_fraction: float = 0.05
+    zeta_budget: Optional[int] = None
+    zeta_time_fraction: Optional[float] = None
     zeta_window: int = 8
-    probe_size: int = 64
+    probe_size: int = 16
     baseline: str = "zero"
     metric: str = "auto"
     antithetic: bool = True
@@ -87,6 +89,7 @@ class FMRIConfig:
     saturation_ratio: float = 20.0
     zeta_concentration: float = 0.9
     stop_on: List[str] = field(default_factory=list)
+    strict: bool = False
     panels: bool = True
     max_events: int = 1000
     flag_history: int = 128
@@ -143,7 +146,7 @@ def python_only(callback_cls: type) -> Tuple[str, ...]:
 
         >>> from nn_neuroimaging_lightning import NNfMRICallback
         >>> python_only(NNfMRICallback)
-        ('value_fn', 'output_selector', 'label_selector')
+        ('value_fn', 'output_selector', 'label_selector', 'batch_split')
     """
     init = callback_cls.__init__  # type: ignore[misc]
     hints = typing.get_type_hints(init)
@@ -286,7 +289,7 @@ class DemoConfig:
     eeg: EEGConfig = field(default_factory=EEGConfig)
     # The demo's fMRI defaults differ from the library's so that every layer of a short run gets a
     # zeta map: a coarser grid and a larger zeta time share (see configs/demo.yaml).
-    fmri: FMRIConfig = field(default_factory=lambda: FMRIConfig(grid=[4, 4, 4], zeta_time_fraction=0.25))
+    fmri: FMRIConfig = field(default_factory=lambda: FMRIConfig(grid=[4, 4, 4], zeta_grid=[2, 2, 4]))
     cross_modal: CrossModalConfig = field(default_factory=CrossModalConfig)
 
 

@@ -47,9 +47,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from nn_neuroimaging_lightning.functional.grid import DEFAULT_GRID, _partition
+from nn_neuroimaging_lightning.batches import Batch, BatchSplit, call_model, output_loss, output_tensor, split_batch
 from nn_neuroimaging_lightning.taps import first_tensor, suspended
 
-__all__ = ["BASELINES", "METRICS", "LesionGame", "isolated_evaluation", "lesion_value_fn"]
+__all__ = ["BASELINES", "METRICS", "IGNORE_INDEX", "LesionGame", "isolated_evaluation", "lesion_value_fn", "per_sample_value"]
 
 #: Lesion baselines: a lesioned unit outputs 0, or its region's mean over the probe batch.
 BASELINES: Tuple[str, ...] = ("zero", "mean")
@@ -108,13 +109,70 @@ def isolated_evaluation(model: nn.Module) -> Iterator[None]:
 
 
 def _is_class_labels(targets: Optional[Tensor]) -> bool:
+    """Integer class labels of any rank: ``(B,)`` per sample or ``(B, T, ...)`` per token."""
     return (
         targets is not None
         and not targets.is_floating_point()
         and not targets.is_complex()
         and targets.dtype != torch.bool
-        and targets.dim() == 1
+        and targets.dim() >= 1
     )
+
+
+#: Label value skipped by the per-token cross-entropy (PyTorch's and Hugging Face's convention).
+IGNORE_INDEX: int = -100
+
+
+def per_sample_value(out: Tensor, y: Tensor, metric: str, shift: bool = False) -> Tensor:
+    r"""Per-sample value (higher is better) of a model output against its target: the one formula of the game.
+
+    * ``cross_entropy``: ``y`` ``(N,)`` class labels and ``out`` ``(N, C, ...)`` (flattened to
+      ``(N, -1)``): minus the cross-entropy; ``y`` ``(N, T)`` per-token labels and ``out``
+      ``(N, T, V)``: minus the mean cross-entropy over the sample's tokens whose label is not
+      :data:`IGNORE_INDEX` (0 for a sample without any), with ``shift=True`` token ``t``'s logits
+      judged against label ``t + 1`` (the causal-LM shift).
+    * ``accuracy``: the same pairing, ``argmax == label`` (mean over valid tokens).
+    * ``mse``: minus the mean squared error, ``y`` with as many elements as ``out``.
+
+    .. math:: v_b = -\frac{1}{|T_b|}\sum_{t \in T_b} \ell(y_{b,t}, z_{b,t})
+
+    Raises:
+        ValueError: ``y`` and ``out`` cannot be paired for ``metric`` (the message says both shapes).
+    """
+    out = out.double()
+    n = out.shape[0]
+    if metric in ("cross_entropy", "accuracy"):
+        if y.dim() == 1 and y.shape[0] == n:
+            logits = out.reshape(n, -1)
+            if metric == "accuracy":
+                return (logits.argmax(1) == y).double()
+            return -F.cross_entropy(logits, y, reduction="none")
+        if y.dim() >= 2 and out.dim() == y.dim() + 1 and tuple(out.shape[:-1]) == tuple(y.shape):
+            if shift:
+                out, y = out[:, :-1], y[:, 1:]
+            logits = out.reshape(-1, out.shape[-1])  # (N*T, V)
+            labels = y.reshape(-1)
+            valid = (labels != IGNORE_INDEX).reshape(n, -1).double()  # (N, T)
+            if metric == "accuracy":
+                per_token = (logits.argmax(1) == labels).double().reshape(n, -1)
+            else:
+                per_token = -F.cross_entropy(logits, labels.clamp_min(0), reduction="none").reshape(n, -1)
+            return (per_token * valid).sum(1) / valid.sum(1).clamp_min(1.0)
+        raise ValueError(f"`metric`={metric!r} needs integer class labels (B,) with logits (B, C) or per-token labels"
+                         f" (B, T) with logits (B, T, V), got labels {tuple(y.shape)} and output {tuple(out.shape)}.")
+    y = y.to(out.dtype)
+    if y.numel() != out.numel():
+        raise ValueError(f"targets of shape {tuple(y.shape)} do not match the model output {tuple(out.shape)} for the MSE.")
+    return -(out - y.reshape(out.shape)).square().reshape(n, -1).mean(1)
+
+
+def _token_mean(out: Tensor, y: Tensor, shift: bool) -> float:
+    """Minus ``per_sample_value``'s cross-entropy pooled over all valid tokens (how models reduce their loss)."""
+    if shift:
+        out, y = out[:, :-1], y[:, 1:]
+    labels = y.reshape(-1)
+    ce = F.cross_entropy(out.double().reshape(-1, out.shape[-1]), labels, ignore_index=IGNORE_INDEX, reduction="sum")
+    return float(ce) / max(int((labels != IGNORE_INDEX).sum()), 1)
 
 
 class LesionGame:
@@ -189,10 +247,15 @@ class LesionGame:
             raise TypeError(f"`model` and `target` must be nn.Modules, got {type(model).__name__} and {type(target).__name__}.")
         if not any(m is target for m in model.modules()):
             raise ValueError(f"`target` ({type(target).__name__}) must be a submodule of `model`.")
-        if not isinstance(inputs, Tensor):
-            raise TypeError(f"`inputs` must be a Tensor (the batch's first element), got {type(inputs).__name__}.")
-        if inputs.dim() < 1 or inputs.shape[0] < 1:
-            raise ValueError(f"`inputs` must have a non-empty batch axis, got shape {tuple(inputs.shape)}.")
+        if isinstance(inputs, Batch):
+            probe = inputs if targets is None else inputs._replace(target=targets)
+        elif isinstance(inputs, Tensor):
+            if inputs.dim() < 1 or inputs.shape[0] < 1:
+                raise ValueError(f"`inputs` must have a non-empty batch axis, got shape {tuple(inputs.shape)}.")
+            probe = Batch((inputs,), {}, targets, int(inputs.shape[0]))
+        else:
+            raise TypeError(f"`inputs` must be a Tensor (the batch's first element) or a batches.Batch, got {type(inputs).__name__}.")
+        targets = probe.target
         if targets is not None and not isinstance(targets, Tensor):
             raise TypeError(f"`targets` must be a Tensor or None, got {type(targets).__name__}.")
         if baseline not in BASELINES:
@@ -205,21 +268,18 @@ class LesionGame:
             raise ValueError(f"`max_batch` must be a positive int, got {max_batch!r}.")
         if max_bytes is not None and (isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or max_bytes < 1):
             raise ValueError(f"`max_bytes` must be None or a positive int (bytes), got {max_bytes!r}.")
-        if value_fn is None:
-            if targets is None:
-                raise ValueError("`targets` must be given when no `value_fn` is: the default value is minus the loss against them.")
-            if targets.shape[0] != inputs.shape[0]:
-                raise ValueError(f"`targets` must have the batch size of `inputs` ({inputs.shape[0]}), got shape {tuple(targets.shape)}.")
-            labels = _is_class_labels(targets)
-            if metric == "auto":
-                metric = "cross_entropy" if labels else "mse"
-            if metric in ("cross_entropy", "accuracy") and not labels:
-                raise ValueError(f"`metric`={metric!r} needs integer class labels (B,) as targets, got dtype {targets.dtype} shape {tuple(targets.shape)}.")
+        if value_fn is None and targets is not None:
+            if targets.dim() == 0 or targets.shape[0] != probe.size:
+                raise ValueError(f"`targets` must have the batch size of `inputs` ({probe.size}), got shape {tuple(targets.shape)}.")
+            if metric in ("cross_entropy", "accuracy") and not _is_class_labels(targets):
+                raise ValueError(f"`metric`={metric!r} needs integer class labels (B,) or per-token labels (B, T) as targets,"
+                                 f" got dtype {targets.dtype} shape {tuple(targets.shape)}.")
         self.model = model
         self.target = target
-        self.inputs = inputs.detach()
+        self.probe = probe.map(lambda t: t.detach())
+        self.inputs = probe.args[0] if probe.args and isinstance(probe.args[0], Tensor) else None
         self.targets = None if targets is None else targets.detach()
-        self.batch = int(inputs.shape[0])
+        self.batch = int(probe.size)
         self.grid_request = grid
         self.baseline = baseline
         self.metric = metric
@@ -232,6 +292,11 @@ class LesionGame:
         self.sample_bytes_all = 0
         if not isinstance(expand, bool):
             raise TypeError(f"`expand` must be a bool, got {expand!r}.")
+        #: how a coalition's value is formed, settled by the first forward: "metric" (per sample,
+        #: :func:`per_sample_value`), "loss" (minus the model's own ``.loss``, one coalition per
+        #: forward) or "user" (``value_fn``); :attr:`shift` is the causal shift of per-token labels.
+        self.value_mode = "user" if value_fn is not None else "metric"
+        self.shift = False
         # None: not yet verified (decided by the first call with K >= 2); True/False: decided.
         self._expand: Optional[bool] = None if (expand and value_fn is None and self.batch > 1) else False
         self._expanding_now = False
@@ -267,12 +332,19 @@ class LesionGame:
         sizers = [m.register_forward_hook(measure) for m in self.model.modules()]
         try:
             with self.session():
-                self.model(self.inputs)
+                labelled = self.probe.with_target_in_kwargs()  # with the labels the model returns its own loss
+                try:
+                    output = call_model(self.model, labelled)
+                except TypeError:
+                    if labelled is self.probe:
+                        raise
+                    output = call_model(self.model, self.probe)  # a forward that takes no labels
         finally:
             handle.remove()
             for h in sizers:
                 h.remove()
-        per_input = self.inputs.numel() * self.inputs.element_size() // self.batch
+        per_input = sum(t.numel() * t.element_size() for t in list(self.probe.args) + list(self.probe.kwargs.values())
+                        if isinstance(t, Tensor)) // self.batch
         self.sample_bytes_all = max([per_input] + [b for _, b in sizes_in_order])
         self.sample_bytes_downstream = max([0] + [b for after, b in sizes_in_order if after])
         if not seen:
@@ -282,6 +354,8 @@ class LesionGame:
             raise ValueError(
                 f"`target`'s output must carry the batch ({self.batch}) on its first axis, got shape {tuple(a.shape)}."
             )
+        if self.user_value_fn is None:
+            self._settle_value(output)
         from nn_neuroimaging_lightning.functional.grid import resolve_grid
 
         self.grid, self.clamped = resolve_grid(tuple(a.shape), self.grid_request)
@@ -294,6 +368,42 @@ class LesionGame:
             region_sum = torch.zeros(self.n_regions, dtype=torch.float32, device=a.device).index_add_(0, index.reshape(-1), x)
             region_mean = region_sum / (sizes * self.batch).float()  # (R,)
             self._base = region_mean[index].to(a.dtype)  # (*units)
+
+    def _settle_value(self, output: Any) -> None:
+        """Choose the metric, the causal shift, or the model's own loss, from the clean forward's output."""
+        out = output_tensor(output, self.output_selector)
+        loss = output_loss(output)
+        y = self.targets
+        reason = ""
+        if y is not None and out is not None:
+            if self.metric == "auto":
+                self.metric = "cross_entropy" if _is_class_labels(y) else "mse"
+            per_token = y.dim() >= 2 and self.metric in ("cross_entropy", "accuracy") and out.dim() == y.dim() + 1
+            if per_token and loss is not None and y.shape[1] > 1:
+                # the model's own loss says whether it judges token t against label t or t + 1
+                plain, shifted = _token_mean(out, y, False), _token_mean(out, y, True)
+                own = float(loss)
+                best = min((abs(plain - own), False), (abs(shifted - own), True))
+                if best[0] <= 1e-3 * max(abs(own), 1e-6):
+                    self.shift = best[1]
+                else:
+                    reason = (f"the model's own loss {own:.6g} is neither the per-token cross-entropy ({plain:.6g}) nor its"
+                              f" causally shifted form ({shifted:.6g})")
+            if not reason:
+                try:
+                    per_sample_value(out[:1], y[:1], self.metric, self.shift)
+                    return
+                except ValueError as err:
+                    reason = str(err)
+        else:
+            reason = "the batch has no target" if y is None else "the model's output holds no tensor"
+        if loss is not None:
+            self.value_mode = "loss"  # fallback: minus the model's own loss, one coalition per forward
+            return
+        if y is None:
+            raise ValueError("`targets` must be given when no `value_fn` is: the default value is minus the loss against"
+                             " them (or the model's own `.loss`, which its output does not have).")
+        raise ValueError(f"{reason}; pass `value_fn(module, batch) -> per-sample values` or `metric`.")
 
     # ------------------------------------------------------------------ evaluation
     @contextmanager
@@ -336,6 +446,8 @@ class LesionGame:
         with ``s`` the largest activation bytes per sample (:attr:`sample_bytes_downstream` while
         the output is expanded or not yet decided, :attr:`sample_bytes_all` on the plain path).
         """
+        if self.value_mode == "loss":
+            return 1  # the model reduces its loss over the whole forward: one coalition each
         k = self.rows_per_call
         if self.max_bytes is not None:
             per_sample = self.sample_bytes_all if self._expand is False else self.sample_bytes_downstream
@@ -392,7 +504,7 @@ class LesionGame:
         if k >= 2 and self._expand is not False:
             try:
                 values = self._chunk_once(masks, expand=True)
-            except RuntimeError:  # the downstream cannot take a (K*B, ...) tensor meeting (B, ...) ones
+            except (RuntimeError, ValueError, IndexError):  # the downstream cannot take a (K*B, ...) tensor meeting (B, ...) ones
                 values = None
             if self._expand is None:
                 plain = self._chunk_once(masks[:2], expand=False)
@@ -404,43 +516,37 @@ class LesionGame:
 
     def _chunk_once(self, masks: Tensor, expand: bool) -> Tensor:
         k = masks.shape[0]
-        y = None if self.targets is None else self.targets.repeat((k,) + (1,) * (self.targets.dim() - 1))
-        if expand:
-            x = self.inputs  # (B, ...): the target's hook expands its output to K*B
-        else:
-            x = self.inputs.repeat((k,) + (1,) * (self.inputs.dim() - 1))  # (K*B, ...), row k*B + b
+        # expanding: the model runs on the B probe samples and the target's hook expands its output to K*B;
+        # else every batch-axis input is repeated K times into one (K*B, ...) batch, row k*B + b
+        batch = self.probe if expand else self.probe.repeat(k)
+        y = None if batch.target is None else (batch.target if not expand else self.probe.repeat(k).target)
         self._expanding_now = expand
         self._masks, self._k = masks, k
         handle = self.target.register_forward_hook(self._hook)
         try:
-            if self.user_value_fn is not None:
-                values = self.user_value_fn(self.model, (x, y))
+            if self.value_mode == "user":
+                arg = (batch.args[0], y) if len(batch.args) == 1 and not batch.kwargs else batch
+                values = self.user_value_fn(self.model, arg)
                 if not isinstance(values, Tensor) or values.numel() != k * self.batch:
                     got = tuple(values.shape) if isinstance(values, Tensor) else type(values).__name__
                     raise ValueError(f"`value_fn` must return one value per sample ({k * self.batch},), got {got}.")
                 per_sample = values.reshape(k, self.batch).double()
+            elif self.value_mode == "loss":
+                loss = output_loss(call_model(self.model, batch.with_target_in_kwargs()))
+                if loss is None:
+                    raise ValueError("the model's output has no `.loss` in a lesion forward; pass `value_fn`.")
+                per_sample = -loss.detach().double().reshape(1, 1).expand(k, 1)
             else:
-                out = first_tensor(self.model(x), self.output_selector)
+                out = output_tensor(call_model(self.model, batch), self.output_selector)
                 if out is None:
                     raise ValueError("the model's output holds no tensor; pass `output_selector`.")
                 if expand and out.shape[0] != k * self.batch:
                     raise RuntimeError(f"expanded forward returned batch {out.shape[0]}, expected {k * self.batch}.")
-                per_sample = self._per_sample(out, y).reshape(k, self.batch)
+                per_sample = per_sample_value(out, y, self.metric, self.shift).reshape(k, self.batch)
         finally:
             handle.remove()
             self._masks, self._k, self._expanding_now = None, 0, False
         return per_sample.mean(1)  # (K,)
-
-    def _per_sample(self, out: Tensor, y: Tensor) -> Tensor:
-        out = out.double()
-        if self.metric == "cross_entropy":
-            return -F.cross_entropy(out.reshape(out.shape[0], -1), y, reduction="none")
-        if self.metric == "accuracy":
-            return (out.reshape(out.shape[0], -1).argmax(1) == y).double()
-        y = y.to(out.dtype)
-        if y.numel() != out.numel():
-            raise ValueError(f"targets of shape {tuple(y.shape)} do not match the model output {tuple(out.shape)} for the MSE.")
-        return -(out - y.reshape(out.shape)).square().reshape(out.shape[0], -1).mean(1)
 
 
 def lesion_value_fn(
@@ -456,18 +562,21 @@ def lesion_value_fn(
     max_batch: int = 1024,
     expand: bool = True,
     max_bytes: Optional[int] = None,
+    batch_split: Optional[BatchSplit] = None,
 ) -> LesionGame:
-    """Build a :class:`LesionGame` from a Lightning-style batch ``(inputs, targets, ...)``.
+    """Build a :class:`LesionGame` from a batch as the dataloader yields it.
 
-    The inputs are the batch's first element (or the batch itself when it is a tensor); the
-    targets its second element, or ``label_selector(batch)``.
+    Inputs and target by the rule of :func:`nn_neuroimaging_lightning.batches.split_batch`
+    (mappings: the mapping minus its label keys as keyword arguments; ``(x, y, ...)``; a tensor),
+    or ``label_selector(batch)`` / ``batch_split(batch)``.
 
     .. math:: f(S) = \\mathrm{perf}(\\mathrm{model}\\ \\text{with regions outside}\\ S\\ \\text{lesioned})
 
     Args:
         model: the whole model.
         target: the submodule whose output regions are the players.
-        batch: ``(inputs, targets, ...)`` or an input tensor (then ``value_fn`` is needed).
+        batch: a mapping, ``(inputs, targets, ...)`` or an input tensor (then ``value_fn`` or a
+            model ``.loss`` is needed).
         grid: grid over the target's output.
         baseline: ``"zero"`` or ``"mean"``.
         metric: see :class:`LesionGame`.
@@ -477,6 +586,7 @@ def lesion_value_fn(
         max_batch: most samples in one forward.
         expand: run the upstream once per call (see :class:`LesionGame`).
         max_bytes: most bytes of the largest activation of one forward (see :class:`LesionGame`).
+        batch_split: ``batch_split(batch) -> (args, kwargs, target)`` overriding the rule.
 
     Returns:
         The game, a ``value_fn(masks) -> values`` for
@@ -492,22 +602,5 @@ def lesion_value_fn(
         >>> game(torch.ones(1, 2, dtype=torch.bool)).shape
         torch.Size([1])
     """
-    inputs, targets = split_batch(batch, label_selector)
-    return LesionGame(model, target, inputs, targets, grid, baseline, metric, value_fn, output_selector, max_batch, expand,
-                      max_bytes)
-
-
-def split_batch(batch: Any, label_selector: Optional[Callable[[Any], Tensor]] = None) -> Tuple[Tensor, Optional[Tensor]]:
-    """``(inputs, targets)`` of a batch: first and second element (or ``label_selector(batch)``)."""
-    if isinstance(batch, Tensor):
-        inputs, targets = batch, None
-    elif isinstance(batch, (tuple, list)) and batch and isinstance(batch[0], Tensor):
-        inputs = batch[0]
-        targets = batch[1] if len(batch) > 1 and isinstance(batch[1], Tensor) else None
-    else:
-        raise TypeError(
-            f"`batch` must be a Tensor or a (inputs, targets, ...) sequence starting with a Tensor, got {type(batch).__name__}."
-        )
-    if label_selector is not None:
-        targets = label_selector(batch)
-    return inputs, targets
+    return LesionGame(model, target, split_batch(batch, label_selector, batch_split), None, grid, baseline, metric, value_fn,
+                      output_selector, max_batch, expand, max_bytes)

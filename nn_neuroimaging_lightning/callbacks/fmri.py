@@ -6,7 +6,7 @@ import math
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any, Callable, Deque, Dict, FrozenSet, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Deque, Dict, FrozenSet, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -34,7 +34,8 @@ from nn_neuroimaging_lightning.functional.grid import (
 from nn_neuroimaging_lightning.functional.tractography import critical_pathways, path_strength, pathway_efficiency
 from nn_neuroimaging_lightning.functional.tractography import tractography as trace_module
 from nn_neuroimaging_lightning.functional.shapley import ZetaResult, _zeta_from_stats, shapley_zeta
-from nn_neuroimaging_lightning.lesion import BASELINES, METRICS, LesionGame, isolated_evaluation, split_batch
+from nn_neuroimaging_lightning.batches import Batch, BatchSplit, call_model, split_batch
+from nn_neuroimaging_lightning.lesion import BASELINES, METRICS, LesionGame, isolated_evaluation
 from nn_neuroimaging_lightning.taps import LayerSelector, LayerTaps, first_tensor, select_layers
 
 #: Anomaly kinds NN-fMRI can raise; ``stop_on`` takes any of them.
@@ -48,8 +49,15 @@ _ROWS_MAX_BYTES = 1 << 20
 #: layer, to the minimum that gives two samples (``2 + 4 (R - 1)`` rows with antithetic pairs), so
 #: that a confidence interval exists; see the class docstring for the cost.
 DEFAULT_ZETA_BUDGET: int = 256
-#: Most zeta samples (antithetic pairs) one layer receives in one time-budgeted evaluation.
+#: Most zeta samples (antithetic pairs) one layer receives in one time-budgeted or counted evaluation.
 MAX_SAMPLES_PER_EVALUATION: int = 128
+#: Default zeta grid when neither ``zeta_grid`` nor ``grid`` is given: 16 regions on a conv map,
+#: ``(2, 2)`` over tokens x hidden, 4 over features (see the class docstring for the cost).
+DEFAULT_ZETA_GRID: Tuple[int, int, int] = (2, 2, 4)
+#: Default probe: samples of the first validation batch on which every coalition is judged.
+DEFAULT_PROBE_SIZE: int = 16
+#: Samples per layer at an evaluation below which its 95 % interval is not finite (Student-t, n - 1 df).
+MIN_SAMPLES_FOR_INTERVAL: int = 2
 
 _ACTIVATION_OF = ((nn.ReLU, "relu"), (nn.Sigmoid, "sigmoid"), (nn.Tanh, "tanh"))
 
@@ -122,29 +130,62 @@ class NNfMRICallback(MonitorCallback):
     count (so no two evaluations repeat permutations); under DDP every rank evaluates its share and
     the sufficient statistics are summed across ranks, so every rank holds the same scores.
 
-    *Cost and the time budget.* A permutation sample costs ``2 (R - 1)`` probe forwards (an
-    antithetic pair); with the default grid a conv layer has ``R = 256`` regions, so one sample is
-    510 forwards of ``probe_size`` samples, far more than 5 % of a 100-step epoch. Two modes:
+    *Batches and outputs.* The probe is split into inputs and target by one rule
+    (:mod:`nn_neuroimaging_lightning.batches`): a mapping batch (dict, ``BatchEncoding``) is
+    forwarded as ``model(**inputs)`` without its label keys (``labels``, ``label``, ``targets``,
+    ``target``), whose value is the target; ``(x, y, ...)`` gives ``model(x)`` and ``y``; a tensor is
+    the input. ``batch_split(batch) -> (args, kwargs, target)`` replaces the rule. A
+    ``LightningModule`` without a ``forward`` of its own (``self.model(**batch).loss`` in the steps)
+    has its ``model`` attribute called. The value of a coalition is minus the cross-entropy for
+    integer labels (``(B,)`` with logits ``(B, C)``, or per token: ``(B, T)`` with ``(B, T, V)``,
+    label -100 ignored, shifted by one token when the model's own ``.loss`` shows that it shifts),
+    minus the MSE for float targets, else minus the model's own ``.loss`` (one coalition per
+    forward); ``value_fn`` overrides all (see :class:`~nn_neuroimaging_lightning.lesion.LesionGame`).
 
-    * ``zeta_time_fraction=None`` (fixed budget, exact and reproducible; also used whenever no
-      training time has been measured yet, e.g. in ``trainer.validate``): every layer gets
-      ``zeta_budget`` value rows (at least two samples) at every evaluation.
-    * ``zeta_time_fraction=f`` (default 0.05, time mode): an evaluation may spend ``f`` times the
-      training wall time since the previous evaluation (``on_train_epoch_start`` to the start of
-      validation / the end of the training epoch, measured with ``perf_counter``), minus the
-      overhead (probe transfer, tractography) the previous evaluation spent outside the layers.
-      The layers are served cheapest-sample-first; each gets an equal share of what is left, and
-      draws as many whole samples (antithetic pairs, batched ``zeta_max_batch // probe_size`` rows
-      per forward) as its cost estimate (seconds per row, measured on the previous evaluation, or
-      calibrated on ``f(none)``/``f(all)`` the first time) affords, at most
-      :data:`MAX_SAMPLES_PER_EVALUATION`; in one process the samples run in chunks of about four
-      forwards with the clock checked (and the cost per row re-measured) before each chunk, so a
-      slower machine stops early instead of overrunning. A layer that cannot afford one sample skips the
-      evaluation (no forward at all) and *banks* its share, up to the cost of one sample, so that
-      a costly layer still gets a sample every few evaluations; a layer that overran carries the
-      debt; the unspent share of a satisfied layer goes to the next ones. The zeta time amortised
-      over training is so bounded by ``f`` (up to estimation error, corrected through the bank).
-      Under DDP rank 0's ledger decides (broadcast) and the ranks split the samples.
+    *Failures.* A layer whose game fails (an output without the batch axis, a target that fits no
+    metric, ...) is skipped with one warning naming the layer, the cause and the argument that
+    fixes it; the other layers and the fit go on. The same for tractography (per pair) and for a
+    batch the rule cannot split. ``strict=True`` raises instead.
+
+    *Cost and the schedule.* A permutation sample costs ``2 (R - 1)`` value rows (an antithetic
+    pair), each a forward of the ``probe_size`` probe samples. Three schedules:
+
+    * **counted** (default; ``zeta_budget`` and ``zeta_time_fraction`` both ``None``): an
+      evaluation may spend ``zeta_fraction`` (5 %) of the training *sample-forwards* since the
+      previous evaluation (each training batch counts its batch size; a lesion row counts
+      ``probe_size``, also when its upstream runs once), shared equally by the zeta layers,
+      cheapest sample first, whole samples only, at most :data:`MAX_SAMPLES_PER_EVALUATION` per
+      layer; a layer that cannot afford a sample saves its share (up to one sample's cost) for the
+      next evaluation. **Floor:** a layer whose window would hold fewer than two samples gets two
+      (:data:`MIN_SAMPLES_FOR_INTERVAL`) whatever the share, so every zeta layer has a map with
+      finite 95 % intervals from the first validation epoch on (and in ``trainer.validate``, where
+      there is no training to count). Integer counting only, no clock: with ``seed_everything``
+      two runs give bitwise-identical maps on CPU. Under DDP the count is rank 0's times the
+      world size (broadcast) and the ranks split the samples.
+    * **fixed** (``zeta_budget=N``): ``N`` value rows per layer and evaluation (at least two samples).
+    * **timed** (``zeta_time_fraction=f``): ``f`` times the training wall time since the previous
+      evaluation (``on_train_epoch_start`` to the start of validation / the end of the training
+      epoch, ``perf_counter``), minus the overhead (probe transfer, tractography) the previous
+      evaluation spent outside the layers. The layers are served cheapest-sample-first; each gets
+      an equal share of what is left, and draws as many whole samples as its cost estimate
+      (seconds per row, measured on the previous evaluation, or calibrated on ``f(none)``/``f(all)``
+      the first time) affords, at most :data:`MAX_SAMPLES_PER_EVALUATION`; in one process the
+      samples run in chunks of about four forwards with the clock checked before each, so a slower
+      machine stops early instead of overrunning. A layer that cannot afford one sample *banks*
+      its share, up to the cost of one sample; a layer that overran carries the debt. Not
+      reproducible run to run (it reads the clock). Under DDP rank 0's ledger decides (broadcast).
+
+    A layer left without a map after an evaluation is said once, with the reason.
+
+    *Default grid and probe.* Decision: zeta has its own grid, ``zeta_grid`` (default
+    :data:`DEFAULT_ZETA_GRID` ``(2, 2, 4)``: 16 regions on a conv map, ``2 x 2`` over tokens x
+    hidden, 4 over features; a ``grid`` you set applies to zeta too unless ``zeta_grid`` is given)
+    and a probe of :data:`DEFAULT_PROBE_SIZE` (16) samples, because the floor is paid at the first
+    evaluation of every run: two antithetic samples of a 16-region layer are ``2 + 4 x 15 = 62``
+    rows of 16 samples (about 1,000 sample-forwards, with the upstream run once per forward). The
+    densities keep the finer ``grid`` (8, 8, 4). Measured cost (``benchmarks/zeta_cost.py``, one
+    CPU thread on a loaded 2-core machine, the client zoo at batch 64/32/16): see
+    ``benchmarks/README.md`` (fMRI: zeta cost per evaluation).
 
     *Running estimate.* Each layer keeps the sufficient statistics (sum, sum of squares and count
     of the per-sample marginals) of its last ``zeta_window`` evaluations (one entry per
@@ -187,8 +228,9 @@ class NNfMRICallback(MonitorCallback):
 
     Args:
         layers: modules to tap (see :func:`~nn_neuroimaging_lightning.taps.select_layers`).
-        grid: ``(g_h, g_w, g_c)``; see :func:`~nn_neuroimaging_lightning.functional.grid.resolve_grid`.
-            A grid larger than a layer is clamped, with one warning.
+        grid: ``(g_h, g_w, g_c)`` of the densities and tractography (``None``: ``(8, 8, 4)``); see
+            :func:`~nn_neuroimaging_lightning.functional.grid.resolve_grid`. A grid larger than a
+            layer is clamped, with one warning.
         lam: ``lambda`` of the density's log-variance term.
         eps: variance floor of the density.
         check_every_n_steps: training steps per density window / anomaly check (``None``: the
@@ -199,17 +241,23 @@ class NNfMRICallback(MonitorCallback):
         zeta_every_n_epochs: epochs between zeta evaluations.
         zeta_layers: layers whose regions are scored (``None``: the tapped layers; same forms as
             ``layers``).
+        zeta_grid: the grid of the zeta regions (``None``: ``grid`` when given, else
+            :data:`DEFAULT_ZETA_GRID`).
+        zeta_fraction: counted mode (the default): share of the training sample-forwards since
+            the previous evaluation that an evaluation may spend (``0``: the floor only).
         zeta_budget: fixed mode: value rows (probe forwards) per layer and evaluation (raised to
-            two samples).
-        zeta_time_fraction: time mode: share of the training time since the previous evaluation
-            that an evaluation may spend (``None``: fixed mode).
+            two samples); ``None``: not this mode.
+        zeta_time_fraction: timed mode: share of the training wall time since the previous
+            evaluation that an evaluation may spend; ``None``: not this mode. At most one of
+            ``zeta_budget`` and ``zeta_time_fraction``.
         zeta_window: evaluations whose samples make up each layer's running estimate.
         probe_size: samples of the probe batch.
         baseline: lesion baseline, ``"zero"`` or ``"mean"`` (the region's mean over the probe).
-        metric: ``"auto"`` (minus cross-entropy for integer labels, else minus MSE),
-            ``"cross_entropy"``, ``"mse"`` or ``"accuracy"``.
+        metric: ``"auto"`` (minus cross-entropy for integer labels, per sample or per token, else
+            minus MSE), ``"cross_entropy"``, ``"mse"`` or ``"accuracy"``.
         value_fn: ``value_fn(module, batch) -> per-sample values`` overriding ``metric``
-            (Python only).
+            (Python only; ``batch`` is ``(inputs, targets)`` for tensor inputs, else the
+            :class:`~nn_neuroimaging_lightning.batches.Batch`, repeated once per coalition).
         antithetic: pair each permutation with its reverse.
         truncation_tol: relative truncation band of the estimator (``None``: none).
         confidence: level of the zeta intervals.
@@ -233,6 +281,9 @@ class NNfMRICallback(MonitorCallback):
         stop_on: anomaly kinds that set ``trainer.should_stop`` when they occur.
         output_selector: picks the tensor from tuple/dict outputs (Python only).
         label_selector: ``label_selector(batch) -> targets`` for the probe (Python only).
+        batch_split: ``batch_split(batch) -> (args, kwargs, target)`` replacing the rule of
+            :func:`~nn_neuroimaging_lightning.batches.split_batch` (Python only).
+        strict: raise a zeta / tractography / probe failure instead of warning and skipping.
         panels: write TensorBoard panels when a ``TensorBoardLogger`` is present.
         max_events: anomaly events kept in memory.
         flag_history: checks kept in :attr:`flag_history`.
@@ -244,9 +295,11 @@ class NNfMRICallback(MonitorCallback):
 
     Example::
 
-        >>> fmri = NNfMRICallback(grid=(4, 4, 2), zeta_budget=64, zeta_time_fraction=None)
-        >>> fmri.grid, fmri.zeta_budget, fmri.zeta_time_fraction, fmri.density_samples
-        ((4, 4, 2), 64, None, 4)
+        >>> fmri = NNfMRICallback(grid=(4, 4, 2), zeta_budget=64)
+        >>> fmri.grid, fmri.zeta_grid, fmri.zeta_budget, fmri.zeta_time_fraction, fmri.density_samples
+        ((4, 4, 2), (4, 4, 2), 64, None, 4)
+        >>> NNfMRICallback().zeta_grid, NNfMRICallback().probe_size
+        ((2, 2, 4), 16)
     """
 
     source = "nn_fmri"
@@ -256,7 +309,7 @@ class NNfMRICallback(MonitorCallback):
         self,
         layers: LayerSelector = None,
         *,
-        grid: Sequence[int] = DEFAULT_GRID,
+        grid: Optional[Sequence[int]] = None,
         lam: float = DEFAULT_LAMBDA,
         eps: float = DEFAULT_EPS,
         check_every_n_steps: Optional[int] = None,
@@ -264,10 +317,12 @@ class NNfMRICallback(MonitorCallback):
         min_history: int = 2,
         zeta_every_n_epochs: int = 1,
         zeta_layers: LayerSelector = None,
-        zeta_budget: int = DEFAULT_ZETA_BUDGET,
-        zeta_time_fraction: Optional[float] = 0.05,
+        zeta_grid: Optional[Sequence[int]] = None,
+        zeta_fraction: float = 0.05,
+        zeta_budget: Optional[int] = None,
+        zeta_time_fraction: Optional[float] = None,
         zeta_window: int = 8,
-        probe_size: int = 64,
+        probe_size: int = DEFAULT_PROBE_SIZE,
         baseline: str = "zero",
         metric: str = "auto",
         value_fn: Optional[Callable[[nn.Module, Any], Tensor]] = None,
@@ -284,6 +339,8 @@ class NNfMRICallback(MonitorCallback):
         stop_on: Sequence[str] = (),
         output_selector: Optional[Callable[[Any], Tensor]] = None,
         label_selector: Optional[Callable[[Any], Tensor]] = None,
+        batch_split: Optional[BatchSplit] = None,
+        strict: bool = False,
         panels: bool = True,
         max_events: int = 1000,
         flag_history: int = 128,
@@ -292,6 +349,13 @@ class NNfMRICallback(MonitorCallback):
         super().__init__(max_events=V.check_int("max_events", max_events, 1))
         self.layer_selection = V.check_layer_selector("layers", layers)
         self.grid = _as_grid_tuple(list(grid) if isinstance(grid, (list, tuple)) else grid)
+        if zeta_grid is not None:
+            try:
+                self.zeta_grid = _as_grid_tuple(list(zeta_grid) if isinstance(zeta_grid, (list, tuple)) else zeta_grid)
+            except ValueError as err:
+                raise ValueError(str(err).replace("`grid`", "`zeta_grid`", 1)) from None
+        else:
+            self.zeta_grid = self.grid if grid is not None else DEFAULT_ZETA_GRID
         _check_lam_eps(lam, eps)
         self.lam, self.eps = float(lam), float(eps)
         if check_every_n_steps is not None:
@@ -303,10 +367,14 @@ class NNfMRICallback(MonitorCallback):
         self.min_history = V.check_int("min_history", min_history, 1)
         self.zeta_every_n_epochs = V.check_int("zeta_every_n_epochs", zeta_every_n_epochs, 1)
         self.zeta_selection = V.check_layer_selector("zeta_layers", zeta_layers)
-        self.zeta_budget = V.check_int("zeta_budget", zeta_budget, 4)
+        self.zeta_fraction = V.check_float("zeta_fraction", zeta_fraction, 0.0, 1.0)
+        self.zeta_budget = None if zeta_budget is None else V.check_int("zeta_budget", zeta_budget, 4)
         if zeta_time_fraction is not None:
             V.check_float("zeta_time_fraction", zeta_time_fraction, 0.0, 1.0, strict_min=True)
         self.zeta_time_fraction = zeta_time_fraction
+        if zeta_budget is not None and zeta_time_fraction is not None:
+            raise ValueError(f"`zeta_budget`={zeta_budget!r} (fixed rows per layer) and `zeta_time_fraction`={zeta_time_fraction!r}"
+                             " (a share of wall time) are two schedules: give at most one (neither: the counted default).")
         self.zeta_window = V.check_int("zeta_window", zeta_window, 1)
         self.probe_size = V.check_int("probe_size", probe_size, 1)
         self.baseline = V.check_choice("baseline", baseline, BASELINES)
@@ -331,11 +399,13 @@ class NNfMRICallback(MonitorCallback):
         self.saturation_ratio = V.check_float("saturation_ratio", saturation_ratio, 1.0, strict_min=True)
         self.zeta_concentration = V.check_float("zeta_concentration", zeta_concentration, 0.0, 1.0, strict_min=True)
         self.stop_on = V.check_choices("stop_on", stop_on, FMRI_ANOMALY_KINDS)
-        for name, fn in (("output_selector", output_selector), ("label_selector", label_selector)):
+        for name, fn in (("output_selector", output_selector), ("label_selector", label_selector), ("batch_split", batch_split)):
             if fn is not None and not callable(fn):
                 raise TypeError(f"`{name}` must be callable or None, got {fn!r}.")
         self.output_selector = output_selector
         self.label_selector = label_selector
+        self.batch_split = batch_split
+        self.strict = V.check_bool("strict", strict)
         self.panels = V.check_bool("panels", panels)
         self.flag_history: Deque[Tuple[int, FrozenSet[str]]] = deque(maxlen=V.check_int("flag_history", flag_history, 1))
         self.seed = V.check_int("seed", seed, 0)
@@ -379,7 +449,11 @@ class NNfMRICallback(MonitorCallback):
         self._density_flagged: FrozenSet[str] = frozenset()
         self.tracts: Dict[Tuple[str, str], TractInfo] = {}
         self.path_strength: Dict[Tuple[str, ...], Tuple[float, List[int]]] = {}
-        self._probe: Optional[Tuple[Tensor, Optional[Tensor]]] = None
+        self._probe: Optional[Batch] = None
+        self._train_samples = 0  # training sample-forwards since the previous zeta evaluation (counted schedule)
+        self._zeta_credit: Dict[str, int] = {}  # counted schedule: sample-forwards a layer has saved
+        self._warned_fail: set = set()
+        self._warned_no_map: set = set()
         self._probe_from_val = False
         self._listeners: List[Callable[[Trainer, LightningModule], None]] = []
         self._pending_state: Optional[Dict[str, Any]] = None
@@ -524,6 +598,7 @@ class NNfMRICallback(MonitorCallback):
             return
         self._taps.enabled = False
         self._train_batches += 1
+        self._train_samples += self._batch_size(batch)
         new_clamped = []
         for i, calls in enumerate(self._taps.take()):
             for call in calls:
@@ -557,6 +632,17 @@ class NNfMRICallback(MonitorCallback):
             self._check(trainer, pl_module)
         self._self_time_ns += time.perf_counter_ns() - t0
         self._self_time_steps += 1
+
+    def _batch_size(self, batch: Any) -> int:
+        """Samples of a training batch (its sample-forwards for the counted zeta schedule); 0 if not understood."""
+        if isinstance(batch, Tensor):
+            return int(batch.shape[0]) if batch.dim() else 0
+        if isinstance(batch, (tuple, list)) and batch and isinstance(batch[0], Tensor) and batch[0].dim():
+            return int(batch[0].shape[0])
+        try:
+            return split_batch(batch, None, self.batch_split).size
+        except (TypeError, ValueError):
+            return 0
 
     def _warn_clamped(self, items: List[Tuple[str, Tuple[int, ...], Tuple[int, ...]]]) -> None:
         if not items:
@@ -675,30 +761,34 @@ class NNfMRICallback(MonitorCallback):
         return "(" + ", ".join(f"{a}={int(v)}" for a, v in zip(axes, idx)) + ")"
 
     # ------------------------------------------------------------------ probe batch
-    def _take_probe(self, batch: Any, from_val: bool) -> None:
+    def _split(self, batch: Any) -> Optional[Batch]:
+        """The batch split by :func:`~nn_neuroimaging_lightning.batches.split_batch`; ``None`` (one warning) if it cannot be."""
         try:
-            x, y = split_batch(batch, self.label_selector)
-        except TypeError:
+            return split_batch(batch, self.label_selector, self.batch_split)
+        except (TypeError, ValueError) as err:
+            if self.strict:
+                raise
+            if "probe" not in self._warned_fail:
+                self._warned_fail.add("probe")
+                rank_zero_warn(f"NNfMRICallback: no probe for zeta and tractography: {err} (the argument that fixes it:"
+                               " `batch_split(batch) -> (args, kwargs, target)`).")
+            return None
+
+    def _take_probe(self, batch: Any, from_val: bool) -> None:
+        split = self._split(batch)
+        if split is None or split.size == 0:
             return
-        k = min(self.probe_size, x.shape[0]) if x.dim() else 0
-        if k == 0:
-            return
-        x = x[:k].detach().to("cpu", copy=True)
-        if y is not None:
-            y = y[:k].detach().to("cpu", copy=True) if y.dim() and y.shape[0] >= k else y.detach().to("cpu", copy=True)
-        self._probe = (x, y)
+        self._probe = split.take(self.probe_size)
         self._probe_from_val = from_val
 
-    def _shared_probe(self, trainer: Trainer, pl_module: LightningModule) -> Optional[Tuple[Tensor, Optional[Tensor]]]:
+    def _shared_probe(self, trainer: Trainer, pl_module: LightningModule) -> Optional[Batch]:
         probe = self._probe
         if trainer.world_size > 1:
             # Every rank must play the same game: rank 0's probe wins.
             probe = trainer.strategy.broadcast(probe, src=0)
         if probe is None:
             return None
-        x, y = probe
-        dev = pl_module.device
-        return x.to(dev), (None if y is None else y.to(dev))
+        return probe.to(pl_module.device)
 
     # ------------------------------------------------------------------ zeta schedule
     def _pause_train_clock(self) -> None:
@@ -734,16 +824,23 @@ class NNfMRICallback(MonitorCallback):
         t0 = time.perf_counter()
         probe = self._shared_probe(trainer, pl_module)
         if probe is None:
-            rank_zero_warn("NNfMRICallback: no probe batch has been seen yet (batches must be tensors or (inputs, targets, ...)); zeta skipped.")
+            rank_zero_warn("NNfMRICallback: no probe batch has been seen yet (no training or validation batch could be split"
+                           " into inputs and target; see `batch_split`); zeta skipped.")
             return
         self._zeta_epoch = trainer.current_epoch
-        allowance = None
+        allowance = forwards = None
         if self.zeta_time_fraction is not None and self._train_elapsed > 0:
             allowance = self.zeta_time_fraction * self._train_elapsed - self._overhead_debt
+        elif self.zeta_time_fraction is None and self.zeta_budget is None:
+            forwards = int(self.zeta_fraction * self._train_samples) * trainer.world_size
+            if trainer.world_size > 1:
+                forwards = int(trainer.strategy.broadcast(forwards, src=0))  # every rank plays rank 0's plan
         self._train_elapsed = 0.0
-        events = self.compute_zeta(pl_module, probe, epoch=trainer.current_epoch, trainer=trainer, time_budget_s=allowance)
+        self._train_samples = 0
+        events = self.compute_zeta(pl_module, probe, epoch=trainer.current_epoch, trainer=trainer, time_budget_s=allowance,
+                                   forward_budget=forwards)
         if self.tractography:
-            self.compute_tractography(pl_module, probe[0])
+            self.compute_tractography(pl_module, probe)
         self.zeta_evaluations += 1
         elapsed = time.perf_counter() - t0
         self._zeta_time_s += elapsed
@@ -765,108 +862,91 @@ class NNfMRICallback(MonitorCallback):
             fn(trainer, pl_module)
         self._maybe_stop(trainer, events)
 
-    def compute_zeta(self, pl_module: nn.Module, probe: Tuple[Tensor, Optional[Tensor]], epoch: int = 0,
-                     trainer: Optional[Trainer] = None, time_budget_s: Optional[float] = None) -> List[AnomalyEvent]:
-        """Estimate zeta for every zeta layer on ``probe`` (``(inputs, targets)``); fills :attr:`zeta`.
+    def _fail(self, what: str, err: BaseException, fix: str) -> None:
+        """One warning per layer (or pair): what failed, the cause, the argument that fixes it; ``strict`` raises."""
+        if self.strict:
+            raise err
+        if what not in self._warned_fail:
+            self._warned_fail.add(what)
+            rank_zero_warn(f"NNfMRICallback: {what} skipped: {type(err).__name__}: {err} (the argument that fixes it: {fix});"
+                           " the other layers go on.")
 
-        With ``time_budget_s=None`` every layer gets ``zeta_budget`` value rows; otherwise the
-        layers share ``time_budget_s`` seconds (see the class docstring). The new samples join each
-        layer's window of the last ``zeta_window`` evaluations. Returns the ``zeta_concentration``
-        events (not yet recorded).
+    @staticmethod
+    def _zeta_fix(err: BaseException) -> str:
+        text = str(err)
+        if "first axis" in text or "no tensor output" in text or "used in forward" in text:
+            return "leave the layer out of `zeta_layers`, or pick its tensor with `output_selector`"
+        if any(k in text for k in ("metric", "targets", "MSE", "label", "cross-entropy", "loss")):
+            return "`value_fn(module, batch) -> per-sample values`, `metric`, or `batch_split` / `label_selector`"
+        return "leave the layer out of `zeta_layers`, or pass `value_fn`"
+
+    def _no_map(self, name: str, reason: str) -> None:
+        """Say once per layer why it has no zeta map after an evaluation."""
+        if name not in self._warned_no_map and name not in self._zeta:
+            self._warned_no_map.add(name)
+            rank_zero_warn(f"NNfMRICallback: layer `{name}` has no zeta map after this evaluation: {reason}.")
+
+    def _window_samples(self, name: str) -> int:
+        """Samples the layer's window keeps once this evaluation's entry is pushed (the oldest falls out)."""
+        window = self._zeta_stats.get(name)
+        if not window:
+            return 0
+        kept = list(window)[-(self.zeta_window - 1):] if self.zeta_window > 1 else []
+        return sum(e[2] for e in kept if e is not None)
+
+    def compute_zeta(self, pl_module: nn.Module, probe: Union[Batch, Tuple[Tensor, Optional[Tensor]]], epoch: int = 0,
+                     trainer: Optional[Trainer] = None, time_budget_s: Optional[float] = None,
+                     forward_budget: Optional[int] = None) -> List[AnomalyEvent]:
+        """Estimate zeta for every zeta layer on ``probe``; fills :attr:`zeta`.
+
+        Three schedules (see the class docstring): ``forward_budget`` sample-forwards shared by the
+        layers (counted, the default in a fit); ``time_budget_s`` seconds (timed); neither:
+        ``zeta_budget`` value rows per layer (fixed; without ``zeta_budget`` the two samples that
+        give a finite interval). The new samples join each layer's window of the last
+        ``zeta_window`` evaluations. A layer whose game fails is skipped with one warning
+        (``strict=True`` raises). Returns the ``zeta_concentration`` events (not yet recorded).
         """
+        if not isinstance(probe, Batch):
+            x, y = probe
+            probe = Batch((x,), {}, y, int(x.shape[0]))
         world = trainer.world_size if trainer is not None else 1
         rank = trainer.global_rank if trainer is not None else 0
         step = trainer.global_step if trainer is not None else 0
-        x, y = probe
+        p_size = probe.size
         events: List[AnomalyEvent] = []
         flagged = set()
         group = 2 if self.antithetic else 1
         timed = time_budget_s is not None
+        counted = not timed and forward_budget is not None
         pool = float(time_budget_s) if timed else 0.0
+        fpool = int(forward_budget) if counted else 0
         # cheapest known sample first, so that unspent shares of satisfied layers flow to dearer ones
-        order = sorted(self._zeta_names, key=lambda n: self._sample_cost(n))
+        order = sorted(self._zeta_names, key=lambda n: (self._rows_per_sample.get(n, 0), self._zeta_names.index(n)) if counted
+                       else self._sample_cost(n))
         base_seed = (self.seed * 1_000_003 + int(epoch) * 1009 + self.zeta_evaluations) % (2**62)
         self.last_zeta_plan = {}
         for pos, name in enumerate(order):
             t_layer = time.perf_counter()
             share = pool / (len(order) - pos) if timed else 0.0
             avail = self._zeta_bank.get(name, 0.0) + share
+            fshare = fpool // (len(order) - pos) if counted else 0
+            favail = self._zeta_credit.get(name, 0) + fshare
+            need = max(0, MIN_SAMPLES_FOR_INTERVAL - self._window_samples(name))
             skip = timed and name in self._rows_per_sample and self._sample_cost(name) > avail
+            if counted and name in self._rows_per_sample and not need:
+                skip = (favail - 3 * p_size) // (self._rows_per_sample[name] * p_size) < 1
             if timed and world > 1:
                 skip = bool(trainer.strategy.broadcast(skip, src=0))  # rank 0's ledger decides for all
-            if skip:
-                n_samples, game, res = 0, None, None  # cannot afford a sample yet: save the share
-            else:
-                module = self._modules_all[name]
-                game = LesionGame(pl_module, module, x, y, self.grid, self.baseline, self.metric, self.value_fn,
-                                  self.output_selector, self.zeta_max_batch, max_bytes=self.zeta_max_bytes)
-                setup = time.perf_counter() - t_layer
-                if game.clamped and name not in self._warned_clamp:
-                    self._warn_clamped([(name, (x.shape[0],) + game.unit_shape, game.grid)])
-                r = game.n_regions
-                rows = group * max(r - 1, 1)
-                self._rows_per_sample[name] = rows
-                self._setup_cost[name] = setup
-                if timed and name not in self._row_cost:
-                    # first evaluation of this layer: calibrate the cost of a row on f(none), f(all) (the
-                    # first call settles the game's upstream expansion, so time the second). A 2-row call
-                    # over-estimates a row (the upstream runs once per call); the anytime loop re-measures.
-                    ends = (torch.arange(2) == 1)[:, None].expand(2, r)
-                    with game.session():
-                        game(ends)
-                        t_cal = time.perf_counter()
-                        game(ends)
-                    self._row_cost[name] = (time.perf_counter() - t_cal) / 2
-                self._row_cost.setdefault(name, setup)
-                if timed:
-                    per_row = self._row_cost[name]
-                    spent_so_far = time.perf_counter() - t_layer  # set-up and calibration
-                    n_samples = int(max(avail - spent_so_far - 2 * per_row, 0.0) // (rows * per_row)) * world
-                    n_samples = min(n_samples, MAX_SAMPLES_PER_EVALUATION)
-                    if world > 1:
-                        n_samples = int(trainer.strategy.broadcast(n_samples, src=0))  # every rank plays the same plan
-                else:
-                    budget = self.zeta_budget
-                    need = 2 + 2 * rows
-                    if budget < need:
-                        if name not in self._warned_budget:
-                            self._warned_budget.add(name)
-                            rank_zero_warn(f"NNfMRICallback: `zeta_budget`={self.zeta_budget} gives fewer than 2 samples for `{name}` ({r} regions); using {need} rows.")
-                        budget = need
-                    n_samples = ((budget - 2) // max(r - 1, 1)) // group
-                res = None
-                generator = torch.Generator().manual_seed(base_seed + 7919 * self._zeta_names.index(name))
-                run = dict(batch_size=game.rows_per_call, antithetic=self.antithetic, truncation_tol=self.truncation_tol,
-                           generator=generator, confidence=self.confidence)
-                if timed and world == 1 and n_samples > 0:
-                    # anytime: chunks of whole samples (about 4 forwards each), the clock checked before each
-                    # chunk against the measured cost per row, so a slow machine stops early rather than overrun
-                    chunk = max(1, (4 * game.rows_per_call) // rows)
-                    parts: List[ZetaResult] = []
-                    done = 0
-                    with game.session():
-                        while done < MAX_SAMPLES_PER_EVALUATION:
-                            left = avail - (time.perf_counter() - t_layer) - 2 * self._row_cost[name]
-                            k = min(chunk, MAX_SAMPLES_PER_EVALUATION - done, int(max(left, 0.0) // (rows * self._row_cost[name])))
-                            if k < 1:
-                                break
-                            t_run = time.perf_counter()
-                            part = shapley_zeta(game, r, n_permutations=k * group, **run)
-                            self._row_cost[name] = (time.perf_counter() - t_run) / part.n_evaluations
-                            parts.append(part)
-                            done += k
-                    n_samples = done
-                    if parts:
-                        res = _zeta_from_stats(torch.stack([q.stat_sum for q in parts]).sum(0),
-                                               torch.stack([q.stat_sum_sq for q in parts]).sum(0),
-                                               sum(q.stat_count for q in parts), self.confidence,
-                                               sum(q.n_permutations for q in parts), sum(q.n_evaluations for q in parts))
-                elif n_samples > 0:
-                    t_run = time.perf_counter()
-                    with game.session():
-                        res = shapley_zeta(game, r, n_permutations=n_samples * group, rank=rank, world_size=world, **run)
-                    if res.n_evaluations > 0:
-                        self._row_cost[name] = (time.perf_counter() - t_run) / res.n_evaluations
+            n_samples, game, res, fspent = 0, None, None, 0
+            if not skip:
+                try:
+                    n_samples, game, res = self._zeta_layer(pl_module, name, probe, t_layer, avail, favail, need, timed, counted,
+                                                            group, world, rank, trainer, base_seed)
+                except Exception as err:  # one layer's failure never ends the fit (strict=True raises)
+                    self._fail(f"zeta for layer `{name}`", err, self._zeta_fix(err))
+                    n_samples, game, res = 0, None, None
+                if game is not None and n_samples:
+                    fspent = (3 + n_samples * self._rows_per_sample[name]) * p_size
             spent = time.perf_counter() - t_layer
             if timed:
                 remaining = avail - spent
@@ -874,11 +954,23 @@ class NNfMRICallback(MonitorCallback):
                 keep = min(remaining, 0.0 if satisfied else self._sample_cost(name))  # savings, or a debt
                 self._zeta_bank[name] = keep
                 pool = pool - share + (remaining - keep)
+            if counted:
+                left = max(favail - fspent, 0)  # a floor the share did not cover is not carried as debt
+                sample = (self._rows_per_sample.get(name, 0) + 3) * p_size
+                keep_f = 0 if n_samples >= MAX_SAMPLES_PER_EVALUATION else min(left, sample)
+                self._zeta_credit[name] = keep_f
+                fpool = fpool - fshare + (left - keep_f)
             self.last_zeta_plan[name] = {"samples": n_samples, "spent_s": spent, "allowance_s": avail,
-                                         "bank_s": self._zeta_bank.get(name, 0.0)}
+                                         "bank_s": self._zeta_bank.get(name, 0.0), "sample_forwards": fspent,
+                                         "allowance_forwards": favail}
             self._push_zeta_stats(name, res, game, trainer, world, pl_module)
             merged = self._zeta.get(name)
-            if merged is None or self._zeta_stats[name][-1] is None:
+            if merged is None:
+                why = ("its game failed (see the warning above)" if any(name in w for w in self._warned_fail)
+                       else "its share of the budget is below one sample, and its window holds none")
+                self._no_map(name, why)
+                continue
+            if self._zeta_stats[name][-1] is None:
                 continue
             scores = merged.scores.reshape(-1)
             total = float(scores.abs().sum())
@@ -892,6 +984,88 @@ class NNfMRICallback(MonitorCallback):
                                                detail=f"max|zeta|/sum|zeta| = {conc:.3g} at region {self._coords(tuple(merged.scores.shape), top)}"))
         self._zeta_flagged = frozenset(flagged)
         return events
+
+    def _zeta_layer(self, pl_module: nn.Module, name: str, probe: Batch, t_layer: float, avail: float, favail: int, need: int,
+                    timed: bool, counted: bool, group: int, world: int, rank: int, trainer: Optional[Trainer],
+                    base_seed: int) -> Tuple[int, LesionGame, Optional[ZetaResult]]:
+        """One layer's game and its samples on the schedule in force; returns ``(samples, game, result)``."""
+        module = self._modules_all[name]
+        game = LesionGame(pl_module, module, probe, None, self.zeta_grid, self.baseline, self.metric, self.value_fn,
+                          self.output_selector, self.zeta_max_batch, max_bytes=self.zeta_max_bytes)
+        setup = time.perf_counter() - t_layer
+        if game.clamped and name not in self._warned_clamp:
+            self._warn_clamped([(name, (probe.size,) + game.unit_shape, game.grid)])
+        r = game.n_regions
+        rows = group * max(r - 1, 1)
+        self._rows_per_sample[name] = rows
+        self._setup_cost[name] = setup
+        if timed and name not in self._row_cost:
+            # first evaluation of this layer: calibrate the cost of a row on f(none), f(all) (the
+            # first call settles the game's upstream expansion, so time the second). A 2-row call
+            # over-estimates a row (the upstream runs once per call); the anytime loop re-measures.
+            ends = (torch.arange(2) == 1)[:, None].expand(2, r)
+            with game.session():
+                game(ends)
+                t_cal = time.perf_counter()
+                game(ends)
+            self._row_cost[name] = (time.perf_counter() - t_cal) / 2
+        self._row_cost.setdefault(name, setup)
+        if counted:
+            # whole samples the share affords (probe forward, f(none), f(all) and `rows` rows of `B` samples each)
+            afford = max(favail - 3 * probe.size, 0) // (rows * probe.size)
+            n_samples = min(max(int(afford), need), MAX_SAMPLES_PER_EVALUATION)
+        elif timed:
+            per_row = self._row_cost[name]
+            spent_so_far = time.perf_counter() - t_layer  # set-up and calibration
+            n_samples = int(max(avail - spent_so_far - 2 * per_row, 0.0) // (rows * per_row)) * world
+            n_samples = min(n_samples, MAX_SAMPLES_PER_EVALUATION)
+            if world > 1:
+                n_samples = int(trainer.strategy.broadcast(n_samples, src=0))  # every rank plays the same plan
+        elif self.zeta_budget is None:
+            n_samples = MIN_SAMPLES_FOR_INTERVAL
+        else:
+            budget = self.zeta_budget
+            need_rows = 2 + 2 * rows
+            if budget < need_rows:
+                if name not in self._warned_budget:
+                    self._warned_budget.add(name)
+                    rank_zero_warn(f"NNfMRICallback: `zeta_budget`={self.zeta_budget} gives fewer than 2 samples for `{name}` ({r} regions); using {need_rows} rows.")
+                budget = need_rows
+            n_samples = ((budget - 2) // max(r - 1, 1)) // group
+        res = None
+        generator = torch.Generator().manual_seed(base_seed + 7919 * self._zeta_names.index(name))
+        run = dict(batch_size=game.rows_per_call, antithetic=self.antithetic, truncation_tol=self.truncation_tol,
+                   generator=generator, confidence=self.confidence)
+        if timed and world == 1 and n_samples > 0:
+            # anytime: chunks of whole samples (about 4 forwards each), the clock checked before each
+            # chunk against the measured cost per row, so a slow machine stops early rather than overrun
+            chunk = max(1, (4 * game.rows_per_call) // rows)
+            parts: List[ZetaResult] = []
+            done = 0
+            with game.session():
+                while done < MAX_SAMPLES_PER_EVALUATION:
+                    left = avail - (time.perf_counter() - t_layer) - 2 * self._row_cost[name]
+                    k = min(chunk, MAX_SAMPLES_PER_EVALUATION - done, int(max(left, 0.0) // (rows * self._row_cost[name])))
+                    if k < 1:
+                        break
+                    t_run = time.perf_counter()
+                    part = shapley_zeta(game, r, n_permutations=k * group, **run)
+                    self._row_cost[name] = (time.perf_counter() - t_run) / part.n_evaluations
+                    parts.append(part)
+                    done += k
+            n_samples = done
+            if parts:
+                res = _zeta_from_stats(torch.stack([q.stat_sum for q in parts]).sum(0),
+                                       torch.stack([q.stat_sum_sq for q in parts]).sum(0),
+                                       sum(q.stat_count for q in parts), self.confidence,
+                                       sum(q.n_permutations for q in parts), sum(q.n_evaluations for q in parts))
+        elif n_samples > 0:
+            t_run = time.perf_counter()
+            with game.session():
+                res = shapley_zeta(game, r, n_permutations=n_samples * group, rank=rank, world_size=world, **run)
+            if res.n_evaluations > 0:
+                self._row_cost[name] = (time.perf_counter() - t_run) / res.n_evaluations
+        return n_samples, game, res
 
     def _sample_cost(self, name: str) -> float:
         """Estimated seconds for one zeta sample of ``name`` (set-up and ``f(all)``/``f(none)`` included); 0 if unknown."""
@@ -937,8 +1111,13 @@ class NNfMRICallback(MonitorCallback):
         self.zeta_max[name] = float(merged.scores.max())
 
     # ------------------------------------------------------------------ tractography
-    def compute_tractography(self, pl_module: nn.Module, inputs: Tensor) -> Dict[Tuple[str, str], TractInfo]:
-        """One isolated forward on ``inputs``; connection matrices between consecutive tapped layers."""
+    def compute_tractography(self, pl_module: nn.Module, inputs: Union[Tensor, Batch]) -> Dict[Tuple[str, str], TractInfo]:
+        """One isolated forward on ``inputs`` (a tensor or a split batch); connection matrices between consecutive tapped layers.
+
+        A failure of the forward skips tractography for this evaluation, one of a pair skips that
+        pair (``traced=False`` with the reason), each with one warning (``strict=True`` raises).
+        """
+        batch = inputs if isinstance(inputs, Batch) else Batch((inputs,), {}, None, int(inputs.shape[0]))
         names = self._taps.names
         # name -> (input, output, output shape); tensors are kept only while a pair still needs them.
         captured: Dict[str, Tuple[Optional[Tensor], Optional[Tensor], Tuple[int, ...]]] = {}
@@ -968,13 +1147,20 @@ class NNfMRICallback(MonitorCallback):
                 if not any(True for _ in m.children()):
                     handles.append(m.register_forward_hook(lambda mod, a, o: leaf_calls.append(mod)))
             with isolated_evaluation(pl_module):
-                pl_module(inputs)
+                call_model(pl_module, batch)
+        except Exception as err:  # never ends the fit (strict=True raises)
+            self._fail("tractography (its probe forward)", err, "`tractography=False`, or `batch_split`")
+            return self.tracts
         finally:
             for h in handles:
                 h.remove()
         tracts: Dict[Tuple[str, str], TractInfo] = {}
         for a_name, b_name in zip(order, order[1:]):
-            tracts[(a_name, b_name)] = self._trace(a_name, b_name, captured, leaf_calls)
+            try:
+                tracts[(a_name, b_name)] = self._trace(a_name, b_name, captured, leaf_calls)
+            except Exception as err:
+                self._fail(f"tractography of `{a_name}` -> `{b_name}`", err, "`layers` (leave one of them out), or `tractography=False`")
+                tracts[(a_name, b_name)] = TractInfo(a_name, b_name, None, False, f"{type(err).__name__}: {err}")
             captured[b_name] = (None, None, captured[b_name][2])  # only its shape is needed from here on
         self.tracts = tracts
         self.path_strength = self._chains(order, tracts)

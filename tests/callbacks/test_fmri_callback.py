@@ -111,7 +111,7 @@ def planted_loader(n: int = 32):
 # ---------------------------------------------------------------------------------- (b) planted region
 @pytest.mark.parametrize(("baseline",), [("zero",), ("mean",)])
 def test_planted_region_ranked_first_and_only_significant(tmp_path, baseline):
-    fmri = NNfMRICallback(layers=["lin"], grid=(4,), zeta_budget=64, baseline=baseline, tractography=False)
+    fmri = NNfMRICallback(layers=["lin"], grid=(4,), zeta_budget=64, probe_size=32, baseline=baseline, tractography=False)
     trainer(tmp_path, [fmri]).validate(PlantedNet(), planted_loader(), verbose=False)
     res = fmri.zeta["lin"]
     assert res.scores.shape == (4,)

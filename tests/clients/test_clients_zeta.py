@@ -13,7 +13,6 @@ import torch
 
 from _client_runs import RUNS
 
-NEEDS_FMRI_ENGINE = pytest.mark.xfail(strict=True, reason="needs the fMRI engine of issue 13 (branch fmri)")
 #: Clients whose batches are mappings: dicts (gpt2, kwargs) and a Hugging Face BatchEncoding (bert).
 DICT_BATCH_RUNS = ["gpt2", "bert", "kwargs"]
 
@@ -29,14 +28,12 @@ def _assert_complete_finite_maps(run):
         assert (m.ci_low <= m.scores).all() and (m.scores <= m.ci_high).all(), layer
 
 
-@NEEDS_FMRI_ENGINE
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize("name", list(RUNS))
 def test_every_tapped_layer_has_a_finite_zeta_map_after_the_first_validation_epoch(client_run, name):
     _assert_complete_finite_maps(client_run(name))
 
 
-@NEEDS_FMRI_ENGINE
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize("name", DICT_BATCH_RUNS)
 def test_zeta_on_dict_batches_and_keyword_forwards(client_run, name):
@@ -45,7 +42,6 @@ def test_zeta_on_dict_batches_and_keyword_forwards(client_run, name):
     assert not any("no probe batch" in w for w in run.warnings), run.warnings
 
 
-@NEEDS_FMRI_ENGINE
 @pytest.mark.timeout(240)
 @pytest.mark.parametrize("name", list(RUNS))
 def test_a_second_run_with_the_same_seed_gives_equal_maps(client_run, name):
