@@ -78,3 +78,14 @@ def test_monitor_inference_flags_the_corrupted_and_the_drifted_forwards(tmp_path
     assert "flagged non_finite at forward(s) [70]" in out
     assert "drift from forward 80: first flagged at forward 80; 10 of 10 drifted forwards flagged" in out
     assert "events on the healthy stream after calibration: 0" in out
+
+
+@pytest.mark.timeout(240)
+def test_huggingface_gpt2_gets_every_tap_a_zeta_map_and_a_defined_consistency(tmp_path):
+    out = _run([EXAMPLES / "huggingface_gpt2.py", "--log-dir", tmp_path], tmp_path, timeout=220)
+    taps = ["model.transformer.drop", "model.transformer.h.0", "model.transformer.h.1", "model.lm_head"]
+    assert f"tapped: {taps}" in out
+    assert "(4 of 4)" in out, out  # every tapped layer has a map with finite 95 % intervals
+    c = float(re.search(r"cross-modal consistency: ([\d.]+)", out).group(1))
+    assert 0.0 <= c <= 1.0
+    assert list(tmp_path.glob("gpt2/version_0/events.out.tfevents.*"))
