@@ -125,15 +125,34 @@ class _Patched:
             setattr(owner, name, value)
 
 
+def _floor() -> Any:
+    """``eeg_overhead.FloorHooks("abs+sum")`` on the clients' outputs: the tapped layer's tensor as
+    NN-EEG takes it (``taps.first_tensor``: an LSTM's tuple, a Hugging Face output), then ``abs().sum()``."""
+    from eeg_overhead import FloorHooks
+
+    from nn_neuroimaging_lightning.taps import first_tensor
+
+    class ClientFloor(FloorHooks):
+        def _hook(self, i: int):  # noqa: ANN202
+            inner = super()._hook(i)
+
+            def hook(module, inputs, output):  # noqa: ANN001
+                t = first_tensor(output)
+                if t is not None:
+                    inner(module, inputs, t)
+
+            return hook
+
+    return ClientFloor("abs+sum")
+
+
 def _timed_callbacks(arm: str, clock: Clock) -> List[Any]:
     from nn_neuroimaging_lightning import CrossModalCallback, NNEEGCallback, NNfMRICallback
 
     if arm == "plain":
         return []
     if arm == "floor":
-        from eeg_overhead import FloorHooks
-
-        return [FloorHooks("abs+sum")]
+        return [_floor()]
     cbs: List[Any] = []
     if arm in ("all", "eeg", "eeg+fmri"):
         cbs.append(NNEEGCallback())
