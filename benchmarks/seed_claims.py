@@ -24,8 +24,8 @@ tiny GPT-2 and the tiny BERT) and seed (``--seeds``, default ``0,1,2``; ``seed_e
   (default 2) epochs: one fixed-budget zeta evaluation at the end of the fit. Decision: at the defaults (8x8x4 grid, 5 % of the training
   time) a 200-300-step fit buys no lesion sample for any conv or transformer block (the "zeta maps at
   the defaults" row says how many layers got one), so every zeta row would be empty; the coarser
-  grid is the demo's (``configs/demo.yaml``), the fixed budget (1024 value rows, ~7 antithetic
-  samples for a 64-region layer) makes every layer's map comparable. A separate fit, because a
+  grid is the demo's (``configs/demo.yaml``), the fixed budget (1024 value rows: 8 antithetic
+  pairs, 16 permutations, for a 64-region layer) makes every layer's map comparable. A separate fit, because a
   long zeta evaluation inside the plain fit would be an idle gap to NN-EEG. Gives the zeta rows,
   corr(gamma, max zeta) and the cross-modal consistency.
 * **faults** (state rows on stalls and faults): the runs of ``benchmarks/eeg_states.py``, its own
@@ -303,7 +303,8 @@ def run_task(task: Dict[str, Any]) -> Dict[str, Any]:
     bands = _band_recorder(eeg)
     trainer, _, seconds = CF.fit_client(
         arch, seed, [eeg, bands, fmri, xm], steps_per_epoch=task["steps"], epochs=task["epochs"],
-        trainer_kwargs={"log_every_n_steps": task["log_every"]}, client_kwargs={"val_steps": task["val_steps"]})
+        trainer_kwargs={"log_every_n_steps": task["log_every"]}, client_kwargs={"val_steps": task["val_steps"]},
+        logger=task.get("logger", True))
     if kind == "plain":
         del eeg.classifier.update  # back to the method
     out["fit_seconds"] = seconds
@@ -546,7 +547,7 @@ def table(records: List[Dict[str, Any]], results: Path = RESULTS_DIR) -> Tuple[s
 # ------------------------------------------------------------------ command line
 def tasks_for(args: argparse.Namespace) -> List[Dict[str, Any]]:
     common = dict(steps=args.steps, epochs=args.epochs, val_steps=args.val_steps, log_every=args.log_every,
-                  zeta_budget=args.zeta_budget)
+                  zeta_budget=args.zeta_budget, logger=not args.smoke)
     out = [dict(common, kind="plain", arch=a, seed=s) for a in args.archs for s in args.seeds]
     out += [dict(common, kind="zeta", arch=a, seed=s, epochs=args.zeta_epochs) for a in args.archs for s in args.seeds]
     out.sort(key=lambda t: (t["arch"] != "resnet", t["kind"] != "zeta"))  # the longest fits first
@@ -580,7 +581,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--results", default=str(RESULTS_DIR), help="where the other benchmarks' JSON outputs are")
     parser.add_argument("--out", default=None, help="write the raw per-run numbers and the rows as JSON here")
     parser.add_argument("--markdown", default=None, help="also write the table to this file")
-    parser.add_argument("--smoke", action="store_true", help="cnn and reference_cnn, seed 0, 2 x 20 steps (the test suite)")
+    parser.add_argument("--smoke", action="store_true",
+                        help="cnn and reference_cnn, seed 0, 2 x 80 steps, no logger (no panels to draw; the test suite)")
     args = parser.parse_args(argv)
     if args.smoke:
         args.archs, args.seeds, args.fault_archs = "cnn", "0", "reference_cnn"

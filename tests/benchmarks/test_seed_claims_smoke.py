@@ -66,3 +66,24 @@ def test_seed_claims_bad_arch():
     sc = _load()
     with pytest.raises(SystemExit):
         sc.main(["--archs", "vgg"])
+
+
+def test_seed_claims_reads_other_benchmarks(tmp_path):
+    """Rows from other benchmarks come from their JSON files (alarms.py --out records, documented keys)."""
+    sc = _load()
+    ev = lambda step, kind: {"step": step, "kind": kind, "layer": "l", "phase": "train", "source": "nn_eeg", "detail": ""}  # noqa: E731
+    alarms = [
+        {"client": "cnn", "seed": 0, "fault": "nan", "fault_step": 10, "steps": 20, "seconds": 0.2, "events": [ev(10, "non_finite")]},
+        {"client": "cnn", "seed": 0, "fault": "dead_layer", "fault_step": 10, "steps": 20, "seconds": 0.2,
+         "events": [ev(5, "collapse"), ev(11, "collapse")]},
+        {"client": "cnn", "seed": 0, "fault": None, "steps": 20, "seconds": 0.2, "events": []},
+    ]
+    (tmp_path / "alarms.json").write_text(json.dumps(alarms))
+    (tmp_path / "memory.json").write_text(json.dumps({"variants": [{"name": "defaults", "extra_mib": 6.5}]}))
+    (tmp_path / "overhead_clients.json").write_text(json.dumps([{"client": "cnn", "ratio": 1.05}, {"client": "lstm", "ratio": 1.01}]))
+    ext = sc._external(tmp_path)
+    # latencies 0 and 1 steps (the event before the fault is not a detection); 10 ms steps -> <= 10 and 20 ms
+    assert ext["latency"][0].startswith("0.5 ± 0.71 (0–1) steps") and "holds" in ext["latency"][1]
+    assert ext["memory"][0].startswith("+6.5")
+    assert ext["overhead"][0].startswith("3 ± 2.8 (1–5) %") and "does not hold" in ext["overhead"][1]
+    assert ext["analysis_latency"][0].startswith("not measured: run benchmarks/eeg_overhead.py")
