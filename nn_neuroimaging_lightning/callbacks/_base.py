@@ -56,6 +56,9 @@ class MonitorCallback(Callback):
     config_class: Optional[type] = None
     stop_on: Sequence[str] = ()
     panels: bool = True
+    #: Whether the callback judges a training step before its optimizer update (NN-EEG, in
+    #: ``on_before_backward``): only then are the buffers snapshot at each batch start for the gate.
+    judges_before_update: bool = False
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         # Every subclass's own `on_train_batch_start` / `on_train_batch_end` is wrapped so that the
@@ -109,7 +112,7 @@ class MonitorCallback(Callback):
         self._in_train_batch = True
         self._trainer_now = trainer
         self._stepped_in_batch = False
-        if self.stop_on:
+        if self.stop_on and self.judges_before_update:
             # BatchNorm running statistics change in the forward, before any update: a poisoned forward
             # would leave NaN in them. Restored in `on_before_optimizer_step` when the update is vetoed.
             with torch.no_grad():

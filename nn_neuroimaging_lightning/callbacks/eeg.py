@@ -150,6 +150,7 @@ class NNEEGCallback(MonitorCallback):
 
     source = "nn_eeg"
     config_class = EEGConfig
+    judges_before_update = True
 
     def __init__(
         self,
