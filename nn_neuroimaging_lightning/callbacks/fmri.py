@@ -1318,7 +1318,8 @@ class NNfMRICallback(MonitorCallback):
                                "window": [None if e is None else (cpu(e[0]), cpu(e[1]), e[2], e[3], e[4]) for e in w]}
                            for k, w in self._zeta_stats.items() if k in self._zeta_grid},
             "zeta_ledger": {"bank": dict(self._zeta_bank), "row_cost": dict(self._row_cost), "setup_cost": dict(self._setup_cost),
-                            "rows_per_sample": dict(self._rows_per_sample), "overhead_debt": self._overhead_debt},
+                            "rows_per_sample": dict(self._rows_per_sample), "overhead_debt": self._overhead_debt,
+                            "credit": dict(self._zeta_credit), "train_samples": self._train_samples},
             "zeta_max": dict(self.zeta_max),
             "train_batches": self._train_batches,
             "zeta_evaluations": self.zeta_evaluations,
@@ -1357,6 +1358,8 @@ class NNfMRICallback(MonitorCallback):
         self._setup_cost = dict(ledger.get("setup_cost", {}))
         self._rows_per_sample = dict(ledger.get("rows_per_sample", {}))
         self._overhead_debt = float(ledger.get("overhead_debt", 0.0))
+        self._zeta_credit = {k: int(v) for k, v in dict(ledger.get("credit", {})).items()}
+        self._train_samples = int(ledger.get("train_samples", 0))
         self._train_batches = int(state.get("train_batches", 0))
         self.zeta_evaluations = int(state.get("zeta_evaluations", 0))
         self.flag_history.clear()
