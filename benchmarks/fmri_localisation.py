@@ -62,7 +62,7 @@ def make_data(n: int, seed: int):
 
 def one_seed(seed: int, epochs: int, n: int, time_fraction=None) -> tuple[bool, float]:
     pl.seed_everything(seed, verbose=False)
-    fmri = NNfMRICallback(layers=["conv"], grid=(2, 2, 1), zeta_budget=66, probe_size=128, tractography=False,
+    fmri = NNfMRICallback(layers=["conv"], grid=(2, 2, 1), zeta_budget=None if time_fraction else 66, probe_size=128, tractography=False,
                           panels=False, seed=seed, zeta_time_fraction=time_fraction)
     train = DataLoader(make_data(n, seed), batch_size=64, shuffle=True)
     val = DataLoader(make_data(256, 10_000 + seed), batch_size=128)

@@ -168,14 +168,14 @@ def main() -> None:
     epochs = 2 if args.quick else 5
     demo = zeta_share(6400, 2048, epochs)
     large = None if args.quick else zeta_share(25600, 2048, 2)
-    fixed = zeta_share(1280, 256, 1, zeta_time_fraction=None)
+    fixed = zeta_share(1280, 256, 1, zeta_budget=256)
     for label, z in (("demo epoch (6400 train = 100 steps, 2048 val)", demo), ("larger epoch (25600 train = 400 steps, 2048 val)", large)):
         if z is None:
             continue
-        print(f"| zeta + tractography, default schedule (time mode, 5 %), {label}, {z['evaluations']} epochs "
+        print(f"| zeta + tractography, default schedule (counted, 5 % of training sample-forwards), {label}, {z['evaluations']} epochs "
               f"| {100 * z['share']:.2f} % of the fit ({z['zeta_s']:.2f} s of {z['total_s']:.1f} s) | ≤ 5 % |")
         print(f"| zeta samples in each layer's window after the fit ({label}) | {z['samples']} (layers {z['layers']}) | |")
-    print(f"| for comparison: fixed budget (`zeta_time_fraction=None`, 256 rows), 20-step epoch "
+    print(f"| for comparison: fixed budget (`zeta_budget=256` rows), 20-step epoch "
           f"| {100 * fixed['share']:.1f} % ({fixed['zeta_s']:.2f} s of {fixed['total_s']:.1f} s) | |")
     print("\nLesion value rows (64-sample probe, grid 8x8x4, 16 rows per forward): ms per row\n")
     print("| layer | inputs repeated K times | upstream once, output expanded | speed-up |")

@@ -70,12 +70,12 @@ class FMRIConfig:
     min_history: int = 2
     zeta_every_n_epochs: int = 1
     zeta_layers: Any = None
-    zeta_grid: Optional[List[int]] = None  # null: `grid` when given, else (2, 2, 4)
+    zeta_grid: Optional[List[int]] = None  # null: `grid` when given, else (2, 2, 2)
     zeta_fraction: float = 0.05
     zeta_budget: Optional[int] = None
     zeta_time_fraction: Optional[float] = None
     zeta_window: int = 8
-    probe_size: int = 16
+    probe_size: int = 8
     baseline: str = "zero"
     metric: str = "auto"
     antithetic: bool = True
@@ -289,7 +289,7 @@ class DemoConfig:
     eeg: EEGConfig = field(default_factory=EEGConfig)
     # The demo's fMRI defaults differ from the library's so that every layer of a short run gets a
     # zeta map: a coarser grid and a larger zeta time share (see configs/demo.yaml).
-    fmri: FMRIConfig = field(default_factory=lambda: FMRIConfig(grid=[4, 4, 4], zeta_grid=[2, 2, 4]))
+    fmri: FMRIConfig = field(default_factory=lambda: FMRIConfig(grid=[4, 4, 4], zeta_grid=[2, 2, 2]))
     cross_modal: CrossModalConfig = field(default_factory=CrossModalConfig)
 
 

@@ -570,3 +570,41 @@ def test_log_without_trainer_does_not_sync():
     module._trainer = None
     NNfMRICallback._log(module, "x", 1.0, on_step=False, on_epoch=True)
     assert "sync_dist" not in module.calls[0][1]
+
+
+# ---------------------------------------------------------------------------------- counted schedule (issue 13 item 3)
+def _counted_fit(tmp_path, epochs=2):
+    pl.seed_everything(0, verbose=False)
+    fmri = NNfMRICallback(tractography=False, panels=False)  # defaults: counted, 5 % of training sample-forwards
+    train, val = loaders(n=64)
+    model = TinyCNN()
+    trainer(tmp_path, [fmri], max_epochs=epochs).fit(model, train, val)
+    fmri.model = model
+    return fmri
+
+
+def test_counted_schedule_floor_share_and_same_seed_same_maps(tmp_path):
+    from nn_neuroimaging_lightning.callbacks.fmri import MAX_SAMPLES_PER_EVALUATION
+
+    first, second = _counted_fit(tmp_path / "a"), _counted_fit(tmp_path / "b")
+    assert sorted(first.zeta) == sorted(first.zeta_layers) and first.zeta_evaluations == 2
+    for name, res in first.zeta.items():
+        assert res.stat_count >= 2 and torch.isfinite(res.ci_low).all() and torch.isfinite(res.ci_high).all()
+        other = second.zeta[name]  # no clock in the default path: bitwise the same
+        assert torch.equal(res.scores, other.scores) and torch.equal(res.ci_low, other.ci_low)
+    # 4 training batches of 16 per epoch = 64 sample-forwards, 5 % = 3: below any sample, so the first
+    # evaluation is the floor (two samples each) and the second adds none (the window still holds two)
+    assert all(p["samples"] == 0 and p["sample_forwards"] == 0 for p in first.last_zeta_plan.values())
+    probe, model = first._probe, first.model
+    first.compute_zeta(model, probe, forward_budget=10**9)  # ample: every layer capped
+    assert all(p["samples"] == MAX_SAMPLES_PER_EVALUATION for p in first.last_zeta_plan.values())
+    cost = {n: (3 + first._rows_per_sample[n]) * probe.size for n in first.zeta_layers}
+    cheapest = min(cost, key=cost.get)
+    first._zeta_stats.clear()
+    first.compute_zeta(model, probe, forward_budget=0)  # empty windows: the floor whatever the share
+    assert all(p["samples"] == 2 for p in first.last_zeta_plan.values())
+    # a share that buys exactly one sample for each layer (the credit of the floor is not a debt)
+    budget = sum(cost.values())
+    first.compute_zeta(model, probe, forward_budget=budget)
+    assert first.last_zeta_plan[cheapest]["samples"] >= 1
+    assert sum(p["sample_forwards"] for p in first.last_zeta_plan.values()) <= budget

@@ -148,7 +148,7 @@ def test_callback_value_is_minus_mse_in_trainer(tmp_path):
     torch.manual_seed(0)
     x, y = torch.randn(16, 4), torch.randn(16, 1)
     model = Regressor()
-    fmri = NNfMRICallback(layers=["a"], grid=(3,), zeta_budget=64, tractography=False)
+    fmri = NNfMRICallback(layers=["a"], grid=(3,), zeta_budget=64, probe_size=16, tractography=False)
     pl.Trainer(default_root_dir=tmp_path, logger=TensorBoardLogger(tmp_path), callbacks=[fmri], enable_checkpointing=False,
                enable_progress_bar=False, enable_model_summary=False).validate(model, DataLoader(TensorDataset(x, y), batch_size=16), verbose=False)
     with torch.no_grad():
