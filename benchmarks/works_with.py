@@ -31,12 +31,12 @@ import _clientfit as CF  # noqa: E402
 ROWS: Dict[str, Any] = {
     "cnn": ("cnn", {}, {}),
     "resnet": ("resnet", {}, {}),
-    "resnet, bf16-mixed": ("resnet", {}, {"precision": "bf16-mixed"}),
-    "resnet, torch.compile": ("resnet", {"compile": "model"}, {}),
+    "resnet_bf16": ("resnet", {}, {"precision": "bf16-mixed"}),
+    "resnet_compiled": ("resnet", {"compile": "model"}, {}),
     "lstm": ("lstm", {}, {}),
     "gpt2": ("gpt2", {}, {}),
     "bert": ("bert", {}, {}),
-    "kwargs (dict batch, keyword forward)": ("kwargs", {}, {}),
+    "kwargs": ("kwargs", {}, {}),
     "mlp_dropout": ("mlp_dropout", {}, {}),
 }
 
@@ -47,6 +47,8 @@ DESCRIPTION = {
     "gpt2": "transformers GPT2LMHeadModel, 2 layers, dict batch, `self.model(**batch).loss`",
     "bert": "transformers BertForSequenceClassification, 2 layers, dict batch",
     "kwargs": "keyword-only forward, dict batch",
+    "resnet_bf16": "the ResNet under precision='bf16-mixed'",
+    "resnet_compiled": "the ResNet under torch.compile (the model)",
     "mlp_dropout": "MLP with dropout",
 }
 
@@ -100,8 +102,8 @@ def _overhead(path: Optional[str]) -> Dict[str, str]:
 
 
 def table(rows: List[Dict[str, Any]], overhead: Dict[str, str]) -> str:
-    lines = ["| client | taps (default rule) | zeta maps after the first validation epoch | whole-fit ratio, all three vs plain |",
-             "|---|---|---|---|"]
+    lines = ["| client | model | taps (default rule) | zeta maps after the first validation epoch | whole-fit ratio, all three vs plain |",
+             "|---|---|---|---|---|"]
     for r in rows:
         taps = ", ".join(f"`{t}`" for t in r["taps"]) or "none"
         if r["error"]:
@@ -111,8 +113,8 @@ def table(rows: List[Dict[str, Any]], overhead: Dict[str, str]) -> str:
             missing = [t for t in r["zeta_layers"] if t not in r["zeta_ok"]]
             zeta = f"{'yes' if n and ok == n else 'no'}: {ok}/{n}" + (f" (none on {', '.join(missing)})" if missing else "")
         # a variant row (bf16, compile) has a ratio only if the overhead benchmark measured that variant
-        ratio = overhead.get(r["row"]) if "," in r["row"] else overhead.get(r["client"])
-        lines.append(f"| {r['row']} | {taps} | {zeta} | {ratio or 'not measured (overhead_clients.py)'} |")
+        ratio = overhead.get(r["row"]) if r["row"] != r["client"] else overhead.get(r["client"])
+        lines.append(f"| {r['row']} | {DESCRIPTION.get(r['row'], '')} | {taps} | {zeta} | {ratio or 'not measured (overhead_clients.py)'} |")
     return "\n".join(lines)
 
 
@@ -123,6 +125,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--overhead", default="build/overhead_clients.json", help="overhead_clients.py --out JSON")
     parser.add_argument("--out", default=None, help="write the rows as JSON here")
+    parser.add_argument("--rows-from", default=None, help="reuse the rows of an earlier --out JSON (no fits; only the table)")
     args = parser.parse_args(argv)
     CF.quiet()
     CF.set_threads(1)
@@ -130,7 +133,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     bad = [n for n in names if n not in ROWS]
     if bad:
         parser.error(f"--rows: unknown {bad}; allowed: {list(ROWS)}")
-    rows = [run_row(n, args.seed, args.steps) for n in names]
+    if args.rows_from:
+        rows = [r for r in json.loads(Path(args.rows_from).read_text()) if r["row"] in names]
+    else:
+        rows = [run_row(n, args.seed, args.steps) for n in names]
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(rows, indent=1))
