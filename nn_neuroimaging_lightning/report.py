@@ -321,7 +321,7 @@ def _zeta(run: _Run) -> List[_Block]:
         for layer in layers:
             if layer in tops:
                 blocks += [("h3", f"Top regions: {layer}"), ("md", tops[layer].strip())]
-    return blocks + _figures(run, r"^nn_fmri/.+/zeta$", r"^nn_fmri/.+/significance$", r"^nn_fmri/.+/density$")
+    return blocks + _figures(run, r"^nn_fmri/.+/zeta$", r"^nn_fmri/.+/density$")
 
 
 def _tractography(run: _Run) -> List[_Block]:
@@ -546,7 +546,7 @@ def build_html_report(run_dir: Union[str, "os.PathLike[str]"]) -> str:
 
     Every section of :func:`build_report`, with the latest image of each figure the callbacks
     logged next to its numbers (spectrum, spectrograms and phase timeline with the band powers;
-    zeta, significance and density maps with the zeta table; tractography matrices with their
+    zeta maps (significance as dots) and density maps with the zeta table; tractography matrices with their
     pathways; the consistency history with the cross-modal scores) and the events table (up to
     1,000 events). Figures are embedded as ``data:image/png;base64`` URIs, the style is inline,
     there is no script and no reference outside the page: it reads offline, from a mail or a

@@ -1260,8 +1260,6 @@ class NNfMRICallback(MonitorCallback):
             sig = res.significant.numpy()
             sink.figure(P.safe_tag("nn_fmri", name, "zeta"),
                            PF.heatmap_figure(scores, f"{name}: zeta (impact of each region)", "RdBu_r", sig, symmetric=True, colorbar_label="zeta"), step)
-            sink.figure(P.safe_tag("nn_fmri", name, "significance"),
-                           PF.heatmap_figure(sig.astype(float), f"{name}: significant regions (95 % CI excludes 0)", "Greys", colorbar_label="significant"), step)
             header, rows = self.zeta_rows(name)
             sink.table(P.safe_tag("nn_fmri", name, "zeta_top"), header, rows, step)
         for (a, b), t in self.tracts.items():
@@ -1276,7 +1274,8 @@ class NNfMRICallback(MonitorCallback):
         if self.path_strength:
             rows = [(" -> ".join(k), v[0], str(v[1])) for k, v in self.path_strength.items()]
             sink.table("nn_fmri/path_strength", ("layers", "strength", "regions"), rows, step)
-        self._write_density_panels(trainer)
+        if trainer.state.fn != "fit":  # in a fit, on_train_epoch_end draws them (once per epoch, same step)
+            self._write_density_panels(trainer)
 
     def zeta_table(self, name: str) -> str:
         """Markdown table of the ``top_k`` regions of a layer by zeta, with grid coordinates."""

@@ -217,7 +217,9 @@ def test_panels_in_event_files(tmp_path):
     acc.Reload()
     images = set(acc.Tags()["images"])
     for layer in ("conv", "fc1", "fc2"):
-        assert {f"nn_fmri/{layer}/density", f"nn_fmri/{layer}/zeta", f"nn_fmri/{layer}/significance"} <= images
+        assert {f"nn_fmri/{layer}/density", f"nn_fmri/{layer}/zeta"} <= images
+        assert f"nn_fmri/{layer}/significance" not in images  # the zeta map's dots carry it (one figure fewer per layer)
+        assert len(acc.Images(f"nn_fmri/{layer}/density")) == 1  # drawn once per epoch, not again after zeta
     assert "nn_fmri/tract/conv__fc1" in images and "nn_fmri/tract/fc1__fc2" in images
     scalars = set(acc.Tags()["scalars"])
     assert {"nn_fmri/conv/zeta_max", "nn_fmri/fc1/zeta_max", "nn_fmri/anomaly"} <= scalars
