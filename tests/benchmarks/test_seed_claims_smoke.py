@@ -3,14 +3,28 @@ and every row that is defined on that run carries finite numbers."""
 
 import importlib.util
 import json
+import logging
 import math
 import re
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(autouse=True)
+def _restore_global_state():
+    """The benchmark silences Lightning's loggers and warnings for its own log (``_clientfit.quiet``):
+    undo that after each test, so later tests see the log records and warnings they check."""
+    names = ("lightning", "lightning.pytorch", "lightning.fabric", "transformers")
+    levels = {n: logging.getLogger(n).level for n in names}
+    with warnings.catch_warnings():
+        yield
+    for n, level in levels.items():
+        logging.getLogger(n).setLevel(level)
 
 
 def _load():
