@@ -81,7 +81,9 @@ class FaultInjector(Callback):
         self._trainer = trainer
         if self.fault in ("nan", "dead_layer"):
             module = module_named(pl_module, self.layer)
-            self._handle = module.register_forward_hook(self._hook)
+            # prepend: the fault replaces the output before any other forward hook (the callbacks' taps,
+            # registered earlier in setup) sees it, as a real fault in the layer would
+            self._handle = module.register_forward_hook(self._hook, prepend=True)
 
     def _hook(self, module: nn.Module, args: Any, output: Any) -> Any:
         t = self._trainer

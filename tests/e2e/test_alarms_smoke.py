@@ -37,4 +37,6 @@ def test_alarms_smoke_run_writes_the_table_and_records(tmp_path, capsys):
     k = nan["fault_step"]
     steps = [e["step"] for e in nan["events"] if e["kind"] == "non_finite"]
     assert steps and min(s for s in steps if s >= k) == k, (k, steps)
-    assert nan["stop_step"] is not None and nan["stop_step"] >= k
+    assert nan["stop_step"] == k  # stopped in the step of the NaN
+    assert nan["weights_finite"]  # the gated update never reached the weights
+    assert nan["layer"] in {e["layer"] for e in nan["events"] if e["step"] == k}  # found in the layer it was injected in
