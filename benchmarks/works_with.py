@@ -85,19 +85,17 @@ def run_row(name: str, seed: int, steps: int) -> Dict[str, Any]:
 
 
 def _overhead(path: Optional[str]) -> Dict[str, str]:
-    """Client -> "ratio [low, high] (N-step epochs)" from overhead_clients.py's JSON, long epochs first."""
+    """Client -> "ratio [low, high] (N-step epochs); ..." from overhead_clients.py's ``--out`` JSON."""
     if not path or not Path(path).exists():
         return {}
-    data = json.loads(Path(path).read_text())
     out: Dict[str, str] = {}
-    for row in data.get("summary", data if isinstance(data, list) else []):
-        client, steps = row.get("client"), row.get("steps_per_epoch")
-        ratio, lo, hi = row.get("ratio"), row.get("ci_low"), row.get("ci_high")
-        if client is None or ratio is None or not math.isfinite(ratio):
+    for res in json.loads(Path(path).read_text()).get("results", []):
+        ratio = res.get("ratio", {}).get("all")
+        if not ratio or not all(math.isfinite(v) for v in ratio):
             continue
-        out.setdefault(client, "")
-        sep = "; " if out[client] else ""
-        out[client] += f"{sep}{ratio:.3f} [{lo:.3f}, {hi:.3f}] ({steps}-step epochs)"
+        med, lo, hi = ratio
+        text = f"{med:.2f} [{lo:.2f}, {hi:.2f}] ({res['steps_per_epoch']}-step epochs)"
+        out[res["client"]] = f"{out[res['client']]}; {text}" if res["client"] in out else text
     return out
 
 

@@ -165,8 +165,8 @@ class MonitorCallback(Callback):
 
         Inside a training batch, an event dated ``trainer.global_step`` read after that batch's
         optimizer step is dated with the batch's step (the global step of its forward). Events
-        recorded after this callback stopped the run (e.g. in the validation loop Lightning runs
-        on stopping) are marked ``after_stop``.
+        recorded after this or any other callback stopped the run (``trainer.should_stop``; e.g.
+        in the validation loop Lightning runs on stopping) are marked ``after_stop``.
         """
         if not events:
             return
@@ -175,7 +175,9 @@ class MonitorCallback(Callback):
             for e in events:
                 if e.step == trainer.global_step:
                     e.step = self._batch_step
-        if self._stopped_by is not None:
+        # after a stop by this callback or any other (NN-EEG's gate, EarlyStopping): Lightning's
+        # end-of-run work (the validation it still runs, fMRI's evaluation in it) is marked
+        if self._stopped_by is not None or (trainer is not None and trainer.should_stop):
             for e in events:
                 e.after_stop = True
         self._events.extend(events)
