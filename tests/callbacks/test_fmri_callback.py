@@ -610,3 +610,31 @@ def test_counted_schedule_floor_share_and_same_seed_same_maps(tmp_path):
     first.compute_zeta(model, probe, forward_budget=budget)
     assert first.last_zeta_plan[cheapest]["samples"] >= 1
     assert sum(p["sample_forwards"] for p in first.last_zeta_plan.values()) <= budget
+
+
+def test_sampled_density_agrees_with_the_full_batch_density(tmp_path):
+    """The default density is an average over the first ``density_samples`` (4) samples of each
+    batch. On the reference CNN with the demo's data (64-sample batches, 50 steps, weights fixed in
+    effect so both runs see the same activations: 200 samples against 3,200), the sampled map agrees
+    with the map of every sample of every batch: Pearson >= 0.98 over the regions of each layer, and
+    no region off by more than 0.35 x the layer's mean |phi| (phi's log-variance term can put a
+    region near 0, where a relative error means nothing). Measured: corr 0.991 / 0.997 / 0.999 /
+    1.000 and 0.08 / 0.23 / 0.01 / 0.02 for conv1 / conv2 / fc1 / fc2. The README states the same."""
+    from nn_neuroimaging_lightning.demo.data import SyntheticImages
+    from nn_neuroimaging_lightning.demo.model import DemoClassifier
+
+    data = SyntheticImages(64 * 50, seed=0)
+    dens = {}
+    for samples in (4, None):
+        pl.seed_everything(0, verbose=False)
+        model = DemoClassifier(lr=1e-12)  # weights fixed in effect (lr must be > 0)
+        fmri = NNfMRICallback(density_samples=samples, check_every_n_steps=1000, zeta_every_n_epochs=100, tractography=False)
+        train = DataLoader(data, batch_size=64, shuffle=True)
+        trainer(tmp_path / str(samples), [fmri], max_epochs=1, limit_val_batches=0).fit(model, train)
+        dens[samples] = {k: v.clone() for k, v in fmri.density.items()}
+    assert dens[4].keys() == dens[None].keys() and dens[4]
+    for layer, full in dens[None].items():
+        sampled = dens[4][layer]
+        corr = torch.corrcoef(torch.stack([sampled.flatten(), full.flatten()]))[0, 1].item()
+        off = ((sampled - full).abs().max() / full.abs().mean()).item()  # phi can be near 0 (log-variance term)
+        assert corr >= 0.98 and off <= 0.35, (layer, corr, off)
