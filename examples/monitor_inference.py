@@ -6,7 +6,8 @@ healthy stream and become the baseline. Then the stream goes wrong twice:
 
 * at forward ``--corrupt-at`` one batch carries NaN pixels (a corrupted image);
 * from forward ``--drift-at`` on, every input is scaled by ``--drift-scale`` (a broken
-  normalisation upstream).
+  normalisation upstream; x200 by default: the shared judge of `functional.anomalies` flags an
+  explosion from about x100 on the reference CNN).
 
 The monitor judges every forward when it returns (on CPU; one forward later on a GPU), and
 ``mon.check()`` compares the recent window's band powers with the calibration window's.
@@ -35,7 +36,7 @@ def main(argv=None) -> int:
     p.add_argument("--calibrate", type=int, default=64, help="healthy forwards that set the baseline")
     p.add_argument("--corrupt-at", type=int, default=100, help="forward whose batch has NaN pixels (-1: none)")
     p.add_argument("--drift-at", type=int, default=160, help="first forward of the drifted stream (-1: none)")
-    p.add_argument("--drift-scale", type=float, default=50.0, help="input scale of the drifted stream")
+    p.add_argument("--drift-scale", type=float, default=200.0, help="input scale of the drifted stream")
     p.add_argument("--forwards", type=int, default=256, help="forwards served in all")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)

@@ -26,3 +26,23 @@ if _HERE not in sys.path:
 settings.register_profile("deterministic", derandomize=True, database=None, print_blob=True)
 settings.register_profile("random", derandomize=False)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "deterministic"))
+
+
+import logging  # noqa: E402
+import warnings  # noqa: E402
+
+import pytest  # noqa: E402
+
+_QUIETED = ("lightning", "lightning.pytorch", "lightning.fabric", "transformers")
+
+
+@pytest.fixture(autouse=True)
+def _restore_warnings_and_logger_levels():
+    """Benchmarks run in-process by smoke tests silence warnings and Lightning's loggers for their own
+    log (``benchmarks/_clientfit.quiet``); undo that after every test, so later tests still see the
+    warnings and log records they check, whatever order the suite runs in."""
+    levels = {n: logging.getLogger(n).level for n in _QUIETED}
+    with warnings.catch_warnings():  # restores the filters on exit
+        yield
+    for n, level in levels.items():
+        logging.getLogger(n).setLevel(level)
