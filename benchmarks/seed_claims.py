@@ -430,7 +430,10 @@ def _external(results: Path) -> Dict[str, Tuple[str, str]]:
     out["memory"] = ((f"+{CF.mean_sd_range(mem)} MiB extra peak RSS", "the seed's 15–25 MB is a footprint, ours the extra over a fit without callbacks (memory.py)")
                      if mem else (f"not measured: run benchmarks/memory.py (writes {results / 'memory.json'})", ""))
     oc = load("overhead_clients.json")
-    ratios = find(oc, ("ratio", "ab_ratio"))
+    # overhead_clients.py --out: {"results": [{"client", "steps_per_epoch", "ratio": {"all": [median, low, high]}}]}
+    ratios = [float(r["ratio"]["all"][0]) for r in (oc or {}).get("results", [])
+              if isinstance(r.get("ratio"), dict) and r["ratio"].get("all")] if isinstance(oc, dict) else []
+    ratios = ratios or find(oc, ("ratio", "ab_ratio"))
     pct = find(oc, ("overhead_pct",)) or [100 * (r - 1) for r in ratios]
     if not pct:
         pct = [100 * (r - 1) for r in find(over, ("ab_ratio",))]
@@ -579,6 +582,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--stall-every", type=int, default=32)
     parser.add_argument("--jobs", type=int, default=2, help="worker processes (one torch thread each)")
     parser.add_argument("--results", default=str(RESULTS_DIR), help="where the other benchmarks' JSON outputs are")
+    parser.add_argument("--from-json", default=None, help="no fits: the table of an earlier --out JSON's runs")
     parser.add_argument("--out", default=None, help="write the raw per-run numbers and the rows as JSON here")
     parser.add_argument("--markdown", default=None, help="also write the table to this file")
     parser.add_argument("--smoke", action="store_true",
@@ -599,6 +603,14 @@ def main(argv: Optional[List[str]] = None) -> int:
         args.seeds = [int(s) for s in _csv(args.seeds)]
     except ValueError:
         parser.error(f"--seeds must be comma-separated integers, got {args.seeds!r}")
+    if args.from_json:  # re-make the table from an earlier run's records (e.g. with new JSON from the other benchmarks)
+        records = json.loads(Path(args.from_json).read_text())["runs"]
+        md, _ = table(records, Path(args.results))
+        print(md)
+        if args.markdown:
+            Path(args.markdown).parent.mkdir(parents=True, exist_ok=True)
+            Path(args.markdown).write_text(md + "\n")
+        return 0
     CF.quiet()
     tasks = tasks_for(args)
     t0 = time.perf_counter()
