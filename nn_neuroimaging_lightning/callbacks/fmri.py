@@ -40,6 +40,10 @@ from nn_neuroimaging_lightning.taps import LayerSelector, LayerTaps, first_tenso
 
 #: Anomaly kinds NN-fMRI can raise; ``stop_on`` takes any of them.
 FMRI_ANOMALY_KINDS: Tuple[str, ...] = ("dead_region", "saturated_region", "zeta_concentration")
+#: Fewest regions a zeta map needs for ``zeta_concentration`` to be judged. With R regions an even
+#: map gives each 1/R; on a 2-region map (a linear layer's feature groups under the default zeta
+#: grid) one region holding 90 % is ordinary (the healthy demo's ``fc2``: 0.97), not a shortcut.
+MIN_CONCENTRATION_REGIONS: int = 4
 #: The hook's density-sample copies of a layer are summed per unit once this many steps' copies,
 #: or this many bytes of them, are pending (fewer dispatched ops per step; a bounded buffer).
 _ROWS_MAX_CALLS = 16
@@ -215,7 +219,8 @@ class NNfMRICallback(MonitorCallback):
     times.
 
     A layer whose zeta mass concentrates (``max|zeta| / sum|zeta|`` above
-    ``zeta_concentration``) raises ``zeta_concentration``.
+    ``zeta_concentration``) raises ``zeta_concentration``; only maps of at least
+    :data:`MIN_CONCENTRATION_REGIONS` (4) regions are judged.
 
     **Tractography (same schedule).** One forward on the probe captures each tapped module's input
     and output; for consecutive tapped layers ``A -> B`` with ``B`` an ``nn.Linear``/``nn.Conv2d``
@@ -979,7 +984,7 @@ class NNfMRICallback(MonitorCallback):
             scores = merged.scores.reshape(-1)
             total = float(scores.abs().sum())
             r = scores.numel()
-            if r > 1 and total > 0:
+            if r >= MIN_CONCENTRATION_REGIONS and total > 0:
                 conc = float(scores.abs().max()) / total
                 if conc > self.zeta_concentration:
                     flagged.add(name)

@@ -638,3 +638,16 @@ def test_sampled_density_agrees_with_the_full_batch_density(tmp_path):
         corr = torch.corrcoef(torch.stack([sampled.flatten(), full.flatten()]))[0, 1].item()
         off = ((sampled - full).abs().max() / full.abs().mean()).item()  # phi can be near 0 (log-variance term)
         assert corr >= 0.98 and off <= 0.35, (layer, corr, off)
+
+
+def test_zeta_concentration_is_not_judged_on_a_two_region_map(tmp_path):
+    # the planted net's layer with 2 regions: one holds all the zeta mass, as a head's feature groups
+    # ordinarily do; concentration needs MIN_CONCENTRATION_REGIONS (4) regions to mean a shortcut
+    from nn_neuroimaging_lightning.callbacks.fmri import MIN_CONCENTRATION_REGIONS
+
+    assert MIN_CONCENTRATION_REGIONS == 4
+    fmri = NNfMRICallback(layers=["lin"], grid=(2,), zeta_budget=64, probe_size=32, tractography=False)
+    trainer(tmp_path, [fmri]).validate(PlantedNet(), planted_loader(), verbose=False)
+    res = fmri.zeta["lin"]
+    assert res.scores.shape == (2,) and float(res.scores.abs().max() / res.scores.abs().sum()) > 0.9
+    assert fmri.events == [] and fmri.flagged_layers == frozenset()
