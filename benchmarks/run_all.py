@@ -38,6 +38,9 @@ BENCHMARKS: Dict[str, tuple] = {
     "memory": ([], ["--repeats", "1"]),
     "cuda_check": ([], ["--epochs", "1", "--repeats", "1"]),
     "alarms": (["--jobs", "2", "--out", "build/benchmarks/alarms.json"], ["--smoke", "--out", "build/benchmarks/alarms.json"]),
+    "overhead_clients": (["--out", "build/benchmarks/overhead_clients.json"], ["--smoke", "--out", "build/benchmarks/overhead_clients.json"]),
+    "works_with": (["--overhead", "build/benchmarks/overhead_clients.json", "--out", "build/benchmarks/works_with.json"],
+                   ["--rows", "cnn", "--steps", "5", "--overhead", "build/benchmarks/overhead_clients.json"]),
     # last: its table reads the JSON outputs of the benchmarks above (build/benchmarks/*.json)
     "seed_claims": (["--jobs", "2", "--out", "build/seed_claims.json", "--markdown", "build/seed_claims.md"],
                     ["--smoke", "--out", "build/seed_claims.json"]),
