@@ -512,7 +512,7 @@ def table(records: List[Dict[str, Any]], results: Path = RESULTS_DIR) -> Tuple[s
             f"{verdict(orders, lambda o: o >= 2)} (≥ 2 orders)" + ("; the opposite: power grows with depth in every run"
                                                                 if orders and max(orders) < 0 else "; negative = power grows with depth"), len(orders))
         dz = [len(r["default_zeta_layers"]) / max(len(r["layers"]), 1) for r in plain]
-        row("layers with a zeta map at the library defaults (8x8x4 grid, 5 % time share), this fit length", "(maps on every layer)",
+        row("layers with a zeta map at the library defaults (counted 5 % share since issue 13; the 8x8x4 time share before), this fit length", "(maps on every layer)",
             _pct(dz), "why the zeta rows use a fixed budget (see docstring)", len(dz))
     if zruns:
         missing = sorted({r["arch"] for r in zruns if not r["zeta_layers"]})
