@@ -71,13 +71,18 @@ def _middle_layer(client: str, seed: int, steps_per_epoch: int) -> str:
     return names[len(names) // 2]
 
 
+def _fault_step(task: Dict[str, Any]) -> int:
+    """k of a fault run: ``--fault-step`` shifted by 13 steps per seed."""
+    return task["fault_step"] + 13 * task["seed"]
+
+
 def run_one(task: Dict[str, Any]) -> Dict[str, Any]:
     """One fit of the benchmark (runs in a worker process with one thread); a failed fit is a record with its error."""
     try:
         return _run_one(task)
     except Exception as exc:  # one broken run must not lose the others' records
         return {"client": task["client"], "seed": task["seed"], "fault": task["fault"], "steps": 0, "events": [],
-                "stop_step": None, "weights_finite": False, "fault_step": task.get("fault_step", 0) + 13 * task["seed"],
+                "stop_step": None, "weights_finite": False, "fault_step": _fault_step(task),
                 "error": f"{type(exc).__name__}: {exc}"[:300]}
 
 
@@ -95,7 +100,7 @@ def _run_one(task: Dict[str, Any]) -> Dict[str, Any]:
         cbs = _callbacks((), joint=False)
         trainer, module, _ = CF.fit_client(client, seed, [*cbs, stop], steps_per_epoch=spe, epochs=epochs)
     else:
-        k = task["fault_step"] + 13 * seed
+        k = _fault_step(task)
         layer = _middle_layer(client, seed, spe)
         injector = CF.FaultInjector(fault, k, layer)
         cbs = _callbacks(FAULT_STOP_ON, joint=True)

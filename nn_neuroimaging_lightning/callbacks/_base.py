@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 from collections import deque
 from dataclasses import asdict
 from typing import Any, Deque, Dict, List, Optional, Sequence
-
-import functools
 
 import torch
 from torch import Tensor
