@@ -33,6 +33,18 @@ def _wrap_batch_hook(fn: Any, before: bool) -> Any:
     return hook
 
 
+def _wrap_end_hook(fn: Any) -> Any:
+    @functools.wraps(fn)
+    def hook(self: "MonitorCallback", *args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(self, *args, **kwargs)
+        finally:
+            self._wait_panels()
+
+    hook._monitor_wrapped = True  # type: ignore[attr-defined]
+    return hook
+
+
 def log_dir(trainer: Trainer) -> str:
     """The directory of the run: the first logger's ``log_dir`` or the trainer's root dir."""
     for logger in trainer.loggers:
@@ -68,6 +80,13 @@ class MonitorCallback(Callback):
             fn = cls.__dict__.get(name)
             if fn is not None and not getattr(fn, "_monitor_wrapped", False):
                 setattr(cls, name, _wrap_batch_hook(fn, before))
+        # ... and their `teardown` / `on_exception` end by waiting for the figures still being drawn
+        # (the renderer process, `panels.worker`), so that the run's panels are written when the
+        # fit returns.
+        for name in ("teardown", "on_exception"):
+            fn = cls.__dict__.get(name)
+            if fn is not None and not getattr(fn, "_monitor_wrapped", False):
+                setattr(cls, name, _wrap_end_hook(fn))
 
     def __init__(self, max_events: int = 1000) -> None:
         super().__init__()
@@ -212,6 +231,19 @@ class MonitorCallback(Callback):
                 "logging scalars only, skipping the rich panels (spectra, heatmaps, timelines)."
             )
         return self._sink or None
+
+    def _wait_panels(self) -> None:
+        """Wait for this callback's figures still in the renderer process (``PanelSink.wait``)."""
+        if self._sink is not None:
+            self._sink.wait()
+
+    @_wrap_end_hook
+    def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        pass
+
+    @_wrap_end_hook
+    def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
+        pass
 
     def _maybe_stop(self, trainer: Trainer, events: List[AnomalyEvent]) -> None:
         """Set ``trainer.should_stop`` when an event's kind is in ``stop_on`` (on any rank: a collective)."""

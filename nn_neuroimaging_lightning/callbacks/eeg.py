@@ -1000,6 +1000,7 @@ class NNEEGCallback(MonitorCallback):
         if sink is None or self._ring is None:
             return
         from nn_neuroimaging_lightning.panels import figures as PF
+        from nn_neuroimaging_lightning.panels.worker import Drawing
         from nn_neuroimaging_lightning.panels import tensorboard as P
 
         step = trainer.global_step
@@ -1011,7 +1012,7 @@ class NNEEGCallback(MonitorCallback):
             return
         if self._latest_psd is not None:
             freqs, psd = (t.detach().cpu().numpy() for t in self._latest_psd)
-            sink.figure("nn_eeg/spectrum", PF.spectrum_figure(freqs, {n: psd[i] for i, n in enumerate(self._taps.names)}, self.bands), step)
+            sink.figure("nn_eeg/spectrum", Drawing.of(PF.spectrum_figure, freqs, {n: psd[i] for i, n in enumerate(self._taps.names)}, self.bands), step)
         data = self._ring.ordered()
         seg_f, seg_p = FS.segment_psd(data, fs=self.fs, nperseg=self.nperseg, noverlap=self.noverlap)  # (F,), (layers, S, F)
         seg_p = seg_p.detach().cpu().numpy()
@@ -1019,9 +1020,9 @@ class NNEEGCallback(MonitorCallback):
         steps = self._ring.steps()
         seg_t = steps[np.minimum(np.arange(seg_p.shape[1]) * hop + self.nperseg // 2, len(steps) - 1)]  # centre step of each segment
         for i, name in enumerate(self._taps.names):
-            sink.figure(P.safe_tag("nn_eeg", name, "spectrogram"), PF.spectrogram_figure(seg_t, seg_f.cpu().numpy(), seg_p[i], title=f"Spectrogram {name}"), step)
+            sink.figure(P.safe_tag("nn_eeg", name, "spectrogram"), Drawing.of(PF.spectrogram_figure, seg_t, seg_f.cpu().numpy(), seg_p[i], title=f"Spectrogram {name}"), step)
         self.tracker.close()
-        sink.figure("nn_eeg/phase_timeline", PF.phase_timeline_figure([p.value for p in self.phases], times=_since_first(self._ring.times()), durations=self.tracker.summary()), step)
+        sink.figure("nn_eeg/phase_timeline", Drawing.of(PF.phase_timeline_figure, [p.value for p in self.phases], times=_since_first(self._ring.times()), durations=self.tracker.summary()), step)
         sink.flush()
 
     # ------------------------------------------------------------------ checkpointing

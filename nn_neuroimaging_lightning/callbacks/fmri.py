@@ -1244,12 +1244,13 @@ class NNfMRICallback(MonitorCallback):
         if sink is None:
             return
         from nn_neuroimaging_lightning.panels import figures as PF
+        from nn_neuroimaging_lightning.panels.worker import Drawing
         from nn_neuroimaging_lightning.panels import tensorboard as P
 
         step = trainer.global_step
         for name, phi in self.density.items():
             sink.figure(P.safe_tag("nn_fmri", name, "density"),
-                           PF.heatmap_figure(phi.detach().cpu().numpy(), f"{name}: density phi", colorbar_label="phi"), step)
+                           Drawing.of(PF.heatmap_figure, phi.detach().cpu().numpy(), f"{name}: density phi", colorbar_label="phi"), step)
         sink.flush()
 
     def _write_zeta_panels(self, trainer: Trainer) -> None:
@@ -1257,6 +1258,7 @@ class NNfMRICallback(MonitorCallback):
         if sink is None:
             return
         from nn_neuroimaging_lightning.panels import figures as PF
+        from nn_neuroimaging_lightning.panels.worker import Drawing
         from nn_neuroimaging_lightning.panels import tensorboard as P
 
         step = trainer.global_step
@@ -1264,14 +1266,14 @@ class NNfMRICallback(MonitorCallback):
             scores = res.scores.numpy()
             sig = res.significant.numpy()
             sink.figure(P.safe_tag("nn_fmri", name, "zeta"),
-                           PF.heatmap_figure(scores, f"{name}: zeta (impact of each region)", "RdBu_r", sig, symmetric=True, colorbar_label="zeta"), step)
+                           Drawing.of(PF.heatmap_figure, scores, f"{name}: zeta (impact of each region)", "RdBu_r", sig, symmetric=True, colorbar_label="zeta"), step)
             header, rows = self.zeta_rows(name)
             sink.table(P.safe_tag("nn_fmri", name, "zeta_top"), header, rows, step)
         for (a, b), t in self.tracts.items():
             tag = P.safe_tag("nn_fmri", "tract", f"{a}__{b}")
             if t.traced:
                 title = f"C({a} -> {b})" + (" [proportional grid across pooling]" if t.mapping == "proportional" else "")
-                sink.figure(tag, PF.matrix_figure(t.matrix.numpy(), f"{a} region (source)", f"{b} region (target)", title), step)
+                sink.figure(tag, Drawing.of(PF.matrix_figure, t.matrix.numpy(), f"{a} region (source)", f"{b} region (target)", title), step)
                 sink.table(tag + "/pathways", ("source region", "target region", "strength"), [(s, d, v) for s, d, v in t.pathways], step,
                            note=f"mapping: {t.mapping}; sigma: {t.activation}; efficiency: {t.efficiency:.4g}")
             else:

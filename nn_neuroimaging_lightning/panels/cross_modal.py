@@ -24,6 +24,7 @@ from typing import Any, List, Mapping, Sequence
 from nn_neuroimaging_lightning.panels.figures import consistency_figure
 from nn_neuroimaging_lightning.panels.sink import PanelSink
 from nn_neuroimaging_lightning.panels.tensorboard import CROSS_MODAL_KEYS
+from nn_neuroimaging_lightning.panels.worker import Drawing
 
 __all__ = ["undefined_note", "write_cross_modal_panels"]
 
@@ -56,7 +57,7 @@ def write_cross_modal_panels(sink: PanelSink, scores: Sequence[Mapping[str, Any]
     history = {k: [float(s.get(k, math.nan)) for s in scores] for k in CROSS_MODAL_KEYS}
     history["joint_anomaly"] = [bool(s.get("joint_anomaly")) for s in scores]
     steps: List[int] = [int(s["step"]) for s in scores]
-    sink.figure("cross_modal/consistency_history", consistency_figure(history, steps), step)
+    sink.figure("cross_modal/consistency_history", Drawing.of(consistency_figure, history, steps), step)
     rows = [(n, g, z) for n, g, z in zip(latest["layers"], latest["gamma"], latest["zeta_max"])]
     sink.table("cross_modal/gamma_vs_zeta", ("layer", f"EEG {band} power", "fMRI max zeta"), rows, step,
                note=undefined_note(latest.get("undefined", {})))

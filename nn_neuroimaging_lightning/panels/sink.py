@@ -20,7 +20,10 @@ CSVLogger           ``<log_dir>/panels/<tag>/     ``step_<step>.csv`` /   one CS
 ==================  ============================  ======================  ===========================
 
 A figure is rendered once (:func:`~nn_neuroimaging_lightning.panels.rendering.render`) for all
-writers and released. Several loggers each get their share; a logger without a writer gets the
+writers and released. A :class:`~nn_neuroimaging_lightning.panels.worker.Drawing` (what the
+callbacks hand over) is drawn by the renderer process instead and written when its pixels come
+back, under its own step; :meth:`PanelSink.wait` waits for those still being drawn (the callbacks
+call it at ``teardown`` and on an exception). Several loggers each get their share; a logger without a writer gets the
 scalars Lightning sends it and nothing else (one notice per logger class). A writer whose logger
 raises (a full disk, a closed run) is dropped with one warning naming the logger and the error: a
 panel never ends the user's fit.
@@ -45,12 +48,15 @@ import csv
 import enum
 import io
 import os
+import threading
+import time
 from typing import Any, Callable, List, Mapping, Optional, Sequence, Set
 
 import numpy as np
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from nn_neuroimaging_lightning.panels.rendering import Rendered, release, render
+from nn_neuroimaging_lightning.panels.worker import WAIT_S, Drawing, FigureWorker, draw, shared_worker
 from nn_neuroimaging_lightning.panels.tensorboard import (
     safe_tag,
     table_text,
@@ -73,6 +79,7 @@ __all__ = [
 SUPPORTED_LOGGERS = ("TensorBoardLogger", "WandbLogger", "MLFlowLogger", "CSVLogger")
 
 _noticed_skipped: Set[str] = set()  # logger classes already named in a "scalars only" notice
+_noticed_inline: Set[str] = set()  # reasons already given for drawing figures in the training thread
 
 
 def plain_cell(value: Any) -> Any:
@@ -298,9 +305,16 @@ class PanelSink:
     Args:
         loggers: the trainer's loggers; those without a panel writer are left out (one notice per
             logger class when some other logger does take panels).
+        worker: the renderer of :class:`~nn_neuroimaging_lightning.panels.worker.Drawing` figures
+            (default: the process's shared one).
     """
 
-    def __init__(self, loggers: Sequence[Any]) -> None:
+    def __init__(self, loggers: Sequence[Any], worker: Optional[FigureWorker] = None) -> None:
+        self._worker = worker
+        self._lock = threading.RLock()  # writers are called from the training thread and the renderer's reader
+        self._drawn = threading.Condition(self._lock)
+        self._pending = 0
+        self._failed_tags: Set[str] = set()
         self.writers: List[Any] = []
         self.skipped: List[str] = []
         for logger in loggers:
@@ -324,6 +338,10 @@ class PanelSink:
         return [type(w.logger).__name__ for w in self.writers]
 
     def _each(self, call: Callable[[Any], None]) -> None:
+        with self._lock:
+            self._each_locked(call)
+
+    def _each_locked(self, call: Callable[[Any], None]) -> None:
         for w in list(self.writers):
             try:
                 call(w)
@@ -334,14 +352,85 @@ class PanelSink:
                     "its scalars still go through Lightning."
                 )
 
+    @property
+    def pending(self) -> int:
+        """Figures handed to the renderer process and not yet written."""
+        return self._pending
+
     def figure(self, tag: str, fig: Any, step: int) -> None:
-        """Write one figure under ``tag`` (rendered once for all writers, then released)."""
+        """Write one figure under ``tag`` (rendered once for all writers, then released).
+
+        ``fig`` is a matplotlib figure, an ``(H, W, 3)`` uint8 image, or a
+        :class:`~nn_neuroimaging_lightning.panels.worker.Drawing`: the renderer process draws
+        that one and it is written when it comes back (inline where there is no renderer).
+        """
+        if isinstance(fig, Drawing):
+            if not self.writers:
+                return
+            worker = self._worker or shared_worker()
+            with self._lock:
+                self._pending += 1
+            if worker.submit(fig, lambda image, error: self._done(tag, step, fig, image, error)):
+                return
+            with self._lock:
+                self._pending -= 1
+            self._notice_inline(worker.failed or "the drawing's arguments cannot be sent to the renderer process")
+            self._write_image(tag, draw(fig), step)
+            return
         try:
             image = render(fig) if self.writers else None
         finally:
             release(fig)
         if image is not None:
-            self._each(lambda w: w.figure(tag, image, step))
+            self._write_image(tag, image, step)
+
+    def _write_image(self, tag: str, image: Rendered, step: int) -> None:
+        self._each(lambda w: w.figure(tag, image, step))
+
+    @staticmethod
+    def _notice_inline(why: str) -> None:
+        if why not in _noticed_inline:
+            _noticed_inline.add(why)
+            rank_zero_info(f"Panel figures are drawn in the training thread: {why}.")
+
+    def _done(self, tag: str, step: int, drawing: Drawing, image: Optional[Rendered], error: Optional[str]) -> None:
+        # the renderer's reader thread (or the training thread, when the renderer died meanwhile)
+        try:
+            if image is None and error is None:  # the renderer ended before drawing it: draw it here
+                self._notice_inline((self._worker or shared_worker()).failed or "the renderer process ended")
+                image = draw(drawing)
+            if image is not None:
+                self._write_image(tag, image, step)
+            elif tag not in self._failed_tags:
+                self._failed_tags.add(tag)
+                rank_zero_warn(f"Panel figure {tag!r} (step {step}) was not drawn: {error}. Later ones are still drawn.")
+        except Exception as err:  # a panel never ends the fit
+            if tag not in self._failed_tags:
+                self._failed_tags.add(tag)
+                rank_zero_warn(f"Panel figure {tag!r} (step {step}) was not drawn: {type(err).__name__}: {err}.")
+        finally:
+            with self._lock:
+                self._pending -= 1
+                self._drawn.notify_all()
+
+    def wait(self, timeout: float = WAIT_S) -> bool:
+        """Wait until every figure handed to the renderer is written, then flush; ``False`` on timeout.
+
+        On a timeout the figures still being drawn are given up with one warning (they would be
+        written later if the process still runs; nothing already written is affected).
+        """
+        deadline = time.monotonic() + timeout
+        with self._lock:
+            while self._pending > 0:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    rank_zero_warn(f"{self._pending} panel figure(s) were still being drawn after {timeout:.0f} s; "
+                                   "they are left out.")
+                    break
+                self._drawn.wait(left)
+            done = self._pending == 0
+        self.flush()
+        return done
 
     def table(self, tag: str, header: Sequence[str], rows: Sequence[Sequence[Any]], step: int, note: str = "") -> None:
         """Write a table (``note``: a line of text under it).

@@ -33,7 +33,12 @@ def _png_size(data: bytes) -> tuple:
         return image.size
 
 
-def test_tensorboard_and_csv_each_get_their_share_and_no_figure_is_left_open(tmp_path, monkeypatch):
+@pytest.mark.parametrize("render", ["inline", "process"])
+def test_tensorboard_and_csv_each_get_their_share_and_no_figure_is_left_open(tmp_path, monkeypatch, render):
+    # "process": the figures are drawn by the renderer process (panels.worker), none in this one;
+    # "inline": drawn here, and every one of them released
+    if render == "inline":
+        monkeypatch.setenv("NN_NEUROIMAGING_RENDER", "inline")
     import matplotlib.figure
     import matplotlib.pyplot as plt  # Lightning imports it anyway; here to read its registry
 
@@ -51,8 +56,11 @@ def test_tensorboard_and_csv_each_get_their_share_and_no_figure_is_left_open(tmp
                           probe_size=8)
     _fit(tmp_path, [tb, csv_logger], [NNEEGCallback(), fmri, CrossModalCallback()])
     gc.collect()
-    assert len(made) >= 10  # the panels were drawn with matplotlib ...
-    assert [r for r in made if r() is not None] == []  # ... and every figure was released
+    if render == "inline":
+        assert len(made) >= 10  # the panels were drawn with matplotlib ...
+        assert [r for r in made if r() is not None] == []  # ... and every figure was released
+    else:
+        assert made == []  # ... in the renderer process, not in the training one
     assert plt.get_fignums() == open_before  # none ever entered pyplot's registry
 
     acc = EventAccumulator(tb.log_dir, size_guidance={"images": 0, "tensors": 0}).Reload()

@@ -1,0 +1,268 @@
+r"""Drawing panel figures off the training loop: one background process renders them.
+
+A figure costs 65-200 ms of matplotlib on one CPU core (``benchmarks/overhead_clients.py
+--figures``), 7-40 of them per validation epoch, and matplotlib holds Python's GIL: drawn in a
+thread of the training process it slowed a 100-step ResNet fit 2.6x (measured while writing this;
+a thread is no way out). So the callbacks describe a figure as a :class:`Drawing` (the name of a
+:mod:`~nn_neuroimaging_lightning.panels.figures` builder and its numpy arguments) and the
+:class:`~nn_neuroimaging_lightning.panels.sink.PanelSink` hands it to one renderer process per
+training process, which builds, draws and encodes it and sends the pixels back; a reader thread
+gives them to the loggers under the figure's own step. The training thread's share is pickling
+the arguments (well under a millisecond for the panels' arrays).
+
+Decisions:
+
+- **A subprocess of ``python -m nn_neuroimaging_lightning.panels.worker``**, not
+  :mod:`multiprocessing`: ``spawn`` re-imports the user's ``__main__`` (a training script without
+  a ``__main__`` guard would train again), ``fork`` of a process with CUDA or OpenMP threads can
+  deadlock. The renderer imports numpy and matplotlib only (the package's ``__init__`` is lazy),
+  runs at a lower priority (``os.nice(5)``) so that it yields to the training loop and its data
+  loaders, and exits when its stdin closes (the training process ended).
+- **Where it cannot start** (no ``sys.executable``, a sandbox without subprocesses) or once it
+  died, figures are drawn in the training thread as before, with one notice. Set
+  ``NN_NEUROIMAGING_RENDER=inline`` to always draw them there (debugging a figure).
+- **Nothing is lost**: the callbacks wait for their pending figures at ``teardown`` and on an
+  exception (:meth:`PanelSink.wait`), up to :data:`WAIT_S` seconds; a figure whose builder raised
+  becomes one warning naming its tag and the error (a panel never ends the fit).
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+import pickle
+import struct
+import subprocess
+import sys
+import threading
+from dataclasses import dataclass, field
+from typing import Any, BinaryIO, Callable, Dict, Mapping, Optional, Tuple
+
+
+__all__ = ["Drawing", "FigureWorker", "WAIT_S", "shared_worker", "shutdown"]
+
+#: Seconds :meth:`PanelSink.wait` waits for figures still being drawn before it gives up on them.
+WAIT_S = 300.0
+_ENV = "NN_NEUROIMAGING_RENDER"
+
+
+def _host(value: Any) -> Any:
+    """Tensors to numpy (the renderer does not import torch); containers element by element."""
+    if hasattr(value, "detach") and hasattr(value, "cpu"):
+        return value.detach().cpu().numpy()
+    if isinstance(value, Mapping):
+        return {k: _host(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_host(v) for v in value)
+    return value
+
+
+@dataclass(frozen=True)
+class Drawing:
+    """A figure described by its builder in :mod:`~nn_neuroimaging_lightning.panels.figures` and
+    its arguments: what the renderer process needs to draw it.
+
+    Example::
+
+        >>> import numpy as np
+        >>> from nn_neuroimaging_lightning.panels import figures as PF
+        >>> d = Drawing.of(PF.heatmap_figure, np.zeros((2, 2)), "phi")
+        >>> d.builder, type(d.build()).__name__
+        ('heatmap_figure', 'Figure')
+    """
+
+    builder: str
+    args: Tuple[Any, ...] = ()
+    kwargs: Dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> "Drawing":
+        """The drawing of ``fn(*args, **kwargs)``; ``fn`` must be a public builder of ``panels.figures``.
+
+        Raises:
+            ValueError: If ``fn`` is not one of ``panels.figures.__all__``.
+        """
+        from nn_neuroimaging_lightning.panels import figures
+
+        name = getattr(inspect.unwrap(fn), "__name__", repr(fn))  # unwrap: a profiler's timed wrapper
+        known = getattr(figures, name, None) if name in figures.__all__ else None
+        if known is None or inspect.unwrap(known) is not inspect.unwrap(fn):
+            raise ValueError(f"`fn` must be a figure builder of panels.figures ({', '.join(figures.__all__)}), got {name}.")
+        return cls(name, tuple(_host(a) for a in args), {k: _host(v) for k, v in kwargs.items()})
+
+    def build(self) -> Any:
+        """The matplotlib figure (in whichever process calls this)."""
+        from nn_neuroimaging_lightning.panels import figures
+
+        return getattr(figures, self.builder)(*self.args, **self.kwargs)
+
+
+def draw(drawing: Drawing) -> Any:
+    """Build, render and release ``drawing``: a :class:`~nn_neuroimaging_lightning.panels.rendering.Rendered`."""
+    from nn_neuroimaging_lightning.panels.rendering import release, render
+
+    fig = drawing.build()
+    try:
+        return render(fig)
+    finally:
+        release(fig)
+
+
+# ---------------------------------------------------------------------------------- the pipe
+def _send(out: BinaryIO, obj: Any) -> None:
+    data = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
+    out.write(struct.pack(">Q", len(data)) + data)
+    out.flush()
+
+
+def _receive(inp: BinaryIO) -> Any:
+    head = inp.read(8)
+    if len(head) < 8:
+        raise EOFError
+    (n,) = struct.unpack(">Q", head)
+    data = inp.read(n)
+    if len(data) < n:
+        raise EOFError
+    return pickle.loads(data)
+
+
+class FigureWorker:
+    """The renderer process and the thread that reads its results.
+
+    :meth:`submit` queues a :class:`Drawing`; ``done(rendered, error)`` is called from the reader
+    thread once it is drawn (``error`` is the builder's exception text, else ``None``), or with
+    ``(None, None)`` when the process ended before drawing it. Once the process cannot start or
+    has ended (it is not restarted), :meth:`submit` returns ``False`` and the caller draws inline.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._proc: Optional[subprocess.Popen] = None
+        self._jobs: Dict[int, Callable[[Any, Optional[str]], None]] = {}
+        self._next = 0
+        self._failed: Optional[str] = None
+
+    @property
+    def failed(self) -> Optional[str]:
+        """Why figures are drawn inline (``None`` while the renderer process works)."""
+        if os.environ.get(_ENV, "") == "inline":
+            return f"{_ENV}=inline"
+        return self._failed
+
+    def _start(self) -> bool:
+        if self._proc is not None:
+            if self._proc.poll() is None:
+                return True
+            self._die(f"the renderer process ended (exit code {self._proc.poll()})")  # not restarted: inline from now on
+        if self.failed is not None:
+            return False
+        try:
+            env = dict(os.environ, OMP_NUM_THREADS="1", MPLBACKEND="agg")
+            self._proc = subprocess.Popen([sys.executable, "-m", "nn_neuroimaging_lightning.panels.worker"],
+                                          stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env)
+        except (OSError, ValueError) as err:
+            self._failed = f"the renderer process did not start ({type(err).__name__}: {err})"
+            return False
+        threading.Thread(target=self._read, args=(self._proc,), name="nn-neuroimaging-figures", daemon=True).start()
+        return True
+
+    def submit(self, drawing: Drawing, done: Callable[[Any, Optional[str]], None]) -> bool:
+        """Queue ``drawing``; ``False`` if there is no renderer (the caller draws it inline)."""
+        with self._lock:
+            if not self._start():
+                return False
+            job = self._next
+            self._next += 1
+            self._jobs[job] = done
+            try:
+                _send(self._proc.stdin, (job, drawing))
+            except (OSError, ValueError, pickle.PicklingError) as err:
+                del self._jobs[job]
+                if isinstance(err, pickle.PicklingError):
+                    return False
+                self._die(f"the renderer process stopped ({type(err).__name__}: {err})")
+                return False
+        return True
+
+    def _die(self, why: str) -> None:
+        # under self._lock: every pending figure is answered "not drawn, no error": its sink draws it inline
+        self._failed = self._failed or why
+        jobs, self._jobs = self._jobs, {}
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.kill()
+        for done in jobs.values():
+            done(None, None)
+
+    def _read(self, proc: subprocess.Popen) -> None:
+        while True:
+            try:
+                job, rendered, error = _receive(proc.stdout)
+            except Exception:  # EOF or a broken pipe: the process is gone
+                with self._lock:
+                    if self._proc is proc:
+                        self._die(f"the renderer process ended (exit code {proc.poll()})")
+                return
+            with self._lock:
+                done = self._jobs.pop(job, None)
+            if done is not None:
+                done(rendered, error)
+
+
+    def close(self, timeout: float = 30.0) -> None:
+        """End the renderer process (its stdin closes; it exits after the drawing in hand)."""
+        with self._lock:
+            proc, self._proc = self._proc, None
+        if proc is None:
+            return
+        try:
+            proc.stdin.close()
+            proc.wait(timeout)
+        except (OSError, subprocess.TimeoutExpired):
+            proc.kill()
+            proc.wait()
+
+
+_shared: Optional[FigureWorker] = None
+_shared_lock = threading.Lock()
+
+
+def shared_worker() -> FigureWorker:
+    """The renderer of this process (started at the first figure, shared by every sink)."""
+    global _shared
+    with _shared_lock:
+        if _shared is None:
+            _shared = FigureWorker()
+        return _shared
+
+
+def shutdown() -> None:
+    """End this process's renderer (a later figure starts a new one); for benchmarks and tests."""
+    global _shared
+    with _shared_lock:
+        worker, _shared = _shared, None
+    if worker is not None:
+        worker.close()
+
+
+def main() -> None:
+    """The renderer process: drawings in on stdin, ``(job, Rendered | None, error | None)`` out on stdout."""
+    try:
+        os.nice(5)
+    except (AttributeError, OSError):
+        pass
+    inp, out = sys.stdin.buffer, sys.stdout.buffer
+    sys.stdout = sys.stderr  # a builder's print must not corrupt the pipe
+    while True:
+        try:
+            job, drawing = _receive(inp)
+        except EOFError:
+            return
+        try:
+            result = (job, draw(drawing), None)
+        except Exception as err:  # reported to the sink as one warning, not a dead renderer
+            result = (job, None, f"{type(err).__name__}: {err}")
+        _send(out, result)
+
+
+if __name__ == "__main__":
+    main()

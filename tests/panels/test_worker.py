@@ -1,0 +1,109 @@
+"""The renderer process: figures drawn off the training thread, written under their step, nothing lost."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import warnings
+
+import numpy as np
+import pytest
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from tensorboard.backend.event_processing import event_accumulator as ea_mod
+
+from nn_neuroimaging_lightning.panels import figures as PF
+from nn_neuroimaging_lightning.panels import sink as sink_mod
+from nn_neuroimaging_lightning.panels.rendering import render
+from nn_neuroimaging_lightning.panels.sink import PanelSink
+from nn_neuroimaging_lightning.panels.worker import Drawing, FigureWorker, draw
+
+
+def _images(logdir):
+    acc = ea_mod.EventAccumulator(str(logdir), size_guidance={ea_mod.IMAGES: 0}).Reload()
+    return {tag: [(e.step, e.encoded_image_string) for e in acc.Images(tag)] for tag in acc.Tags()["images"]}
+
+
+def _zeta(seed: int) -> Drawing:
+    scores = np.random.default_rng(seed).normal(size=(2, 2, 2))
+    return Drawing.of(PF.heatmap_figure, scores, f"zeta {seed}", "RdBu_r", scores > 1, symmetric=True, colorbar_label="zeta")
+
+
+def test_drawing_only_takes_the_figure_builders():
+    with pytest.raises(ValueError, match=r"`fn` must be a figure builder of panels.figures .*got render"):
+        Drawing.of(render, np.zeros((2, 2)))
+
+
+def test_drawings_come_back_as_the_pixels_drawn_here_under_their_own_steps(tmp_path):
+    worker = FigureWorker()
+    tb, csv_logger = TensorBoardLogger(str(tmp_path), name="tb"), CSVLogger(str(tmp_path), name="csv")
+    sink = PanelSink([tb, csv_logger], worker=worker)
+    drawings = {step: _zeta(step) for step in (3, 7, 11)}
+    for step, d in drawings.items():
+        sink.figure("nn_fmri/x/zeta", d, step)
+    assert sink.wait(timeout=120) and sink.pending == 0 and worker.failed is None
+    got = _images(tb.log_dir)["nn_fmri/x/zeta"]
+    assert [s for s, _ in got] == [3, 7, 11]
+    for step, png in got:
+        assert png == draw(drawings[step]).png  # the same PNG as drawn in the training process
+        assert open(f"{csv_logger.log_dir}/panels/nn_fmri/x/zeta/step_{step:06d}.png", "rb").read() == png
+
+
+def test_a_builder_error_is_one_warning_and_later_figures_are_still_drawn(tmp_path):
+    sink = PanelSink([TensorBoardLogger(str(tmp_path), name="tb")], worker=FigureWorker())
+    bad = Drawing("heatmap_figure", (np.zeros(3),), {"no_such_argument": 1})
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        sink.figure("a/bad", bad, 1)
+        sink.figure("a/bad", bad, 2)
+        sink.figure("a/good", _zeta(0), 2)
+        assert sink.wait(timeout=120)
+    texts = [str(w.message) for w in caught if "was not drawn" in str(w.message)]
+    assert len(texts) == 1 and "'a/bad' (step 1)" in texts[0] and "no_such_argument" in texts[0]
+    assert set(_images(sink.writers[0].logger.log_dir)) == {"a/good"}
+
+
+def test_figures_pending_when_the_renderer_dies_are_drawn_here(tmp_path):
+    worker = FigureWorker()
+    sink = PanelSink([TensorBoardLogger(str(tmp_path), name="tb")], worker=worker)
+    sink.figure("a/first", _zeta(1), 1)
+    assert sink.wait(timeout=120)
+    for step in range(2, 6):
+        sink.figure("a/later", _zeta(step), step)
+    worker._proc.kill()  # a renderer killed from outside (OOM killer, a user's kill) while drawing
+    worker._proc.wait()
+    sink.figure("a/later", _zeta(6), 6)  # after its end: drawn here
+    assert sink.wait(timeout=120) and "ended" in worker.failed
+    images = _images(sink.writers[0].logger.log_dir)
+    assert [s for s, _ in images["a/first"]] == [1]
+    assert sorted(s for s, _ in images["a/later"]) == [2, 3, 4, 5, 6]  # none lost
+
+
+def test_without_a_renderer_figures_are_drawn_inline_with_one_notice(tmp_path, monkeypatch, caplog):
+    monkeypatch.setattr(sys, "executable", str(tmp_path / "no-such-python"))
+    monkeypatch.setattr(sink_mod, "_noticed_inline", set())
+    worker = FigureWorker()
+    sink = PanelSink([TensorBoardLogger(str(tmp_path), name="tb")], worker=worker)
+    with caplog.at_level("INFO"):
+        sink.figure("a/x", _zeta(0), 1)
+        sink.figure("a/x", _zeta(1), 2)
+    assert sink.pending == 0 and "did not start" in worker.failed
+    assert sum("drawn in the training thread" in r.getMessage() for r in caplog.records) == 1
+    sink.flush()
+    assert [s for s, _ in _images(sink.writers[0].logger.log_dir)["a/x"]] == [1, 2]
+
+
+def test_inline_rendering_can_be_asked_for(tmp_path, monkeypatch):
+    monkeypatch.setenv("NN_NEUROIMAGING_RENDER", "inline")
+    worker = FigureWorker()
+    sink = PanelSink([TensorBoardLogger(str(tmp_path), name="tb")], worker=worker)
+    sink.figure("a/x", _zeta(0), 1)
+    assert sink.pending == 0 and worker._proc is None
+
+
+def test_the_renderer_imports_neither_torch_nor_lightning():
+    out = subprocess.run([sys.executable, "-X", "importtime", "-m", "nn_neuroimaging_lightning.panels.worker"],
+                         input=b"", capture_output=True, timeout=120)
+    assert out.returncode == 0
+    modules = {line.split("|")[-1].strip() for line in out.stderr.decode().splitlines() if line.startswith("import time:")}
+    assert "matplotlib" in modules and "nn_neuroimaging_lightning.panels.figures" in modules
+    assert not {m for m in modules if m.split(".")[0] in ("torch", "lightning")}
