@@ -447,6 +447,8 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--block", type=int, default=10)
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--out", default="", help="write the results as JSON here (seed_claims reads "
+                        "analysis_latency_ms and ab_ratio)")
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
     if args.threads:
@@ -489,6 +491,21 @@ def main() -> None:
     print(f"\nvalidation batches, reference CNN: {val['without_ms']:.2f} ms without / {val['with_ms']:.2f} ms with the callback, "
           f"ratio {val['ratio']:.3f} ({val['ci'][0]:.3f}–{val['ci'][1]:.3f})")
     print(f"\nanalysis latency, 10 layers x 128 samples: median {lat['median_ms']:.2f} ms, p90 {lat['p90_ms']:.2f} ms")
+    if args.out:
+        import json
+        import os
+
+        # ab_ratio: NN-EEG's arms only (the floors are not the callback); the reference CNN first
+        arms = [{"model": name, "arm": arm, "ratio": r["ratio"], "ci": list(r["ci"]), "step_off_ms": r["step_off_ms"],
+                 "self_pct": r.get("self_pct"), "tap_pct": r.get("tap_pct")} for name, arm, r in rows]
+        out = {"benchmark": "eeg_overhead", "quick": args.quick, "analysis_latency_ms": lat["median_ms"],
+               "analysis_latency_p90_ms": lat["p90_ms"],
+               "ab_ratio": [a["ratio"] for a in arms if not a["arm"].startswith("floor")], "arms": arms,
+               "validation_ratio": val["ratio"]}
+        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+        with open(args.out, "w") as fh:
+            json.dump(out, fh, indent=1)
+        print(f"wrote {args.out}")
 
 
 if __name__ == "__main__":

@@ -5,7 +5,10 @@ r"""Whole-fit overhead of the three callbacks at their defaults on the client zo
 at random per round, so machine-load drift hits every arm alike. Arms:
 
 - ``plain``: no callback (a ``TensorBoardLogger``, as a user has);
-- ``all``: ``NNEEGCallback()``, ``NNfMRICallback()``, ``CrossModalCallback()`` at their defaults;
+- ``all``: ``NNEEGCallback()``, ``NNfMRICallback()``, ``CrossModalCallback()`` at their defaults
+  (figures drawn by the renderer process, ``panels/worker.py``);
+- ``all_inline``: the same with ``NN_NEUROIMAGING_RENDER=inline`` (figures drawn in the training
+  thread, as before the renderer process): what the renderer saves;
 - ``eeg``, ``fmri``: one callback alone; ``eeg+fmri``: both (``CrossModalCallback`` needs them,
   so its share is ``all`` against ``eeg+fmri``);
 - ``floor``: bare forward hooks on the same layers computing only ``abs().sum()``
@@ -18,7 +21,10 @@ median over rounds and its percentile-bootstrap 95 % interval (``_clientfit.medi
 
 - ``zeta`` / ``tract``: ``NNfMRICallback.compute_zeta`` / ``compute_tractography``;
 - ``figures``: building the matplotlib figures (``panels.figures.*_figure``) plus everything the
-  ``PanelSink`` does (render, encode, write figures, tables, texts, spectra, flush);
+  ``PanelSink`` does in the training thread (handing a drawing to the renderer, or rendering it
+  inline; writing tables, texts, spectra; flush);
+- ``figure wait``: ms per fit that ``teardown`` waited for figures still in the renderer process
+  (the last validation's; earlier ones are drawn while training goes on);
 - ``analysis``: the rest of the callbacks' epoch hooks (``on_train_epoch_*``,
   ``on_validation_*``, ``on_validation_epoch_*``);
 
@@ -64,8 +70,9 @@ import torch  # noqa: E402
 
 from _clientfit import fit_client, median_ci, quiet, set_threads  # noqa: E402
 
-ARMS = ("plain", "all", "eeg", "fmri", "eeg+fmri", "floor")
+ARMS = ("plain", "all", "all_inline", "eeg", "fmri", "eeg+fmri", "floor")
 CLIENTS = ("cnn", "resnet", "gpt2", "bert", "lstm")
+RENDER_ENV = "NN_NEUROIMAGING_RENDER"
 #: epoch hooks whose time counts as per-epoch fixed cost
 EPOCH_HOOKS = ("on_train_epoch_start", "on_train_epoch_end", "on_validation_start", "on_validation_end",
                "on_validation_epoch_start", "on_validation_epoch_end")
@@ -114,6 +121,8 @@ class _Patched:
                 if name == "figure":  # counted apart: figures written per epoch
                     fn = self.clock.wrap("figure_writes", fn)
                 self._set(PS.PanelSink, name, self.clock.wrap("figures", fn))
+        # the wait at teardown for figures still in the renderer process (not in an epoch hook)
+        self._set(PS.PanelSink, "wait", self.clock.wrap("figure_wait", PS.PanelSink.wait))
         return self
 
     def _set(self, owner: Any, name: str, value: Any) -> None:
@@ -154,15 +163,15 @@ def _timed_callbacks(arm: str, clock: Clock) -> List[Any]:
     if arm == "floor":
         return [_floor()]
     cbs: List[Any] = []
-    if arm in ("all", "eeg", "eeg+fmri"):
+    if arm in ("all", "all_inline", "eeg", "eeg+fmri"):
         cbs.append(NNEEGCallback())
-    if arm in ("all", "fmri", "eeg+fmri"):
+    if arm in ("all", "all_inline", "fmri", "eeg+fmri"):
         fmri = NNfMRICallback()
         for name, key in (("compute_zeta", "zeta"), ("compute_tractography", "tract")):
             if hasattr(fmri, name):  # instance attributes: the callback's own calls go through them
                 setattr(fmri, name, clock.wrap(key, getattr(fmri, name)))
         cbs.append(fmri)
-    if arm == "all":
+    if arm in ("all", "all_inline"):
         cbs.append(CrossModalCallback())
     for cb in cbs:  # Lightning calls hooks as getattr(callback, name): instance wrappers are seen
         for hook in EPOCH_HOOKS:
@@ -172,8 +181,16 @@ def _timed_callbacks(arm: str, clock: Clock) -> List[Any]:
 
 def fit_arm(client: str, arm: str, steps: int, epochs: int, seed: int) -> Dict[str, Any]:
     clock = Clock()
-    with _Patched(clock):
-        trainer, _, seconds = fit_client(client, seed, _timed_callbacks(arm, clock), steps_per_epoch=steps, epochs=epochs)
+    inline = arm == "all_inline"  # figures drawn in the training thread (panels.worker's opt-out)
+    before = os.environ.get(RENDER_ENV)
+    if inline:
+        os.environ[RENDER_ENV] = "inline"
+    try:
+        with _Patched(clock):
+            trainer, _, seconds = fit_client(client, seed, _timed_callbacks(arm, clock), steps_per_epoch=steps, epochs=epochs)
+    finally:
+        if inline:
+            os.environ.pop(RENDER_ENV) if before is None else os.environ.__setitem__(RENDER_ENV, before)
     out = {"seconds": seconds, "steps": int(trainer.global_step), "epochs": int(trainer.current_epoch)}
     out.update({k: v for k, v in clock.s.items()})
     out["figure_calls"] = clock.n.get("figure_writes", 0)
@@ -208,6 +225,7 @@ def run_case(client: str, steps: int, epochs: int, repeats: int, arms: Sequence[
         per_epoch["epoch_hooks"] = hooks
         res["per_epoch_ms"] = per_epoch
         res["figures_per_epoch"] = float(np.median([x["figure_calls"] for x in a])) / n_ep
+        res["figure_wait_ms"] = float(np.median([x.get("figure_wait", 0.0) for x in a])) * 1e3  # per fit, at teardown
         res["per_step_us"] = float(np.median([
             (rd["all"]["seconds"] - rd["plain"]["seconds"] - rd["all"].get("epoch_hooks", 0.0)) / max(rd["all"]["steps"], 1)
             for rd in rounds])) * 1e6
@@ -224,20 +242,22 @@ def _ci(t: Any) -> str:
 
 def table(results: Sequence[Dict[str, Any]], command: str) -> str:
     lines = [f"`{command}`", "",
-             "| client | steps × epochs | plain step (ms) | all three | EEG | fMRI | cross-modal (vs EEG+fMRI) | "
-             "EEG floor `abs().sum()` | zeta | tract | figures (n/epoch) | analysis | per step (µs) |",
-             "|---|---|---:|---|---|---|---|---|---:|---:|---:|---:|---:|"]
+             "| client | steps × epochs | plain step (ms) | all three | all three, figures inline | EEG | fMRI | "
+             "cross-modal (vs EEG+fMRI) | EEG floor `abs().sum()` | zeta | tract | figures (n/epoch) | figure wait (ms/fit) | "
+             "analysis | per step (µs) |",
+             "|---|---|---:|---|---|---|---|---|---|---:|---:|---:|---:|---:|---:|"]
     for r in results:
         pe = r.get("per_epoch_ms", {})
         ms = lambda k: f"{pe[k]:.0f}" if k in pe else "—"  # noqa: E731
         lines.append(
             f"| {r['client']} | {r['steps_per_epoch']} × {r['epochs']} | {r.get('plain_step_ms', float('nan')):.1f} | "
-            f"{_ci(r['ratio'].get('all'))} | {_ci(r['ratio'].get('eeg'))} | {_ci(r['ratio'].get('fmri'))} | "
-            f"{_ci(r['ratio'].get('cross'))} | {_ci(r['ratio'].get('floor'))} | {ms('zeta')} | {ms('tract')} | "
-            f"{ms('figures')} ({r.get('figures_per_epoch', 0):.0f}) | {ms('analysis')} | {r.get('per_step_us', float('nan')):.0f} |")
+            f"{_ci(r['ratio'].get('all'))} | {_ci(r['ratio'].get('all_inline'))} | {_ci(r['ratio'].get('eeg'))} | "
+            f"{_ci(r['ratio'].get('fmri'))} | {_ci(r['ratio'].get('cross'))} | {_ci(r['ratio'].get('floor'))} | "
+            f"{ms('zeta')} | {ms('tract')} | {ms('figures')} ({r.get('figures_per_epoch', 0):.0f}) | "
+            f"{r.get('figure_wait_ms', float('nan')):.0f} | {ms('analysis')} | {r.get('per_step_us', float('nan')):.0f} |")
     lines += ["", "Ratios: fit time / plain fit time in the same round, median [bootstrap 95 % CI] over rounds. "
               "zeta / tract / figures / analysis: ms per epoch in the `all` arm (figures: build + render + write of "
-              "every panel, n = figures per epoch). Per step: (T(all) − T(plain) − epoch hooks) / training steps."]
+              "every panel in the training thread, n = figures per epoch); figure wait: ms per fit at teardown for figures still in the renderer process. Per step: (T(all) − T(plain) − epoch hooks) / training steps."]
     return "\n".join(lines)
 
 

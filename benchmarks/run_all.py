@@ -6,8 +6,8 @@ per benchmark and a summary of exit codes and wall times at the end. ``benchmark
 needs a GPU and is run only when CUDA is available. ``zeta_cost.py`` needs Captum
 (``pip install --no-deps captum``, the ``bench`` extra); it is skipped with a notice when missing.
 
-``alarms.py`` writes its runs to ``build/benchmarks/alarms.json`` and ``seed_claims.py``, run last,
-reads that file and the other benchmarks' JSON outputs there (rows without one say which command to run).
+``alarms.py``, ``eeg_overhead.py``, ``memory.py`` and ``overhead_clients.py`` write JSON to
+``build/benchmarks/``; ``seed_claims.py``, run last, reads those files there (rows without one say which command to run).
 
 Usage::
 
@@ -30,12 +30,12 @@ HERE = Path(__file__).resolve().parent
 
 #: benchmark -> (full arguments, quick arguments)
 BENCHMARKS: Dict[str, tuple] = {
-    "eeg_overhead": ([], ["--quick"]),
+    "eeg_overhead": (["--out", "build/benchmarks/eeg_overhead.json"], ["--quick", "--out", "build/benchmarks/eeg_overhead.json"]),
     "eeg_states": ([], ["--seeds", "1", "--epochs", "2"]),
     "fmri_overhead": ([], ["--quick"]),
     "fmri_localisation": ([], ["--quick"]),
     "zeta_cost": ([], ["--quick"]),
-    "memory": ([], ["--repeats", "1"]),
+    "memory": (["--out", "build/benchmarks/memory.json"], ["--repeats", "1", "--out", "build/benchmarks/memory.json"]),
     "cuda_check": ([], ["--epochs", "1", "--repeats", "1"]),
     "alarms": (["--jobs", "2", "--out", "build/benchmarks/alarms.json"], ["--smoke", "--out", "build/benchmarks/alarms.json"]),
     "overhead_clients": (["--out", "build/benchmarks/overhead_clients.json"], ["--smoke", "--out", "build/benchmarks/overhead_clients.json"]),
