@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import time
 from collections import deque
 from typing import Any, Callable, Deque, Dict, FrozenSet, List, Mapping, Optional, Sequence, Tuple
@@ -18,7 +17,7 @@ from nn_neuroimaging_lightning import _validation as V
 from nn_neuroimaging_lightning._host import HostMirror
 from nn_neuroimaging_lightning.callbacks._base import AnomalyEvent, MonitorCallback
 from nn_neuroimaging_lightning.config import EEGConfig
-from nn_neuroimaging_lightning.eeg import ShiftBaseline, TrainingHistory
+from nn_neuroimaging_lightning.eeg import ShiftBaseline, StepDetector, TrainingHistory, Verdict
 from nn_neuroimaging_lightning.phases import Phase, PhaseTracker
 from nn_neuroimaging_lightning.functional import anomalies as FA
 from nn_neuroimaging_lightning.functional import spectral as FS
@@ -35,12 +34,6 @@ EEG_ANOMALY_KINDS: Tuple[str, ...] = (
     "state_mismatch",
     "exception",
 )
-# Training samples between refreshes of the explosion/collapse baseline (median/MAD of the
-# training history): the per-step judgement is then a handful of element-wise ops on (layers,).
-# 16, not 8: each refresh costs ~400 us in a reference-CNN step (judgement 85 -> 65 us per step);
-# the median/MAD of a 128-sample history moves little in 16 samples.
-_REFRESH = 16
-_TINY = 1e-30  # `inv` of a layer that is not judged (as in functional.anomalies.baseline_coefficients)
 # Complete state windows queued before they are classified together (one batched feature
 # computation and one classifier solve); also flushed on analysis steps and loop ends.
 _MAX_PENDING_WINDOWS = 4
@@ -50,12 +43,6 @@ _MISMATCH_WINDOWS = 3
 # Recent training windows whose median sample interval makes the cadence reference (their median):
 # the `cadence` state feature is a window's median interval relative to it.
 _CADENCE_REF_WINDOWS = 32
-
-
-def _host_view(t: Tensor) -> np.ndarray:
-    """A CPU tensor as numpy without a host sync; bf16 (which numpy lacks) is widened to float32 first."""
-    t = t.detach()
-    return (t.float() if t.dtype == torch.bfloat16 else t).numpy()
 
 
 _PHASE_TO_STATE = {
@@ -232,7 +219,8 @@ class NNEEGCallback(MonitorCallback):
         self.state_accuracy = StateAccuracy(sync_on_compute=False)
         self._taps: Optional[ActivityTaps] = None
         self._ring: Optional[RingBuffer] = None
-        self._history: Optional[TrainingHistory] = None  # training samples only: the explosion/collapse baseline
+        self._judge_args = dict(explosion_z=self.explosion_z, collapse_ratio=self.collapse_ratio, min_history=self.min_history)
+        self._detector: Optional[StepDetector] = None  # the per-step judgement and its training baseline
         self._pending_windows: List[Tuple[int, int]] = []  # (ring.total at the window's end, state label)
         self._score_max: Any = None  # running max of the anomaly score between logs
         self._error_run = 0  # consecutive non-finite samples
@@ -243,16 +231,7 @@ class NNEEGCallback(MonitorCallback):
         self._latest_step = 0
         self._fresh = False  # a sample arrived since the last judgement
         self._judged: Optional[Tuple[Any, bool]] = None  # (score, flagged) of a step judged in on_before_backward
-        self._step_mirror = HostMirror()
         self._state_mirror = HostMirror()
-        # Training baseline (device tensors, (layers,) each), refreshed every `_REFRESH` training samples:
-        # e = log(x) * inv + neg_med is z / explosion_z; floor / x >= 1 is a collapse.
-        self._baseline: Optional[Tuple[Tensor, Tensor, Tensor]] = None
-        self._baseline_host: Optional[Tuple[List[float], List[float], List[float]]] = None  # CPU: as lists
-        # Inference baseline: (run identity, run length and samples held when computed, (neg_med, inv, floor), host lists)
-        self._infer_baseline: Optional[Tuple[Any, int, int, Tuple[Tensor, Tensor, Tensor], Any]] = None
-        self._since_refresh = 0
-        self._fired_mask: Optional[Tuple[Tuple[bool, ...], Tensor]] = None  # which tapped layers have fired
         self._shift = ShiftBaseline(self.spectral_shift_threshold)  # spectral-shift baseline (EMA of relative band powers)
         self._latest_bands: Optional[Tensor] = None  # (layers, bands) relative, newest analysis
         self._latest_psd: Optional[Tuple[Tensor, Tensor]] = None  # (F,), (layers, F)
@@ -371,7 +350,7 @@ class NNEEGCallback(MonitorCallback):
             modules = select_layers(pl_module, self.layer_selection)
             self._taps = ActivityTaps(modules, selector=self.output_selector)
             self._ring = RingBuffer(len(modules), self.window)
-            self._history = TrainingHistory(len(modules), max(2 * self.min_history, 32))
+            self._detector = StepDetector(self._taps.names, history_size=max(2 * self.min_history, 32), source=self.source, **self._judge_args)
         self._apply_pending_state()
         self._mode_modules = [pl_module] + [m for m in pl_module.modules() if m is not pl_module]
         self._mode_names = {id(m): (n or "<model>") for n, m in pl_module.named_modules()}
@@ -392,9 +371,9 @@ class NNEEGCallback(MonitorCallback):
         if self._taps is not None:
             self._taps.detach()
             self._taps.discard()
-        host, tag = self._step_mirror.flush()  # a lagged accelerator copy still in flight
-        if host is not None:
-            self._record(self._step_events(host, tag))
+        verdict = None if self._detector is None else self._detector.collect(wait=True)  # a lagged accelerator copy
+        if verdict is not None:
+            self._record(self._step_events(verdict))
         self.tracker.close()
         sink = self._panels(trainer)
         if sink is not None:
@@ -582,6 +561,11 @@ class NNEEGCallback(MonitorCallback):
             self._pending_windows.append((self._ring.total, int(_PHASE_TO_STATE[phase])))
 
     @property
+    def _history(self) -> Optional[TrainingHistory]:
+        """The training-sample history of the detector (the explosion/collapse baseline)."""
+        return None if self._detector is None else self._detector.history
+
+    @property
     def _current_step(self) -> int:
         return 0 if self._trainer_ref is None else self._trainer_ref.global_step
 
@@ -661,85 +645,20 @@ class NNEEGCallback(MonitorCallback):
 
     # ------------------------------------------------------------------ per-step anomalies
     def _step_anomalies(self, loss: Optional[Tensor], phase: Phase, training: bool, sync: bool = False) -> Tuple[Any, List[AnomalyEvent]]:
-        """Judge the newest sample; returns the anomaly score and the events (no host sync).
+        """Judge the newest sample with the detector; returns the anomaly score and the events (no host sync).
 
-        Per layer, ``e = z / explosion_z`` (robust z-score of log-activity against the baseline) and
-        ``c = floor / x`` (collapse when >= 1); the score is ``max_l max(e_l, c_l)`` clamped to
-        ``[0, 10]``, 10 for a non-finite activity or loss, so ``score >= 1`` is an anomaly. The
-        baseline of a training sample is the recent training samples (their own small ring, so
-        validation loops do not flush it), refreshed every ``_REFRESH`` samples; the baseline of
-        an inference sample is the samples of the same loop run before it (weights change between
-        runs, not within one): none judged until it holds ``min_history`` samples, then
-        recomputed every ``_REFRESH`` samples (a validation step is cheap; the median/MAD of every
-        step cost ~320 us of it on the reference CNN).
-
-        On CPU the arithmetic runs on host floats read through numpy views of the tensors
-        (``Tensor.numpy()`` shares memory and dispatches nothing; :func:`~nn_neuroimaging_lightning.functional.anomalies.judge_score_host`), so the score
-        is a host float and the events are known in the same step. On an accelerator it runs on the device and ``[x, e, c, loss]`` goes to the
-        host through a lagged non-blocking copy.
+        The baseline of a training sample is the recent training samples (their own small ring, so
+        validation loops do not flush it); that of an inference sample the samples of the same
+        loop run before it (:class:`~nn_neuroimaging_lightning.eeg.detector.StepDetector`).
         """
-        x = self._latest  # (layers,)
+        x, det, fired = self._latest, self._detector, self._taps.fire_counts  # (layers,)
         if training:
-            if self._baseline is None or self._since_refresh >= _REFRESH:
-                self._baseline = self._baseline_stats(self._history.view(x.device))
-                self._baseline_host = None
-                self._since_refresh = 0
-            neg_med, inv, floor = self._baseline
+            base = det.train_baseline(x.device, fired)
         else:
-            # This loop run's samples before x. Fewer than `min_history` of them judge no layer
-            # (what `_baseline_stats` would return, without computing it); from the first
-            # baseline that can judge, refreshed every `_REFRESH` samples.
-            n_run = min(self._run_len, self._ring.count)
-            run = (self._run_code, self._ring.total - self._run_len)  # identity of this run
-            cached = self._infer_baseline
-            if n_run - 1 < self.min_history:
-                if cached is None or cached[0] is not None or cached[3][0].device != x.device:
-                    unjudged = (torch.zeros_like(x), torch.full_like(x, _TINY), torch.zeros_like(x))
-                    cached = self._infer_baseline = (None, 0, 0, unjudged, None)
-            elif cached is None or cached[0] != run or self._run_len - cached[1] >= _REFRESH:
-                cached = self._infer_baseline = (run, self._run_len, n_run, self._baseline_stats(self._ring.ordered(n_run)[:, :-1]), None)
-            neg_med, inv, floor = cached[3]
-        tag = (self._latest_step, phase, self._ring.total)
-        if x.device.type == "cpu":
-            # Python floats on numpy views (no aten dispatch, no sync): for a handful of layers a
-            # loop of float ops costs less inside a training step than numpy's ufunc calls.
-            xn = x.numpy()  # (layers,) shares memory
-            loss_v = 0.0 if loss is None else float(_host_view(loss).reshape(-1)[0])
-            host = self._baseline_host if training else self._infer_baseline[4]
-            if host is None:
-                host = (neg_med.numpy().tolist(), inv.numpy().tolist(), floor.numpy().tolist())
-                if training:
-                    self._baseline_host = host
-                else:
-                    self._infer_baseline = self._infer_baseline[:4] + (host,)
-            top = FA.judge_score_host(xn.tolist(), *host)
-            score = 10.0 if not (math.isfinite(top) and math.isfinite(loss_v)) else min(max(top, 0.0), 10.0)
-            if phase is Phase.TRAIN:
-                self._history.push(x, xn)
-                self._since_refresh += 1
-            if score < 1.0:
-                return score, []
-            _, _, e, c = FA.judge(x, (neg_med, inv, floor))  # an anomalous step only: the scores per layer
-            return score, self._step_events(np.concatenate([xn, e.numpy(), c.numpy(), [loss_v]]), tag)
-        _, _, e, c = FA.judge(x, (neg_med, inv, floor))  # (layers,) z / explosion_z and floor / x
-        top = torch.maximum(e, c).amax()
-        if loss is not None:
-            loss = loss.detach().reshape(1).to(x.dtype)
-            top = top + loss[0] * 0.0  # NaN when the loss is not finite
-        else:
-            loss = x.new_zeros(1)
-        score = torch.nan_to_num(top, nan=10.0, posinf=10.0, neginf=0.0).clamp_(0.0, 10.0)
-        self._step_mirror.push(torch.cat([x, e, c, loss]), tag=tag)
-        if phase is Phase.TRAIN:
-            self._history.push(x, None)
-            self._since_refresh += 1
-        # The previous step's copy once it has landed; with `sync` (a stop gate before the update)
-        # this step's own copy, waited for.
-        host, host_tag = self._step_mirror.flush() if sync else self._step_mirror.read()
-        if host is None:
-            return score, []
-        self._step_mirror.clear()
-        return score, self._step_events(host, host_tag)
+            run = (self._run_code, self._ring.total - self._run_len)  # identity of this loop run
+            base = det.run_baseline(x, run, self._run_len, min(self._run_len, self._ring.count), self._ring.ordered, fired)
+        score, verdict = det.judge(x, base, loss, tag=(self._latest_step, phase, self._ring.total), learn=phase is Phase.TRAIN, sync=sync)
+        return score, ([] if verdict is None else self._step_events(verdict))
 
     def _log_anomaly(self, trainer: Trainer, pl_module: LightningModule, score: Any, flagged: bool) -> None:
         """``nn_eeg/anomaly`` (0/1) and ``nn_eeg/anomaly_score``, epoch-reduced by max.
@@ -767,42 +686,17 @@ class NNEEGCallback(MonitorCallback):
         self._log(pl_module, "nn_eeg/anomaly_score", score, on_epoch=True, reduce_fx="max")
 
     def _baseline_stats(self, history: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
-        """``(neg_med, inv, floor)``, each ``(layers,)``, from ``(layers, n)`` history samples.
+        """``(neg_med, inv, floor)``, each ``(layers,)``, of ``(layers, n)`` history samples: the detector's baseline."""
+        if self._detector is not None:
+            return self._detector.baseline(history, fired=self._taps.fire_counts).coefficients
+        return StepDetector([""] * history.shape[0], **self._judge_args).baseline(history).coefficients
 
-        :func:`~nn_neuroimaging_lightning.functional.anomalies.baseline_coefficients` (the one judgement,
-        with ``Monitor`` and ``detect``): ``log(x) * inv + neg_med`` is the robust z-score divided by
-        ``explosion_z``; ``floor`` is ``max(collapse_ratio * median, 1e-8)``. A layer with
-        fewer than ``min_history`` finite samples, or one that never fired, is not judged (``inv`` ~0,
-        ``floor`` 0).
-        """
-        # A module that has never fired (e.g. MultiheadAttention.out_proj, whose weights are used
-        # without calling it) has no signal to judge: it is reported by `silent_layers`, not flagged.
-        judged = None
-        if self._taps is not None:
-            fired = tuple(c > 0 for c in self._taps.fire_counts)
-            if self._fired_mask is None or self._fired_mask[0] != fired or self._fired_mask[1].device != history.device:
-                self._fired_mask = (fired, torch.tensor(fired, device=history.device))  # changes once per layer at most
-            judged = self._fired_mask[1]
-        neg_med, inv, floor, _ = FA.baseline_coefficients(
-            history, explosion_z=self.explosion_z, collapse_ratio=self.collapse_ratio, min_count=self.min_history, judged=judged
-        )
-        return neg_med, inv, floor
-
-    def _step_events(self, host: np.ndarray, tag: Tuple[int, Phase, int]) -> List[AnomalyEvent]:
-        """Events from a host copy of ``[x, e, c, loss]`` (numpy, no device access)."""
-        step, phase, total = tag
-        n = (host.shape[0] - 1) // 3
-        x, e, c, loss = host[:n], host[n:2 * n], host[2 * n:3 * n], host[3 * n]
-        finite = np.isfinite(x)
-        with np.errstate(invalid="ignore"):
-            exploded = finite & (e > 1.0)
-            collapsed = finite & (c >= 1.0)
-        loss_bad = not np.isfinite(loss)
-        if finite.all() and not exploded.any() and not collapsed.any() and not loss_bad:
+    def _step_events(self, verdict: Verdict) -> List[AnomalyEvent]:
+        """Events of a judged sample; a non-finite one relabels the sample ``error`` (error windows)."""
+        if not verdict.any():
             return []
-        names = self._taps.names
-        events = []
-        if loss_bad or not finite.all():
+        step, phase, total = verdict.tag
+        if verdict.loss_bad or verdict.non_finite.any():
             # A non-finite step belongs to the error phase; consecutive ones form error windows.
             self._ring.relabel(self._ring.total - total, Phase.ERROR.code)
             self.tracker.mark_error()
@@ -810,16 +704,7 @@ class NNEEGCallback(MonitorCallback):
             self._last_error_total = total
             if self._error_run % self.state_window == 0:
                 self._pending_windows.append((total, int(FST.OperationalState.ERROR)))
-        for i in np.nonzero(~finite)[0]:
-            events.append(AnomalyEvent(step, Phase.ERROR.value, names[i], "non_finite", 1.0, self.source))
-        if loss_bad:
-            events.append(AnomalyEvent(step, Phase.ERROR.value, "<loss>", "non_finite", 1.0, self.source))
-        for i in np.nonzero(exploded)[0]:
-            events.append(AnomalyEvent(step, phase.value, names[i], "explosion", float(e[i] * self.explosion_z), self.source))
-        for i in np.nonzero(collapsed)[0]:
-            # value: activity relative to the baseline median (when the relative floor decides)
-            events.append(AnomalyEvent(step, phase.value, names[i], "collapse", float(self.collapse_ratio / c[i]), self.source))
-        return events
+        return self._detector.events(verdict, phase.value, Phase.ERROR.value, step=step)
 
     def _mode_mismatch(self, trainer: Trainer, phase: Phase) -> List[AnomalyEvent]:
         """The model or a submodule in training mode while an inference loop runs (once per loop)."""
@@ -838,7 +723,7 @@ class NNEEGCallback(MonitorCallback):
         ring, w = self._ring, self.state_window
         if not pending or ring is None or ring.values is None:
             return []
-        order = ring._order()  # ring slots of the held samples, oldest first
+        order = ring.slots()  # ring slots of the held samples, oldest first
         starts, labels = [], []
         for end_total, label in pending:
             back = ring.total - end_total  # samples pushed after the window's end
@@ -1039,7 +924,7 @@ class NNEEGCallback(MonitorCallback):
                 "train_batches": self._train_batches,
                 "label_counts": self._label_counts.tolist(),
                 "layers": None if self._taps is None else list(self._taps.names),
-                "train_history": None if self._history is None else self._history.state_dict(),
+                **({"train_history": None} if self._detector is None else self._detector.state_dict()),
                 "run": (self._run_code, self._run_len),
                 "flag_history": [(step, sorted(layers)) for step, layers in self.flag_history],
             }
@@ -1058,9 +943,7 @@ class NNEEGCallback(MonitorCallback):
             if state.get("ring") is not None:
                 self._ring.load_state_dict(state["ring"])
                 self._latest = self._ring.ordered(1)[:, 0].clone() if self._ring.count else None
-            if state.get("train_history") is not None:
-                self._history.load_state_dict(state["train_history"])
-                self._baseline = None  # recomputed from the restored history on the next step
+            self._detector.load_state_dict(state)
             run_code, run_len = state.get("run", (-1, 0))
             self._run_code, self._run_len = int(run_code), int(run_len)
         if state.get("classifier") is not None:

@@ -5,7 +5,8 @@ The judgement itself is :mod:`nn_neuroimaging_lightning.functional.anomalies`
 :func:`~nn_neuroimaging_lightning.functional.anomalies.judge`), shared with :class:`~nn_neuroimaging_lightning.Monitor`.
 """
 
+from nn_neuroimaging_lightning.eeg.detector import Baseline, StepDetector, Verdict
 from nn_neuroimaging_lightning.eeg.recorder import TrainingHistory
 from nn_neuroimaging_lightning.eeg.spectra import ShiftBaseline
 
-__all__ = ["ShiftBaseline", "TrainingHistory"]
+__all__ = ["Baseline", "ShiftBaseline", "StepDetector", "TrainingHistory", "Verdict"]
