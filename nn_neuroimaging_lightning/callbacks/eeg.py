@@ -14,10 +14,10 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 
 from nn_neuroimaging_lightning import _validation as V
-from nn_neuroimaging_lightning._host import HostMirror
 from nn_neuroimaging_lightning.callbacks._base import AnomalyEvent, MonitorCallback
 from nn_neuroimaging_lightning.config import EEGConfig
-from nn_neuroimaging_lightning.eeg import ShiftBaseline, StepDetector, TrainingHistory, Verdict
+from nn_neuroimaging_lightning.eeg import ShiftBaseline, Spectra, StepDetector, TrainingHistory, Verdict
+from nn_neuroimaging_lightning.eeg.states import PHASE_TO_STATE, StateWindows
 from nn_neuroimaging_lightning.phases import Phase, PhaseTracker
 from nn_neuroimaging_lightning.functional import anomalies as FA
 from nn_neuroimaging_lightning.functional import spectral as FS
@@ -34,26 +34,6 @@ EEG_ANOMALY_KINDS: Tuple[str, ...] = (
     "state_mismatch",
     "exception",
 )
-# Complete state windows queued before they are classified together (one batched feature
-# computation and one classifier solve); also flushed on analysis steps and loop ends.
-_MAX_PENDING_WINDOWS = 4
-# Consecutive inference windows of one loop that the classifier must confidently call training
-# before that disagreement is a `state_mismatch`.
-_MISMATCH_WINDOWS = 3
-# Recent training windows whose median sample interval makes the cadence reference (their median):
-# the `cadence` state feature is a window's median interval relative to it.
-_CADENCE_REF_WINDOWS = 32
-
-
-_PHASE_TO_STATE = {
-    Phase.TRAIN: FST.OperationalState.TRAINING,
-    Phase.VALIDATE: FST.OperationalState.INFERENCE,
-    Phase.TEST: FST.OperationalState.INFERENCE,
-    Phase.PREDICT: FST.OperationalState.INFERENCE,
-    Phase.SANITY_CHECK: FST.OperationalState.INFERENCE,
-    Phase.IDLE: FST.OperationalState.IDLE,
-    Phase.ERROR: FST.OperationalState.ERROR,
-}
 _LOOP_PHASE = {"train": Phase.TRAIN, "validation": Phase.VALIDATE, "test": Phase.TEST, "predict": Phase.PREDICT}
 
 
@@ -200,44 +180,28 @@ class NNEEGCallback(MonitorCallback):
         self.log_anomaly_every_step = log_anomaly_every_step
 
         self.tracker = PhaseTracker(idle_threshold=self.idle_threshold)
-        self.classifier = FST.StateClassifier(num_bands=len(self.bands), window_features=len(FST.WINDOW_FEATURES))
-        # CPU time (s) of the main thread at each ring sample, aligned with the ring's slots: the clock of
-        # the `cadence` state feature (immune to other processes on the machine, unlike wall-clock time,
-        # and to OpenMP workers spin-waiting, unlike process CPU time).
-        self._cpu_time = np.zeros(self.window, dtype=np.float64)
-        self._cpu_offset = 0.0  # added to `time.thread_time()`: continues a restored checkpoint's clock
-        # median CPU interval (s) of recent training windows: the cadence feature's reference
-        self._cadence_ref: Deque[float] = deque(maxlen=_CADENCE_REF_WINDOWS)
-        self._label_counts = np.zeros(len(FST.OperationalState), dtype=np.int64)  # host mirror of calibration
+        # Built here, not in `setup`: it depends on the arguments only (and `classifier` is reachable before a fit).
+        self._states = StateWindows(self.window, self.state_window, self.fs, self.nperseg, self.bands,
+                                    confidence=self.state_confidence, source=self.source)
         self._trainer_ref: Optional[Trainer] = None
         self._warned_silent = False
         self._noticed_state_accuracy = False
         self._val_samples = 0  # forwards of the current validation loop
-        # Each rank's classifier is calibrated on its own windows and its windows may differ in
-        # number: its accuracy is the rank's own (a synced compute is a collective that a rank with
-        # no window yet would skip, hanging the others).
-        self.state_accuracy = StateAccuracy(sync_on_compute=False)
         self._taps: Optional[ActivityTaps] = None
         self._ring: Optional[RingBuffer] = None
         self._judge_args = dict(explosion_z=self.explosion_z, collapse_ratio=self.collapse_ratio, min_history=self.min_history)
         self._detector: Optional[StepDetector] = None  # the per-step judgement and its training baseline
-        self._pending_windows: List[Tuple[int, int]] = []  # (ring.total at the window's end, state label)
         self._score_max: Any = None  # running max of the anomaly score between logs
         self._error_run = 0  # consecutive non-finite samples
-        self._mismatch_streak = 0  # consecutive inference windows the classifier confidently calls training
         self._last_error_total = -1
         self._epoch_batches = 0
         self._latest: Optional[Tensor] = None  # (layers,) newest sample
         self._latest_step = 0
         self._fresh = False  # a sample arrived since the last judgement
         self._judged: Optional[Tuple[Any, bool]] = None  # (score, flagged) of a step judged in on_before_backward
-        self._state_mirror = HostMirror()
-        self._shift = ShiftBaseline(self.spectral_shift_threshold)  # spectral-shift baseline (EMA of relative band powers)
-        self._latest_bands: Optional[Tensor] = None  # (layers, bands) relative, newest analysis
-        self._latest_psd: Optional[Tuple[Tensor, Tensor]] = None  # (F,), (layers, F)
+        self._spectra: Optional[Spectra] = None  # Welch analysis, band powers and the spectral-shift baseline
         self._mode_modules: List[torch.nn.Module] = []
         self._mode_names: Dict[int, str] = {}
-        self._mode_reported = False  # one train-mode mismatch event per inference loop
         self._pending_state: Optional[Dict[str, Any]] = None
         self._train_batches = 0
         self._run_code = -1  # phase code of the current contiguous run of samples
@@ -283,10 +247,7 @@ class NNEEGCallback(MonitorCallback):
     @property
     def band_powers(self) -> Dict[str, Dict[str, float]]:
         """Relative band powers of the latest analysis: ``{layer: {band: fraction}}`` (host copy)."""
-        if self._latest_bands is None or self._taps is None:
-            return {}
-        values = self._latest_bands.detach().cpu().numpy()
-        return {n: dict(zip(self.bands, map(float, values[i]))) for i, n in enumerate(self._taps.names)}
+        return {} if self._spectra is None else self._spectra.band_powers
 
     def band_power(self, band: str, relative: bool = False) -> Dict[str, float]:
         r"""One band's power per layer from the latest analysis's Welch spectrum (host floats).
@@ -307,21 +268,7 @@ class NNEEGCallback(MonitorCallback):
         """
         if band not in self.bands:
             raise ValueError(f"`band` must be one of {list(self.bands)}, got {band!r}.")
-        if self._taps is None or self._ring is None:
-            return {}
-        if self._latest_psd is None:
-            # No analysis yet (e.g. asked at the first validation end): the newest same-phase
-            # samples, else the whole ring, once there is a Welch segment's worth.
-            window = self._phase_window()
-            if window is None and self._ring.count >= self.nperseg:
-                window = self._ring.ordered()
-            if window is None:
-                return {}
-            self._latest_psd = FS.welch_psd(window, fs=self.fs, nperseg=self.nperseg, noverlap=self.noverlap)
-        freqs, psd = self._latest_psd
-        powers = FS.band_powers(freqs, psd, self.bands, relative=bool(relative))  # (layers, bands)
-        column = powers[:, list(self.bands).index(band)].detach().cpu().numpy()
-        return {n: float(column[i]) for i, n in enumerate(self._taps.names)}
+        return {} if self._spectra is None else self._spectra.band_power(self._ring, band, relative)
 
     @property
     def flagged_layers(self) -> FrozenSet[str]:
@@ -350,6 +297,8 @@ class NNEEGCallback(MonitorCallback):
             modules = select_layers(pl_module, self.layer_selection)
             self._taps = ActivityTaps(modules, selector=self.output_selector)
             self._ring = RingBuffer(len(modules), self.window)
+            self._spectra = Spectra(self._taps.names, self.fs, self.nperseg, self.noverlap, self.bands,
+                                    self.spectral_shift_threshold, source=self.source)
             self._detector = StepDetector(self._taps.names, history_size=max(2 * self.min_history, 32), source=self.source, **self._judge_args)
         self._apply_pending_state()
         self._mode_modules = [pl_module] + [m for m in pl_module.modules() if m is not pl_module]
@@ -383,8 +332,7 @@ class NNEEGCallback(MonitorCallback):
     def _loop_start(self, trainer: Trainer, phase: Phase) -> None:
         if phase is Phase.VALIDATE and trainer.sanity_checking:
             phase = Phase.SANITY_CHECK
-        self._mode_reported = False
-        self._mismatch_streak = 0
+        self._states.loop_start()
         self.tracker.loop_start(phase)
 
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
@@ -492,7 +440,7 @@ class NNEEGCallback(MonitorCallback):
             return
         self._noticed_state_accuracy = True
         training, inference = int(FST.OperationalState.TRAINING), int(FST.OperationalState.INFERENCE)
-        counts = self._label_counts
+        counts = self._states.label_counts
         if self._val_samples < self.state_window:
             why = (f"this validation loop made {self._val_samples} forward(s), fewer than `state_window`={self.state_window}, "
                    "so it gave no inference window to classify")
@@ -552,13 +500,13 @@ class NNEEGCallback(MonitorCallback):
         self._ring.push(sample, phase.code, step, wall_time)
         if phase is Phase.VALIDATE:
             self._val_samples += 1
-        self._cpu_time[(self._ring.pos - 1) % self._ring.window] = time.thread_time() + self._cpu_offset
+        self._states.stamp(self._ring)
         if phase.code != self._run_code:
             self._run_code, self._run_len = phase.code, 0
         self._run_len += 1
         if self._run_len % self.state_window == 0:
             # a complete window of one phase: queued, classified in a batch later
-            self._pending_windows.append((self._ring.total, int(_PHASE_TO_STATE[phase])))
+            self._states.queue(self._ring.total, int(PHASE_TO_STATE[phase]))
 
     @property
     def _history(self) -> Optional[TrainingHistory]:
@@ -568,11 +516,6 @@ class NNEEGCallback(MonitorCallback):
     @property
     def _current_step(self) -> int:
         return 0 if self._trainer_ref is None else self._trainer_ref.global_step
-
-    @property
-    def _calibrated(self) -> bool:
-        """Host-side twin of ``classifier.calibrated`` (labels are known on the host: no sync)."""
-        return int((self._label_counts >= self.classifier.min_count).sum()) >= 2
 
     def on_before_backward(self, trainer: Trainer, pl_module: LightningModule, loss: Tensor) -> None:
         """Judge the training step's forward and loss before its backward and optimizer update.
@@ -633,10 +576,9 @@ class NNEEGCallback(MonitorCallback):
             flagged = bool(events)
         if log:
             self._log_anomaly(trainer, pl_module, score, flagged)
-        if phase.is_inference and not self._mode_reported:
-            events += self._mode_mismatch(trainer, phase)
-        # At most what the ring still holds: a queued window the ring has overwritten is lost.
-        if len(self._pending_windows) >= max(1, min(_MAX_PENDING_WINDOWS, self.window // self.state_window)):
+        if phase.is_inference and not self._states.reported:
+            events += self._states.mode_mismatch(self._mode_modules, self._mode_names, trainer.global_step, phase)
+        if self._states.due():
             events += self._classify_pending(trainer)
         if events:
             self._record(events)
@@ -703,113 +645,48 @@ class NNEEGCallback(MonitorCallback):
             self._error_run = self._error_run + 1 if self._last_error_total == total - 1 else 1
             self._last_error_total = total
             if self._error_run % self.state_window == 0:
-                self._pending_windows.append((total, int(FST.OperationalState.ERROR)))
+                self._states.queue(total, int(FST.OperationalState.ERROR))
         return self._detector.events(verdict, phase.value, Phase.ERROR.value, step=step)
-
-    def _mode_mismatch(self, trainer: Trainer, phase: Phase) -> List[AnomalyEvent]:
-        """The model or a submodule in training mode while an inference loop runs (once per loop)."""
-        offenders = [m for m in self._mode_modules if m.training]
-        if not offenders:
-            return []
-        self._mode_reported = True
-        first = self._mode_names.get(id(offenders[0]), "<model>")
-        return [AnomalyEvent(trainer.global_step, phase.value, first, "state_mismatch", float(len(offenders)), self.source,
-                             detail=f"{len(offenders)} module(s) in training mode during {phase.value}")]
 
     # ------------------------------------------------------------------ states
     def _classify_pending(self, trainer: Trainer) -> List[AnomalyEvent]:
-        """Classify the queued windows at once (prequential: predict, then update) and learn from them."""
-        pending, self._pending_windows = self._pending_windows, []
-        ring, w = self._ring, self.state_window
-        if not pending or ring is None or ring.values is None:
-            return []
-        order = ring.slots()  # ring slots of the held samples, oldest first
-        starts, labels = [], []
-        for end_total, label in pending:
-            back = ring.total - end_total  # samples pushed after the window's end
-            start = ring.count - back - w
-            if start < 0:
-                continue  # overwritten already
-            codes = ring.phase[order[start:start + w]]
-            if label != int(_PHASE_TO_STATE[Phase.from_code(codes[-1])]) or not (codes == codes[0]).all():
-                continue  # relabelled (e.g. a non-finite sample became `error`) or straddles phases
-            starts.append(start)
-            labels.append(label)
-        if not starts:
-            return []
-        idx = np.concatenate([order[s:s + w] for s in starts])  # (N * w,)
-        data = ring.values.index_select(1, torch.from_numpy(idx).to(ring.values.device))  # (layers, N * w)
-        windows = data.view(ring.rows, len(starts), w).transpose(0, 1)  # (N, layers, w)
-        times = self._cpu_time[idx].reshape(len(starts), w)  # (N, w) host thread CPU seconds
-        # Cadence reference: the median interval of earlier training windows (none yet: each
-        # window is its own reference, cadence 0). Computed on the host, no device access.
-        own = np.median(np.diff(times, axis=1), axis=1)  # (N,)
-        ref = float(np.median(self._cadence_ref)) if self._cadence_ref else torch.from_numpy(np.where(own > 0, own, 1.0))
-        features = FST.window_features(windows, fs=self.fs, nperseg=self.nperseg, bands=self.bands,
-                                       times=torch.from_numpy(times), reference_interval=ref)  # (N, F)
-        training = int(FST.OperationalState.TRAINING)
-        self._cadence_ref.extend(float(v) for v, label in zip(own, labels) if label == training and v > 0)
-        target = torch.tensor(labels, dtype=torch.long).to(features.device, non_blocking=True)
-        events: List[AnomalyEvent] = []
-        if self._calibrated:
-            proba = self.classifier.predict_proba(features)  # (N, 4)
-            self.state_accuracy.to(features.device)
-            self.state_accuracy.update(proba.argmax(dim=1), target)
-            self._state_mirror.push(proba, tag=(trainer.global_step, labels))
-            events = self._read_state_events()
-        self.classifier.update(features, target)
-        for label in labels:
-            self._label_counts[label] += 1
-        return events
+        """Classify the queued state windows (predict, then learn); a ``state_mismatch`` belongs to the inference loop."""
+        loop = self.tracker.loop
+        return self._states.classify(self._ring, trainer.global_step, loop if loop is not None and loop.is_inference else Phase.VALIDATE)
 
-    def _read_state_events(self) -> List[AnomalyEvent]:
-        host, tag = self._state_mirror.read()
-        if host is None:
-            return []
-        self._state_mirror.clear()
-        step, labels = tag
-        training, inference = int(FST.OperationalState.TRAINING), int(FST.OperationalState.INFERENCE)
-        for proba, label in zip(host, labels):
-            if label != inference:
-                continue
-            pred = int(proba.argmax())
-            if pred == training and proba[pred] >= self.state_confidence:
-                self._mismatch_streak += 1
-            else:
-                self._mismatch_streak = 0
-            # One confident window is not enough (a normal run must give none): it takes
-            # `_MISMATCH_WINDOWS` consecutive inference windows of one loop, reported once per loop.
-            if self._mismatch_streak == _MISMATCH_WINDOWS and not self._mode_reported:
-                self._mode_reported = True
-                phase = self.tracker.loop if self.tracker.loop is not None and self.tracker.loop.is_inference else Phase.VALIDATE
-                return [AnomalyEvent(step, phase.value, "<model>", "state_mismatch", float(proba[pred]), self.source,
-                                     detail=f"classifier sees training activity in {_MISMATCH_WINDOWS} consecutive inference windows")]
-        return []
+    @property
+    def classifier(self) -> FST.StateClassifier:
+        """The online state classifier."""
+        return self._states.classifier
+
+    @property
+    def state_accuracy(self) -> StateAccuracy:
+        """Balanced accuracy of the classifier's predictions against the Lightning lifecycle."""
+        return self._states.accuracy
+
+    @property
+    def _label_counts(self) -> np.ndarray:
+        return self._states.label_counts
+
+    @property
+    def _cadence_ref(self) -> Deque[float]:
+        return self._states.cadence_ref
+
+    @_cadence_ref.setter
+    def _cadence_ref(self, value: Deque[float]) -> None:  # tests shrink it
+        self._states.cadence_ref = value
+
+    @property
+    def _cpu_time(self) -> np.ndarray:
+        return self._states.cpu_time
 
     # ------------------------------------------------------------------ spectra
-    def _phase_window(self) -> Optional[Tensor]:
-        """The newest samples of the current phase (up to ``window``), oldest first, or ``None``."""
-        ring = self._ring
-        phases = ring.phases()
-        if not len(phases):
-            return None
-        idx = np.nonzero(phases == phases[-1])[0]
-        if len(idx) < self.nperseg:
-            return None
-        data = ring.ordered()
-        return data.index_select(1, torch.from_numpy(idx).to(data.device))
-
     def _analyse(self, trainer: Trainer, pl_module: LightningModule, log: bool) -> None:
         self._flush_windows(trainer)
-        window = self._phase_window()
-        if window is None:
+        events = self._spectra.analyse(self._ring, judge=self.tracker.current is Phase.TRAIN, step=trainer.global_step)
+        if events is None:  # fewer than `nperseg` samples of this phase
             return
-        freqs, psd = FS.welch_psd(window, fs=self.fs, nperseg=self.nperseg, noverlap=self.noverlap)
-        relative = FS.band_powers(freqs, psd, self.bands, relative=True)  # (layers, bands)
-        self._latest_bands, self._latest_psd = relative, (freqs, psd)
-        events: List[AnomalyEvent] = []
-        if self.tracker.current is Phase.TRAIN:
-            events = self._spectral_shift(trainer, relative)
+        relative, (freqs, psd) = self._spectra.latest_bands, self._spectra.latest_psd  # (layers, bands); (F,), (layers, F)
         if log:
             if self._band_tags is None:
                 from nn_neuroimaging_lightning.panels.tensorboard import safe_tag
@@ -858,15 +735,6 @@ class NNEEGCallback(MonitorCallback):
         self._window_flags |= flagged
         self.flag_history.append((events[-1].step, flagged))
 
-    def _spectral_shift(self, trainer: Trainer, relative: Tensor) -> List[AnomalyEvent]:
-        self._shift.threshold = self.spectral_shift_threshold
-        host = self._shift.update(relative)
-        if host is None:
-            return []
-        flags, distance = host
-        return [AnomalyEvent(trainer.global_step, Phase.TRAIN.value, self._taps.names[i], "spectral_shift", float(distance[i]), self.source)
-                for i in np.nonzero(flags > 0.5)[0]]
-
     # ------------------------------------------------------------------ panels
     def _write_step_panels(self, trainer: Trainer, freqs: Tensor, psd: Tensor) -> None:
         sink = self._panels(trainer)
@@ -894,8 +762,8 @@ class NNEEGCallback(MonitorCallback):
         if self._ring.count < self.nperseg:  # too few samples for a spectrum yet
             sink.flush()
             return
-        if self._latest_psd is not None:
-            freqs, psd = (t.detach().cpu().numpy() for t in self._latest_psd)
+        if self._spectra.latest_psd is not None:
+            freqs, psd = (t.detach().cpu().numpy() for t in self._spectra.latest_psd)
             sink.figure("nn_eeg/spectrum", PF.spectrum_figure(freqs, {n: psd[i] for i, n in enumerate(self._taps.names)}, self.bands), step)
         data = self._ring.ordered()
         seg_f, seg_p = FS.segment_psd(data, fs=self.fs, nperseg=self.nperseg, noverlap=self.noverlap)  # (F,), (layers, S, F)
@@ -915,14 +783,10 @@ class NNEEGCallback(MonitorCallback):
         state.update(
             {
                 "ring": None if self._ring is None else self._ring.state_dict(),
-                "classifier": self.classifier.state_dict(),
-                "cadence_ref": list(self._cadence_ref),
-                "cpu_time": torch.from_numpy(self._cpu_time.copy()),
-                "state_accuracy": {k: v.detach().cpu() for k, v in self.state_accuracy.metric_state.items()},
-                **self._shift.state_dict(),  # "band_baseline", "baseline_windows"
+                **self._states.state_dict(),  # "classifier", "cadence_ref", "cpu_time", "state_accuracy", "label_counts"
+                **(ShiftBaseline() if self._spectra is None else self._spectra).state_dict(),  # "band_baseline", "baseline_windows"
                 "tracker": self.tracker.state_dict(),
                 "train_batches": self._train_batches,
-                "label_counts": self._label_counts.tolist(),
                 "layers": None if self._taps is None else list(self._taps.names),
                 **({"train_history": None} if self._detector is None else self._detector.state_dict()),
                 "run": (self._run_code, self._run_len),
@@ -946,24 +810,10 @@ class NNEEGCallback(MonitorCallback):
             self._detector.load_state_dict(state)
             run_code, run_len = state.get("run", (-1, 0))
             self._run_code, self._run_len = int(run_code), int(run_len)
-        if state.get("classifier") is not None:
-            try:
-                self.classifier.load_state_dict(state["classifier"])
-                self._label_counts[:] = np.asarray(state.get("label_counts", self._label_counts))
-            except ValueError as err:  # a checkpoint from another feature layout: recalibrate
-                rank_zero_warn(f"NNEEGCallback: state classifier not restored ({err}); it recalibrates.")
-                self._label_counts[:] = 0
-        self._cadence_ref.clear()
-        self._cadence_ref.extend(float(v) for v in state.get("cadence_ref", []))
-        cpu = state.get("cpu_time")
-        if cpu is not None and len(cpu) == len(self._cpu_time):
-            # another thread's clock: kept as saved, new stamps continue it from the newest sample
-            self._cpu_time[:] = np.asarray(cpu, dtype=np.float64)
-            newest = self._cpu_time[(self._ring.pos - 1) % self._ring.window] if self._ring is not None and self._ring.count else 0.0
-            self._cpu_offset = float(newest) - time.thread_time()
-        for k, v in dict(state.get("state_accuracy", {})).items():
-            setattr(self.state_accuracy, k, v.clone())
-        self._shift.load_state_dict(state)
+        refused = self._states.load_state_dict(state, self._ring)
+        if refused is not None:
+            rank_zero_warn(f"NNEEGCallback: state classifier not restored ({refused}); it recalibrates.")
+        self._spectra.load_state_dict(state)
         self.tracker.load_state_dict(state.get("tracker", {}))
         self._train_batches = int(state.get("train_batches", 0))
         self.flag_history.clear()

@@ -7,6 +7,7 @@ The judgement itself is :mod:`nn_neuroimaging_lightning.functional.anomalies`
 
 from nn_neuroimaging_lightning.eeg.detector import Baseline, StepDetector, Verdict
 from nn_neuroimaging_lightning.eeg.recorder import TrainingHistory
-from nn_neuroimaging_lightning.eeg.spectra import ShiftBaseline
+from nn_neuroimaging_lightning.eeg.spectra import ShiftBaseline, Spectra
+from nn_neuroimaging_lightning.eeg.states import StateWindows
 
-__all__ = ["Baseline", "ShiftBaseline", "StepDetector", "TrainingHistory", "Verdict"]
+__all__ = ["Baseline", "ShiftBaseline", "Spectra", "StateWindows", "StepDetector", "TrainingHistory", "Verdict"]
