@@ -9,21 +9,19 @@ from typing import Any, Callable, Deque, Dict, FrozenSet, List, Mapping, Optiona
 import numpy as np
 import torch
 from lightning.pytorch import LightningModule, Trainer
-from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 
 from nn_neuroimaging_lightning import _validation as V
 from nn_neuroimaging_lightning.callbacks._base import AnomalyEvent, MonitorCallback
 from nn_neuroimaging_lightning.config import EEGConfig
-from nn_neuroimaging_lightning.eeg import ShiftBaseline, Spectra, StepDetector, TrainingHistory, Verdict
-from nn_neuroimaging_lightning.eeg.states import PHASE_TO_STATE, StateWindows
+from nn_neuroimaging_lightning.eeg import SampleRecorder, ShiftBaseline, Spectra, StateWindows, StepDetector, Verdict
 from nn_neuroimaging_lightning.phases import Phase, PhaseTracker
 from nn_neuroimaging_lightning.functional import anomalies as FA
 from nn_neuroimaging_lightning.functional import spectral as FS
 from nn_neuroimaging_lightning.functional import states as FST
 from nn_neuroimaging_lightning.metrics.eeg import StateAccuracy
-from nn_neuroimaging_lightning.taps import ActivityTaps, LayerSelector, RingBuffer, select_layers
+from nn_neuroimaging_lightning.taps import ActivityTaps, LayerSelector, select_layers
 
 #: Anomaly kinds NN-EEG can raise; ``stop_on`` takes any of them.
 EEG_ANOMALY_KINDS: Tuple[str, ...] = (
@@ -34,7 +32,6 @@ EEG_ANOMALY_KINDS: Tuple[str, ...] = (
     "state_mismatch",
     "exception",
 )
-_LOOP_PHASE = {"train": Phase.TRAIN, "validation": Phase.VALIDATE, "test": Phase.TEST, "predict": Phase.PREDICT}
 
 
 def _since_first(times: np.ndarray) -> np.ndarray:
@@ -186,29 +183,18 @@ class NNEEGCallback(MonitorCallback):
         self._trainer_ref: Optional[Trainer] = None
         self._warned_silent = False
         self._noticed_state_accuracy = False
-        self._val_samples = 0  # forwards of the current validation loop
         self._taps: Optional[ActivityTaps] = None
-        self._ring: Optional[RingBuffer] = None
+        self._recorder: Optional[SampleRecorder] = None  # the ring buffer of samples, runs of one phase, idle gaps
         self._judge_args = dict(explosion_z=self.explosion_z, collapse_ratio=self.collapse_ratio, min_history=self.min_history)
         self._detector: Optional[StepDetector] = None  # the per-step judgement and its training baseline
         self._score_max: Any = None  # running max of the anomaly score between logs
-        self._error_run = 0  # consecutive non-finite samples
-        self._last_error_total = -1
         self._epoch_batches = 0
-        self._latest: Optional[Tensor] = None  # (layers,) newest sample
-        self._latest_step = 0
-        self._fresh = False  # a sample arrived since the last judgement
         self._judged: Optional[Tuple[Any, bool]] = None  # (score, flagged) of a step judged in on_before_backward
         self._spectra: Optional[Spectra] = None  # Welch analysis, band powers and the spectral-shift baseline
         self._mode_modules: List[torch.nn.Module] = []
         self._mode_names: Dict[int, str] = {}
-        self._pending_state: Optional[Dict[str, Any]] = None
         self._train_batches = 0
-        self._run_code = -1  # phase code of the current contiguous run of samples
-        self._run_len = 0
-        self._last_batch_end: Optional[float] = None
-        self._interval_ema: Optional[float] = None
-        self._band_tags: Optional[List[List[str]]] = None  # (layers, bands) sanitised scalar keys
+        self._band_tags: Optional[List[str]] = None  # (layers * bands,) sanitised scalar keys, row-major
         self._window_flags: set = set()  # layers flagged since the last analysis
         self.flag_history: Deque[Tuple[int, FrozenSet[str]]] = deque(maxlen=self.flag_history_size)
         self._self_time_ns = 0
@@ -218,9 +204,6 @@ class NNEEGCallback(MonitorCallback):
     @property
     def state_key(self) -> str:
         return self._generate_state_key(layers=repr(self.layer_selection), window=self.window)
-
-    def _layer_taps(self) -> Optional[ActivityTaps]:
-        return self._taps
 
     def signal(self, name: str) -> Tensor:
         """The layer's recent activity series, oldest sample first (1-D, at most ``window`` long).
@@ -296,7 +279,7 @@ class NNEEGCallback(MonitorCallback):
         if self._taps is None:
             modules = select_layers(pl_module, self.layer_selection)
             self._taps = ActivityTaps(modules, selector=self.output_selector)
-            self._ring = RingBuffer(len(modules), self.window)
+            self._recorder = SampleRecorder(len(modules), self.window, self._states, self.idle_threshold, self.idle_max_samples)
             self._spectra = Spectra(self._taps.names, self.fs, self.nperseg, self.noverlap, self.bands,
                                     self.spectral_shift_threshold, source=self.source)
             self._detector = StepDetector(self._taps.names, history_size=max(2 * self.min_history, 32), source=self.source, **self._judge_args)
@@ -335,15 +318,17 @@ class NNEEGCallback(MonitorCallback):
         self._states.loop_start()
         self.tracker.loop_start(phase)
 
+    def _loop_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self.tracker.loop_end()
+
+    on_train_end = on_test_end = on_predict_end = _loop_end
+
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._loop_start(trainer, Phase.TRAIN)
 
-    def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        self.tracker.loop_end()
-
     def on_validation_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._loop_start(trainer, Phase.VALIDATE)
-        self._val_samples = 0
+        self._recorder.val_samples = 0  # forwards of this validation loop
 
     def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         # Validation inside fit returns to the training loop; the sanity check precedes it.
@@ -355,14 +340,8 @@ class NNEEGCallback(MonitorCallback):
     def on_test_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._loop_start(trainer, Phase.TEST)
 
-    def on_test_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        self.tracker.loop_end()
-
     def on_predict_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._loop_start(trainer, Phase.PREDICT)
-
-    def on_predict_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        self.tracker.loop_end()
 
     # ------------------------------------------------------------------ batches
     def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int) -> None:
@@ -370,14 +349,10 @@ class NNEEGCallback(MonitorCallback):
         self._batch_start(trainer)
         self._self_time_ns += time.perf_counter_ns() - t0
 
-    def on_validation_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
+    def _inference_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
         self._batch_start(trainer)
 
-    def on_test_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
-        self._batch_start(trainer)
-
-    def on_predict_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
-        self._batch_start(trainer)
+    on_validation_batch_start = on_test_batch_start = on_predict_batch_start = _inference_batch_start
 
     def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
         t0 = time.perf_counter_ns()
@@ -391,14 +366,10 @@ class NNEEGCallback(MonitorCallback):
         self._self_time_ns += time.perf_counter_ns() - t0
         self._self_time_steps += 1
 
-    def on_validation_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
+    def _inference_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
         self._batch_end(trainer, pl_module, None, log=False)
 
-    def on_test_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
-        self._batch_end(trainer, pl_module, None, log=False)
-
-    def on_predict_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
-        self._batch_end(trainer, pl_module, None, log=False)
+    on_validation_batch_end = on_test_batch_end = on_predict_batch_end = _inference_batch_end
 
     def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._epoch_batches = 0
@@ -425,31 +396,10 @@ class NNEEGCallback(MonitorCallback):
             return
         if self.state_accuracy.update_count:
             self._log(pl_module, "nn_eeg/state_accuracy", self.state_accuracy.compute(), on_step=False, on_epoch=True, sync_dist=False)
-        else:
-            self._notice_no_state_accuracy()
-
-    def _notice_no_state_accuracy(self) -> None:
-        """One notice, the first time a validation loop ends without ``nn_eeg/state_accuracy``, saying why.
-
-        The accuracy is defined once the classifier has predicted a window, i.e. once it is
-        calibrated (``min_count`` complete windows of ``state_window`` same-phase samples of two
-        states, training and inference): a validation loop shorter than ``state_window`` forwards
-        never gives an inference window, so the accuracy stays undefined for the whole run.
-        """
-        if self._noticed_state_accuracy:
-            return
-        self._noticed_state_accuracy = True
-        training, inference = int(FST.OperationalState.TRAINING), int(FST.OperationalState.INFERENCE)
-        counts = self._states.label_counts
-        if self._val_samples < self.state_window:
-            why = (f"this validation loop made {self._val_samples} forward(s), fewer than `state_window`={self.state_window}, "
-                   "so it gave no inference window to classify")
-            fix = "pass a smaller `state_window`, or run more validation batches (`limit_val_batches`, a larger validation set)"
-        else:
-            why = (f"the state classifier is not calibrated yet: it needs {self.classifier.min_count} windows of two states "
-                   f"(so far {int(counts[training])} training, {int(counts[inference])} inference)")
-            fix = "it is logged from the first validation loop after calibration"
-        rank_zero_warn(f"NNEEGCallback: `nn_eeg/state_accuracy` not logged at this validation end (undefined): {why}. Fix: {fix}.")
+        elif not self._noticed_state_accuracy:  # one notice, the first time, saying why
+            self._noticed_state_accuracy = True
+            why = self._states.why_no_accuracy(self._recorder.val_samples)
+            rank_zero_warn(f"NNEEGCallback: `nn_eeg/state_accuracy` not logged at this validation end (undefined): {why}.")
 
     def on_test_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._flush_windows(trainer)
@@ -466,19 +416,8 @@ class NNEEGCallback(MonitorCallback):
     def _batch_start(self, trainer: Trainer) -> None:
         now = time.perf_counter()
         self.tracker.batch_start(now)
-        if self._last_batch_end is not None and self._ring is not None and self._ring.values is not None:
-            gap = now - self._last_batch_end
-            if gap > self.idle_threshold and self.idle_max_samples:
-                self._push_idle(gap, trainer.global_step)
-
-    def _push_idle(self, gap: float, step: int) -> None:
-        """Write a silent stretch: zero activity, phase ``idle``, one sample per typical step interval."""
-        interval = self._interval_ema or self.idle_threshold
-        n = int(min(self.idle_max_samples, max(1, round(gap / max(interval, 1e-6)))))
-        zeros = torch.zeros(self._ring.rows, device=self._ring.values.device)
-        t_end = time.time()
-        for k in range(n):
-            self._push(zeros, Phase.IDLE, step, t_end - gap + (k + 1) * gap / n)
+        if self._recorder is not None:
+            self._recorder.batch_start(now, trainer.global_step)  # a long gap is written as idle samples
 
     def _commit(self, step: Optional[int] = None) -> None:
         """Root-module forward finished (or a batch ended with pending calls): write one sample.
@@ -489,29 +428,8 @@ class NNEEGCallback(MonitorCallback):
         t0 = time.perf_counter_ns()
         sample = self._taps.sample()
         if sample is not None:
-            self._latest_step = self._current_step if step is None else step  # the step whose forward made the sample
-            self._push(sample, self.tracker.current, self._latest_step)
-            self._latest = sample
-            self._fresh = True
+            self._recorder.commit(sample, self.tracker.current, self._current_step if step is None else step)
         self._self_time_ns += time.perf_counter_ns() - t0
-
-    def _push(self, sample: Tensor, phase: Phase, step: int, wall_time: Optional[float] = None) -> None:
-        """Write one sample; windows of ``state_window`` samples of one phase become due for states."""
-        self._ring.push(sample, phase.code, step, wall_time)
-        if phase is Phase.VALIDATE:
-            self._val_samples += 1
-        self._states.stamp(self._ring)
-        if phase.code != self._run_code:
-            self._run_code, self._run_len = phase.code, 0
-        self._run_len += 1
-        if self._run_len % self.state_window == 0:
-            # a complete window of one phase: queued, classified in a batch later
-            self._states.queue(self._ring.total, int(PHASE_TO_STATE[phase]))
-
-    @property
-    def _history(self) -> Optional[TrainingHistory]:
-        """The training-sample history of the detector (the explosion/collapse baseline)."""
-        return None if self._detector is None else self._detector.history
 
     @property
     def _current_step(self) -> int:
@@ -531,13 +449,10 @@ class NNEEGCallback(MonitorCallback):
             return
         if self._taps.dirty:
             self._commit()
-        if self._latest is None or not self._fresh:
+        if not self._recorder.fresh:
             return
         t0 = time.perf_counter_ns()
-        self._fresh = False
-        phase = self.tracker.current
-        training = phase is Phase.TRAIN or (phase is Phase.ERROR and self.tracker.loop is Phase.TRAIN)
-        score, events = self._step_anomalies(loss, phase, training, sync=bool(self.stop_on))
+        score, events = self._step_anomalies(loss, sync=bool(self.stop_on))
         self._judged = (score, bool(events))
         if events:
             self._record(events)
@@ -552,27 +467,21 @@ class NNEEGCallback(MonitorCallback):
         if self._taps.dirty:
             self._commit(self._event_step(trainer))
         now = time.perf_counter()
-        if self._last_batch_end is not None:
-            interval = now - self._last_batch_end
-            if interval < self.idle_threshold:
-                self._interval_ema = interval if self._interval_ema is None else 0.9 * self._interval_ema + 0.1 * interval
-        self._last_batch_end = now
+        self._recorder.batch_end(now)
         self.tracker.batch_end(now)
         # Under DDP with `stop_on`, the stop decision is a collective: every rank must take part on
         # every batch, whether or not it found an event itself (else a NaN on one rank hangs the run).
         collective = bool(self.stop_on) and trainer.world_size > 1
         phase = self.tracker.current
-        if judged is not None and not self._fresh:  # judged in `on_before_backward`
+        if judged is not None and not self._recorder.fresh:  # judged in `on_before_backward`
             score, flagged = judged
             events: List[AnomalyEvent] = []
-        elif self._latest is None or not self._fresh:
+        elif not self._recorder.fresh:
             if collective:
                 self._maybe_stop(trainer, [])
             return
         else:
-            self._fresh = False
-            training = phase is Phase.TRAIN or (phase is Phase.ERROR and self.tracker.loop is Phase.TRAIN)
-            score, events = self._step_anomalies(loss, phase, training)
+            score, events = self._step_anomalies(loss)
             flagged = bool(events)
         if log:
             self._log_anomaly(trainer, pl_module, score, flagged)
@@ -586,20 +495,21 @@ class NNEEGCallback(MonitorCallback):
             self._maybe_stop(trainer, events)
 
     # ------------------------------------------------------------------ per-step anomalies
-    def _step_anomalies(self, loss: Optional[Tensor], phase: Phase, training: bool, sync: bool = False) -> Tuple[Any, List[AnomalyEvent]]:
+    def _step_anomalies(self, loss: Optional[Tensor], sync: bool = False) -> Tuple[Any, List[AnomalyEvent]]:
         """Judge the newest sample with the detector; returns the anomaly score and the events (no host sync).
 
         The baseline of a training sample is the recent training samples (their own small ring, so
         validation loops do not flush it); that of an inference sample the samples of the same
         loop run before it (:class:`~nn_neuroimaging_lightning.eeg.detector.StepDetector`).
         """
-        x, det, fired = self._latest, self._detector, self._taps.fire_counts  # (layers,)
-        if training:
+        rec, det, fired = self._recorder, self._detector, self._taps.fire_counts
+        x, phase = rec.latest, self.tracker.current  # (layers,)
+        rec.fresh = False
+        if phase is Phase.TRAIN or (phase is Phase.ERROR and self.tracker.loop is Phase.TRAIN):
             base = det.train_baseline(x.device, fired)
         else:
-            run = (self._run_code, self._ring.total - self._run_len)  # identity of this loop run
-            base = det.run_baseline(x, run, self._run_len, min(self._run_len, self._ring.count), self._ring.ordered, fired)
-        score, verdict = det.judge(x, base, loss, tag=(self._latest_step, phase, self._ring.total), learn=phase is Phase.TRAIN, sync=sync)
+            base = det.run_baseline(x, rec.run, rec.run_len, min(rec.run_len, rec.ring.count), rec.ring.ordered, fired)
+        score, verdict = det.judge(x, base, loss, tag=(rec.latest_step, phase, rec.ring.total), learn=phase is Phase.TRAIN, sync=sync)
         return score, ([] if verdict is None else self._step_events(verdict))
 
     def _log_anomaly(self, trainer: Trainer, pl_module: LightningModule, score: Any, flagged: bool) -> None:
@@ -640,12 +550,8 @@ class NNEEGCallback(MonitorCallback):
         step, phase, total = verdict.tag
         if verdict.loss_bad or verdict.non_finite.any():
             # A non-finite step belongs to the error phase; consecutive ones form error windows.
-            self._ring.relabel(self._ring.total - total, Phase.ERROR.code)
+            self._recorder.mark_error(total)
             self.tracker.mark_error()
-            self._error_run = self._error_run + 1 if self._last_error_total == total - 1 else 1
-            self._last_error_total = total
-            if self._error_run % self.state_window == 0:
-                self._states.queue(total, int(FST.OperationalState.ERROR))
         return self._detector.events(verdict, phase.value, Phase.ERROR.value, step=step)
 
     # ------------------------------------------------------------------ states
@@ -664,21 +570,12 @@ class NNEEGCallback(MonitorCallback):
         """Balanced accuracy of the classifier's predictions against the Lightning lifecycle."""
         return self._states.accuracy
 
-    @property
-    def _label_counts(self) -> np.ndarray:
-        return self._states.label_counts
-
-    @property
-    def _cadence_ref(self) -> Deque[float]:
-        return self._states.cadence_ref
-
-    @_cadence_ref.setter
-    def _cadence_ref(self, value: Deque[float]) -> None:  # tests shrink it
-        self._states.cadence_ref = value
-
-    @property
-    def _cpu_time(self) -> np.ndarray:
-        return self._states.cpu_time
+    # the engines' buffers under their former names (tests and benchmarks read them)
+    _label_counts = property(lambda self: self._states.label_counts)
+    _cpu_time = property(lambda self: self._states.cpu_time)
+    _cadence_ref = property(lambda self: self._states.cadence_ref, lambda self, value: setattr(self._states, "cadence_ref", value))
+    _ring = property(lambda self: None if self._recorder is None else self._recorder.ring)
+    _history = property(lambda self: None if self._detector is None else self._detector.history)
 
     # ------------------------------------------------------------------ spectra
     def _analyse(self, trainer: Trainer, pl_module: LightningModule, log: bool) -> None:
@@ -693,28 +590,9 @@ class NNEEGCallback(MonitorCallback):
 
                 # Module names may hold any character but "." (e.g. "/", spaces): the same safe tags
                 # as the custom-scalars layout, so no logger sees a path-like key.
-                self._band_tags = [[safe_tag("nn_eeg", name, "band", band) for band in self.bands] for name in self._taps.names]
-            # The layers × bands scalars go straight to the loggers in one `log_metrics` call (a
-            # logging step: the host copy is allowed): 20 `pl_module.log` calls cost Lightning ~6 ms
-            # per analysis on CPU, `log_metrics` ~2.4 ms in a training step. A TensorBoardLogger
-            # without a prefix gets them as one event (`write_scalars`, ~8x cheaper), the same
-            # tags. They are plots, not values to monitor (`band_power()` / `band_powers` give them
-            # in Python); with no logger at all they go through `pl_module.log`, so
-            # `trainer.callback_metrics` is where they can be read.
-            if trainer.loggers:
-                from nn_neuroimaging_lightning.panels.tensorboard import write_scalars
-
-                values = relative.detach().float().cpu().numpy()  # (layers, bands)
-                metrics = {tag: float(values[i, j]) for i, tags in enumerate(self._band_tags) for j, tag in enumerate(tags)}
-                for logger in trainer.loggers:
-                    if isinstance(logger, TensorBoardLogger) and not getattr(logger, "_prefix", "") and trainer.is_global_zero:
-                        write_scalars(logger.experiment, metrics, trainer.global_step)
-                    else:
-                        logger.log_metrics(metrics, step=trainer.global_step)
-            else:
-                for i, tags in enumerate(self._band_tags):
-                    for j, tag in enumerate(tags):
-                        self._log(pl_module, tag, relative[i, j])
+                self._band_tags = [safe_tag("nn_eeg", name, "band", band) for name in self._taps.names for band in self.bands]
+            # `band_power()` / `band_powers` give them in Python
+            self._log_plot_scalars(trainer, pl_module, self._band_tags, relative.reshape(-1))  # (layers * bands,)
             if self.state_accuracy.update_count:
                 self._log(pl_module, "nn_eeg/state_accuracy", self.state_accuracy.compute())
         self._write_step_panels(trainer, freqs, psd)
@@ -765,14 +643,9 @@ class NNEEGCallback(MonitorCallback):
         if self._spectra.latest_psd is not None:
             freqs, psd = (t.detach().cpu().numpy() for t in self._spectra.latest_psd)
             sink.figure("nn_eeg/spectrum", PF.spectrum_figure(freqs, {n: psd[i] for i, n in enumerate(self._taps.names)}, self.bands), step)
-        data = self._ring.ordered()
-        seg_f, seg_p = FS.segment_psd(data, fs=self.fs, nperseg=self.nperseg, noverlap=self.noverlap)  # (F,), (layers, S, F)
-        seg_p = seg_p.detach().cpu().numpy()
-        hop = self.nperseg - (self.nperseg // 2 if self.noverlap is None else self.noverlap)
-        steps = self._ring.steps()
-        seg_t = steps[np.minimum(np.arange(seg_p.shape[1]) * hop + self.nperseg // 2, len(steps) - 1)]  # centre step of each segment
+        seg_t, seg_f, seg_p = self._spectra.spectrogram(self._ring)  # (S,), (F,), (layers, S, F)
         for i, name in enumerate(self._taps.names):
-            sink.figure(P.safe_tag("nn_eeg", name, "spectrogram"), PF.spectrogram_figure(seg_t, seg_f.cpu().numpy(), seg_p[i], title=f"Spectrogram {name}"), step)
+            sink.figure(P.safe_tag("nn_eeg", name, "spectrogram"), PF.spectrogram_figure(seg_t, seg_f, seg_p[i], title=f"Spectrogram {name}"), step)
         self.tracker.close()
         sink.figure("nn_eeg/phase_timeline", PF.phase_timeline_figure([p.value for p in self.phases], times=_since_first(self._ring.times()), durations=self.tracker.summary()), step)
         sink.flush()
@@ -782,34 +655,28 @@ class NNEEGCallback(MonitorCallback):
         state = super().state_dict()
         state.update(
             {
-                "ring": None if self._ring is None else self._ring.state_dict(),
+                **({"ring": None, "run": (-1, 0)} if self._recorder is None else self._recorder.state_dict()),
                 **self._states.state_dict(),  # "classifier", "cadence_ref", "cpu_time", "state_accuracy", "label_counts"
                 **(ShiftBaseline() if self._spectra is None else self._spectra).state_dict(),  # "band_baseline", "baseline_windows"
                 "tracker": self.tracker.state_dict(),
                 "train_batches": self._train_batches,
                 "layers": None if self._taps is None else list(self._taps.names),
                 **({"train_history": None} if self._detector is None else self._detector.state_dict()),
-                "run": (self._run_code, self._run_len),
                 "flag_history": [(step, sorted(layers)) for step, layers in self.flag_history],
             }
         )
         return state
 
     def _layers_ready(self) -> bool:
-        return self._ring is not None
-
+        return self._recorder is not None
 
     def _apply_state(self, state: Mapping[str, Any]) -> None:
         saved_layers = state.get("layers")
         if saved_layers is not None and list(saved_layers) != list(self._taps.names):
             rank_zero_warn(f"NNEEGCallback: checkpoint layers {saved_layers} differ from the tapped layers {self._taps.names}; signal history not restored.")
         else:
-            if state.get("ring") is not None:
-                self._ring.load_state_dict(state["ring"])
-                self._latest = self._ring.ordered(1)[:, 0].clone() if self._ring.count else None
+            self._recorder.load_state_dict(state)
             self._detector.load_state_dict(state)
-            run_code, run_len = state.get("run", (-1, 0))
-            self._run_code, self._run_len = int(run_code), int(run_len)
         refused = self._states.load_state_dict(state, self._ring)
         if refused is not None:
             rank_zero_warn(f"NNEEGCallback: state classifier not restored ({refused}); it recalibrates.")

@@ -167,6 +167,16 @@ class Spectra:
         column = powers[:, list(self.bands).index(band)].detach().cpu().numpy()
         return {n: float(column[i]) for i, n in enumerate(self.names)}
 
+    def spectrogram(self, ring: RingBuffer) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Welch segments of the whole ring on the host: the centre step of each segment ``(S,)``,
+        the frequencies ``(F,)`` and the powers ``(layers, S, F)``."""
+        seg_f, seg_p = FS.segment_psd(ring.ordered(), fs=self.fs, nperseg=self.nperseg, noverlap=self.noverlap)  # (F,), (layers, S, F)
+        seg_p = seg_p.detach().cpu().numpy()
+        hop = self.nperseg - (self.nperseg // 2 if self.noverlap is None else self.noverlap)
+        steps = ring.steps()
+        seg_t = steps[np.minimum(np.arange(seg_p.shape[1]) * hop + self.nperseg // 2, len(steps) - 1)]
+        return seg_t, seg_f.cpu().numpy(), seg_p
+
     def state_dict(self) -> Dict[str, Any]:
         return self.shift.state_dict()
 

@@ -17,7 +17,6 @@ from typing import Any, Deque, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
-from torch import Tensor
 
 from nn_neuroimaging_lightning._host import HostMirror
 from nn_neuroimaging_lightning.events import AnomalyEvent
@@ -113,6 +112,25 @@ class StateWindows:
     def due(self) -> bool:
         """Whether the queue is full: at most what the ring still holds (an overwritten window is lost)."""
         return len(self.pending) >= max(1, min(_MAX_PENDING_WINDOWS, self.window // self.state_window))
+
+    def why_no_accuracy(self, loop_samples: int) -> str:
+        """Why the accuracy is undefined at the end of an inference loop of ``loop_samples`` forwards, and the fix.
+
+        The accuracy is defined once the classifier has predicted a window, i.e. once it is
+        calibrated (``min_count`` complete windows of ``state_window`` same-phase samples of two
+        states, training and inference): a loop shorter than ``state_window`` forwards never gives
+        an inference window, so the accuracy stays undefined for the whole run.
+        """
+        training, inference = int(FST.OperationalState.TRAINING), int(FST.OperationalState.INFERENCE)
+        if loop_samples < self.state_window:
+            why = (f"this validation loop made {loop_samples} forward(s), fewer than `state_window`={self.state_window}, "
+                   "so it gave no inference window to classify")
+            fix = "pass a smaller `state_window`, or run more validation batches (`limit_val_batches`, a larger validation set)"
+        else:
+            why = (f"the state classifier is not calibrated yet: it needs {self.classifier.min_count} windows of two states "
+                   f"(so far {int(self.label_counts[training])} training, {int(self.label_counts[inference])} inference)")
+            fix = "it is logged from the first validation loop after calibration"
+        return f"{why}. Fix: {fix}"
 
     # ------------------------------------------------------------------ the prequential loop
     def classify(self, ring: Optional[RingBuffer], step: int, phase: Phase) -> List[AnomalyEvent]:
