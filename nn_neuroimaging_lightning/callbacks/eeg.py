@@ -59,7 +59,8 @@ class NNEEGCallback(MonitorCallback):
     main thread's CPU time between samples relative to recent training windows, see
     :mod:`~nn_neuroimaging_lightning.functional.states`), prequentially (predict, then learn); its accuracy against the Lightning lifecycle is logged as
     ``nn_eeg/state_accuracy``. :attr:`flag_history` and :meth:`band_power` feed the cross-modal
-    callback.
+    callback. The work is done by the plain-PyTorch engines of :mod:`nn_neuroimaging_lightning.eeg`
+    (SampleRecorder, StepDetector, StateWindows, Spectra); this class maps the Lightning hooks onto them.
 
     Args:
         layers: which modules to tap: ``None`` (:func:`~nn_neuroimaging_lightning.taps.default_layers`:
@@ -508,7 +509,7 @@ class NNEEGCallback(MonitorCallback):
         if phase is Phase.TRAIN or (phase is Phase.ERROR and self.tracker.loop is Phase.TRAIN):
             base = det.train_baseline(x.device, fired)
         else:
-            base = det.run_baseline(x, rec.run, rec.run_len, min(rec.run_len, rec.ring.count), rec.ring.ordered, fired)
+            base = det.run_baseline(x, rec.run, rec.run_len, rec.ring, fired)
         score, verdict = det.judge(x, base, loss, tag=(rec.latest_step, phase, rec.ring.total), learn=phase is Phase.TRAIN, sync=sync)
         return score, ([] if verdict is None else self._step_events(verdict))
 

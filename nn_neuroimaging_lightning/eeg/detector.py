@@ -14,7 +14,7 @@ the same inference run before it (:meth:`StepDetector.run_baseline`), or a calib
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Dict, List, Mapping, NamedTuple, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Mapping, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -24,6 +24,7 @@ from nn_neuroimaging_lightning._host import HostMirror
 from nn_neuroimaging_lightning.eeg.recorder import TrainingHistory
 from nn_neuroimaging_lightning.events import AnomalyEvent
 from nn_neuroimaging_lightning.functional import anomalies as FA
+from nn_neuroimaging_lightning.taps import RingBuffer
 
 __all__ = ["Baseline", "StepDetector", "Verdict"]
 
@@ -156,33 +157,27 @@ class StepDetector:
             self._since_refresh = 0
         return self._train
 
-    def run_baseline(self, x: Tensor, run: Any, run_len: int, held: int, samples: Callable[[int], Tensor],
-                     fired: Optional[Sequence[int]] = None) -> Baseline:
+    def run_baseline(self, x: Tensor, run: Any, run_len: int, ring: RingBuffer, fired: Optional[Sequence[int]] = None) -> Baseline:
         """The baseline of an inference sample: the samples of its run before it (weights change between runs, not within one).
 
         Args:
-            x: the ``(layers,)`` sample being judged.
+            x: the ``(layers,)`` sample being judged, the newest of ``ring``.
             run: the run's identity (a new identity recomputes the baseline).
             run_len: samples of the run so far, ``x`` included.
-            held: how many of them are still held.
-            samples: ``samples(n)`` gives the newest ``n`` samples ``(layers, n)``, ``x`` last.
+            ring: the ring buffer holding them.
             fired: the taps' forward counts.
 
         Fewer than ``min_history`` earlier samples judge no layer; from the first baseline that can
         judge, recomputed every ``REFRESH`` samples (the median/MAD of every step cost ~320 us of a
         reference-CNN validation step).
         """
-        cached = self._run
+        held, cached = min(run_len, ring.count), self._run
         if held - 1 < self.min_history:
             if cached is None or cached[0] is not None or cached[2].coefficients[0].device != x.device:
                 self._run = (None, 0, Baseline((torch.zeros_like(x), torch.full_like(x, _TINY), torch.zeros_like(x))))
         elif cached is None or cached[0] != run or run_len - cached[1] >= REFRESH:
-            self._run = (run, run_len, self.baseline(samples(held)[:, :-1], fired=fired))
+            self._run = (run, run_len, self.baseline(ring.ordered(held)[:, :-1], fired=fired))
         return self._run[2]
-
-    def forget_train_baseline(self) -> None:
-        """Recompute the training baseline on the next sample (e.g. after the history was restored)."""
-        self._train = None
 
     # ------------------------------------------------------------------ judgement
     def judge(self, x: Tensor, base: Baseline, loss: Optional[Tensor] = None, tag: Any = None,
