@@ -4,18 +4,17 @@
 (:class:`~nn_neuroimaging_lightning.taps.ActivityTaps` write one ``s_t = mean |a|`` sample per
 root-model forward into a :class:`~nn_neuroimaging_lightning.taps.RingBuffer`). The first
 ``calibrate`` forwards are taken as a healthy stream and become the baseline; every later forward
-is judged against it with :func:`~nn_neuroimaging_lightning.functional.anomalies.detect`
-(``non_finite``, ``explosion``, ``collapse``: the judgement of
+is judged against it by :class:`~nn_neuroimaging_lightning.eeg.detector.StepDetector`
+(``non_finite``, ``explosion``, ``collapse``: the engine NNEEGCallback judges its steps with, on
 :func:`~nn_neuroimaging_lightning.functional.anomalies.baseline_coefficients` and
-:func:`~nn_neuroimaging_lightning.functional.anomalies.judge` that NNEEGCallback makes, with the same
-defaults), and :meth:`Monitor.check` compares the band powers
+:func:`~nn_neuroimaging_lightning.functional.anomalies.judge`, with the same defaults), and :meth:`Monitor.check` compares the band powers
 of the recent window with the calibration window's
 (:func:`~nn_neuroimaging_lightning.functional.spectral.welch_psd`,
 :func:`~nn_neuroimaging_lightning.functional.spectral.band_powers`,
 :func:`~nn_neuroimaging_lightning.functional.anomalies.spectral_shift`). No formula is written here.
 
-Host synchronisation: none inside a forward beyond reading the ``(8, layers)`` flag/value block.
-On CPU that block is read through ``Tensor.numpy()`` (shared memory, no dispatch), so the verdict
+Host synchronisation: none inside a forward beyond reading the ``(3 * layers + 1,)`` judgement block.
+On CPU the sample is read through ``Tensor.numpy()`` (shared memory, no dispatch), so the verdict
 of a forward is known when the forward returns. On an accelerator it is copied to the host with a
 non-blocking copy (:class:`~nn_neuroimaging_lightning._host.HostMirror`) and read at the next
 forward, which first waits for that copy's event (the host runs at most one forward ahead of the
@@ -34,7 +33,7 @@ import torch
 from torch import Tensor, nn
 
 from nn_neuroimaging_lightning import _validation as V
-from nn_neuroimaging_lightning._host import HostMirror
+from nn_neuroimaging_lightning.eeg.detector import Baseline, StepDetector, Verdict
 from nn_neuroimaging_lightning.events import AnomalyEvent
 from nn_neuroimaging_lightning.phases import Phase
 from nn_neuroimaging_lightning.functional import anomalies as FA
@@ -45,7 +44,6 @@ __all__ = ["Monitor", "MONITOR_ANOMALY_KINDS"]
 
 #: Kinds a :class:`Monitor` raises: the per-forward rows of ``detect`` plus the spectral check.
 MONITOR_ANOMALY_KINDS: Tuple[str, ...] = FA.ANOMALY_KINDS  # non_finite, explosion, collapse, spectral_shift
-_PER_FORWARD = 3  # the first three rows of `detect` are judged per forward; the fourth is `check()`'s
 
 
 class Monitor:
@@ -171,9 +169,11 @@ class Monitor:
         n = len(self._names)
         self._ring = RingBuffer(n, self.window)
         self._calib: Optional[Tensor] = None  # (layers, calibrate) healthy samples
-        self._valid: Optional[Tensor] = None  # (layers, calibrate) usable baseline entries
+        self._detector = StepDetector(self._names, explosion_z=self.explosion_z, collapse_ratio=self.collapse_ratio,
+                                      min_history=self.min_history, source=self.source)
+        self._baseline: Optional[Baseline] = None  # judgement coefficients of the calibration window
         self._baseline_powers: Optional[Tensor] = None  # (layers, bands) relative band powers
-        self._mirror = HostMirror()
+        self._healthy = np.zeros((3, n), dtype=bool)  # the flags of a forward judged healthy on CPU
         self._events: Deque[AnomalyEvent] = deque(maxlen=V.check_int("max_events", max_events, 1))
         self.forwards = 0  # forwards seen (calibration included)
         self._judged_since_check = 0
@@ -261,20 +261,16 @@ class Monitor:
         if index < self.calibrate:
             self._calibrate(sample, index)
             return
-        flags, values = FA.detect(
-            sample,
-            self._calib,
-            valid=self._valid,
-            explosion_threshold=self.explosion_z,
-            rel_floor=self.collapse_ratio,
-        )  # (4, layers) each
-        block = torch.cat([flags[:_PER_FORWARD].to(values.dtype), values[:_PER_FORWARD]])  # (6, layers)
-        if block.device.type != "cpu":
+        on_cpu = sample.device.type == "cpu"
+        if not on_cpu:
             # HostMirror keeps one copy in flight; collect the previous forward's before it is
             # overwritten (waits on that copy's event only: the host runs at most one forward ahead).
             self.flush()
-        self._mirror.push(block, tag=index)
-        self._collect()
+        _, verdict = self._detector.judge(sample, self._baseline, tag=index)
+        if verdict is not None:
+            self._judge(verdict)
+        elif on_cpu:  # judged healthy in this forward
+            self._latest_flags, self._latest_tag = self._healthy, index
         self._judged_since_check += 1
         if self.check_every is not None and self._judged_since_check >= self.check_every:
             self.check()
@@ -284,42 +280,26 @@ class Monitor:
             self._calib = torch.zeros(len(self._names), self.calibrate, dtype=torch.float32, device=sample.device)
         self._calib[:, index] = sample
         if index == self.calibrate - 1:
-            ok = torch.isfinite(self._calib)  # (layers, calibrate)
-            enough = ok.sum(dim=1, keepdim=True) >= self.min_history  # (layers, 1), stays on device
-            self._valid = ok & enough
+            ok = torch.isfinite(self._calib)  # (layers, calibrate); a layer needs `min_history` of them
+            self._baseline = self._detector.baseline(self._calib, valid=ok)
             freqs, psd = FS.welch_psd(torch.where(ok, self._calib, torch.zeros_like(self._calib)), fs=self.fs, nperseg=self.nperseg)
             self._baseline_powers = FS.band_powers(freqs, psd, self.bands, relative=True)  # (layers, bands)
 
-    def _collect(self) -> None:
-        host, tag = self._mirror.read()
-        if host is None:
-            return
-        self._mirror.clear()
-        self._judge(host, tag)
-
     def flush(self) -> None:
         """Wait for a lagged device copy in flight and record its events (never needed on CPU)."""
-        host, tag = self._mirror.flush()
-        if host is not None:
-            self._mirror.clear()
-            self._judge(host, tag)
+        verdict = self._detector.collect(wait=True)
+        if verdict is not None:
+            self._judge(verdict)
 
-    def _judge(self, host: np.ndarray, index: int) -> None:
-        flags = host[:_PER_FORWARD] > 0.5  # (3, layers)
-        values = host[_PER_FORWARD:]
+    def _judge(self, verdict: Verdict) -> None:
+        flags = verdict.flags  # (3, layers)
+        # A tapped module that never ran (e.g. MultiheadAttention.out_proj, whose weights are used
+        # functionally) has a zero series: that is no collapse.
         silent = [i for i, c in enumerate(self._taps.fire_counts) if c == 0]
-        if silent:
-            # A tapped module that never ran (e.g. MultiheadAttention.out_proj, whose weights are used
-            # functionally) has a zero series: that is no collapse.
-            flags[:, silent] = False
-        self._latest_flags, self._latest_tag = flags, index
-        if not flags.any():
-            return
-        events = [
-            AnomalyEvent(index, Phase.PREDICT.value, self._names[l], MONITOR_ANOMALY_KINDS[k], float(values[k, l]), self.source)
-            for k, l in zip(*np.nonzero(flags))
-        ]
-        self._emit(events)
+        flags[:, silent] = False
+        self._latest_flags, self._latest_tag = flags, verdict.tag
+        if flags.any():
+            self._emit(self._detector.events(verdict, Phase.PREDICT.value, skip=silent))
 
     def _emit(self, events: List[AnomalyEvent]) -> None:
         self._events.extend(events)

@@ -727,7 +727,8 @@ class RingBuffer(NumpyViewState):
         self.count = min(self.count + 1, self.window)
         self.total += 1
 
-    def _order(self, last: Optional[int] = None) -> np.ndarray:
+    def slots(self, last: Optional[int] = None) -> np.ndarray:
+        """Ring slots of the held samples (the newest ``last``), oldest first."""
         n = self.count if last is None else min(last, self.count)
         return (np.arange(self.pos - n, self.pos) % self.window).astype(np.int64)
 
@@ -735,17 +736,17 @@ class RingBuffer(NumpyViewState):
         """The held samples, oldest first: ``(rows, n)`` with ``n <= window``."""
         if self.values is None:
             return torch.zeros(self.rows, 0)
-        idx = torch.from_numpy(self._order(last)).to(self.values.device, non_blocking=True)
+        idx = torch.from_numpy(self.slots(last)).to(self.values.device, non_blocking=True)
         return self.values.index_select(1, idx)
 
     def phases(self, last: Optional[int] = None) -> np.ndarray:
-        return self.phase[self._order(last)]
+        return self.phase[self.slots(last)]
 
     def steps(self, last: Optional[int] = None) -> np.ndarray:
-        return self.step[self._order(last)]
+        return self.step[self.slots(last)]
 
     def times(self, last: Optional[int] = None) -> np.ndarray:
-        return self.time[self._order(last)]
+        return self.time[self.slots(last)]
 
     def relabel(self, back: int, phase: int) -> None:
         """Change the phase code of the sample ``back`` positions before the newest (0 = newest)."""

@@ -10,6 +10,7 @@ from typing import Any, Deque, Dict, List, Optional, Sequence
 import torch
 from torch import Tensor
 from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from nn_neuroimaging_lightning import config as C
@@ -58,8 +59,8 @@ class MonitorCallback(Callback):
     """Base of the three callbacks: bounded event list, events file, panels, logging, the stop gate.
 
     Subclasses set ``stop_on`` (anomaly kinds that stop the run) and ``panels`` (bool) in their
-    constructor, and return their :class:`~nn_neuroimaging_lightning.taps.LayerTaps` from
-    :meth:`_layer_taps` once set up.
+    constructor, and hold their :class:`~nn_neuroimaging_lightning.taps.LayerTaps` in ``_taps`` once
+    set up (or override :meth:`_layer_taps`).
     """
 
     source = "nn_monitor"
@@ -211,8 +212,8 @@ class MonitorCallback(Callback):
         return [taps.names[i] for i in taps.forward_order()]
 
     def _layer_taps(self) -> Optional[Any]:
-        """The callback's :class:`~nn_neuroimaging_lightning.taps.LayerTaps`, once set up."""
-        return None
+        """The callback's :class:`~nn_neuroimaging_lightning.taps.LayerTaps` (its ``_taps``), once set up."""
+        return getattr(self, "_taps", None)
 
     def _panels(self, trainer: Trainer) -> Optional[PanelSink]:
         """The panel sink of the trainer's loggers on global rank zero, else ``None``.
@@ -280,6 +281,29 @@ class MonitorCallback(Callback):
         if isinstance(value, torch.Tensor) and value.dtype not in (torch.float32, torch.float64):
             value = value.float()
         pl_module.log(name, value, **kwargs)
+
+    def _log_plot_scalars(self, trainer: Trainer, pl_module: LightningModule, tags: Sequence[str], values: Tensor) -> None:
+        """Scalars to plot, ``values`` ``(n,)`` with one tag each, straight to the loggers (a logging step).
+
+        One ``log_metrics`` call per logger (the host copy is allowed here): 20 ``pl_module.log``
+        calls cost Lightning ~6 ms on CPU, ``log_metrics`` ~2.4 ms in a training step. A
+        TensorBoardLogger without a prefix gets them as one event (``write_scalars``, ~8x cheaper),
+        the same tags. They are plots, not values to monitor; with no logger at all they go through
+        ``pl_module.log``, so ``trainer.callback_metrics`` is where they can be read.
+        """
+        if not trainer.loggers:
+            for tag, value in zip(tags, values):
+                self._log(pl_module, tag, value)
+            return
+        from nn_neuroimaging_lightning.panels.tensorboard import write_scalars
+
+        host = values.detach().float().cpu().numpy()
+        metrics = {tag: float(v) for tag, v in zip(tags, host)}
+        for logger in trainer.loggers:
+            if isinstance(logger, TensorBoardLogger) and not getattr(logger, "_prefix", "") and trainer.is_global_zero:
+                write_scalars(logger.experiment, metrics, trainer.global_step)
+            else:
+                logger.log_metrics(metrics, step=trainer.global_step)
 
     @staticmethod
     def _reduce_decision(trainer: Trainer, decision: bool) -> bool:

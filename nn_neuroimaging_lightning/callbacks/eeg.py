@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import time
 from collections import deque
 from typing import Any, Callable, Deque, Dict, FrozenSet, List, Mapping, Optional, Sequence, Tuple
@@ -10,21 +9,19 @@ from typing import Any, Callable, Deque, Dict, FrozenSet, List, Mapping, Optiona
 import numpy as np
 import torch
 from lightning.pytorch import LightningModule, Trainer
-from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 
 from nn_neuroimaging_lightning import _validation as V
-from nn_neuroimaging_lightning._host import HostMirror
 from nn_neuroimaging_lightning.callbacks._base import AnomalyEvent, MonitorCallback
 from nn_neuroimaging_lightning.config import EEGConfig
-from nn_neuroimaging_lightning.eeg import ShiftBaseline, TrainingHistory
+from nn_neuroimaging_lightning.eeg import SampleRecorder, ShiftBaseline, Spectra, StateWindows, StepDetector, Verdict
 from nn_neuroimaging_lightning.phases import Phase, PhaseTracker
 from nn_neuroimaging_lightning.functional import anomalies as FA
 from nn_neuroimaging_lightning.functional import spectral as FS
 from nn_neuroimaging_lightning.functional import states as FST
 from nn_neuroimaging_lightning.metrics.eeg import StateAccuracy
-from nn_neuroimaging_lightning.taps import ActivityTaps, LayerSelector, RingBuffer, select_layers
+from nn_neuroimaging_lightning.taps import ActivityTaps, LayerSelector, select_layers
 
 #: Anomaly kinds NN-EEG can raise; ``stop_on`` takes any of them.
 EEG_ANOMALY_KINDS: Tuple[str, ...] = (
@@ -35,39 +32,6 @@ EEG_ANOMALY_KINDS: Tuple[str, ...] = (
     "state_mismatch",
     "exception",
 )
-# Training samples between refreshes of the explosion/collapse baseline (median/MAD of the
-# training history): the per-step judgement is then a handful of element-wise ops on (layers,).
-# 16, not 8: each refresh costs ~400 us in a reference-CNN step (judgement 85 -> 65 us per step);
-# the median/MAD of a 128-sample history moves little in 16 samples.
-_REFRESH = 16
-_TINY = 1e-30  # `inv` of a layer that is not judged (as in functional.anomalies.baseline_coefficients)
-# Complete state windows queued before they are classified together (one batched feature
-# computation and one classifier solve); also flushed on analysis steps and loop ends.
-_MAX_PENDING_WINDOWS = 4
-# Consecutive inference windows of one loop that the classifier must confidently call training
-# before that disagreement is a `state_mismatch`.
-_MISMATCH_WINDOWS = 3
-# Recent training windows whose median sample interval makes the cadence reference (their median):
-# the `cadence` state feature is a window's median interval relative to it.
-_CADENCE_REF_WINDOWS = 32
-
-
-def _host_view(t: Tensor) -> np.ndarray:
-    """A CPU tensor as numpy without a host sync; bf16 (which numpy lacks) is widened to float32 first."""
-    t = t.detach()
-    return (t.float() if t.dtype == torch.bfloat16 else t).numpy()
-
-
-_PHASE_TO_STATE = {
-    Phase.TRAIN: FST.OperationalState.TRAINING,
-    Phase.VALIDATE: FST.OperationalState.INFERENCE,
-    Phase.TEST: FST.OperationalState.INFERENCE,
-    Phase.PREDICT: FST.OperationalState.INFERENCE,
-    Phase.SANITY_CHECK: FST.OperationalState.INFERENCE,
-    Phase.IDLE: FST.OperationalState.IDLE,
-    Phase.ERROR: FST.OperationalState.ERROR,
-}
-_LOOP_PHASE = {"train": Phase.TRAIN, "validation": Phase.VALIDATE, "test": Phase.TEST, "predict": Phase.PREDICT}
 
 
 def _since_first(times: np.ndarray) -> np.ndarray:
@@ -95,7 +59,8 @@ class NNEEGCallback(MonitorCallback):
     main thread's CPU time between samples relative to recent training windows, see
     :mod:`~nn_neuroimaging_lightning.functional.states`), prequentially (predict, then learn); its accuracy against the Lightning lifecycle is logged as
     ``nn_eeg/state_accuracy``. :attr:`flag_history` and :meth:`band_power` feed the cross-modal
-    callback.
+    callback. The work is done by the plain-PyTorch engines of :mod:`nn_neuroimaging_lightning.eeg`
+    (SampleRecorder, StepDetector, StateWindows, Spectra); this class maps the Lightning hooks onto them.
 
     Args:
         layers: which modules to tap: ``None`` (:func:`~nn_neuroimaging_lightning.taps.default_layers`:
@@ -213,59 +178,24 @@ class NNEEGCallback(MonitorCallback):
         self.log_anomaly_every_step = log_anomaly_every_step
 
         self.tracker = PhaseTracker(idle_threshold=self.idle_threshold)
-        self.classifier = FST.StateClassifier(num_bands=len(self.bands), window_features=len(FST.WINDOW_FEATURES))
-        # CPU time (s) of the main thread at each ring sample, aligned with the ring's slots: the clock of
-        # the `cadence` state feature (immune to other processes on the machine, unlike wall-clock time,
-        # and to OpenMP workers spin-waiting, unlike process CPU time).
-        self._cpu_time = np.zeros(self.window, dtype=np.float64)
-        self._cpu_offset = 0.0  # added to `time.thread_time()`: continues a restored checkpoint's clock
-        # median CPU interval (s) of recent training windows: the cadence feature's reference
-        self._cadence_ref: Deque[float] = deque(maxlen=_CADENCE_REF_WINDOWS)
-        self._label_counts = np.zeros(len(FST.OperationalState), dtype=np.int64)  # host mirror of calibration
+        # Built here, not in `setup`: it depends on the arguments only (and `classifier` is reachable before a fit).
+        self._states = StateWindows(self.window, self.state_window, self.fs, self.nperseg, self.bands,
+                                    confidence=self.state_confidence, source=self.source)
         self._trainer_ref: Optional[Trainer] = None
         self._warned_silent = False
         self._noticed_state_accuracy = False
-        self._val_samples = 0  # forwards of the current validation loop
-        # Each rank's classifier is calibrated on its own windows and its windows may differ in
-        # number: its accuracy is the rank's own (a synced compute is a collective that a rank with
-        # no window yet would skip, hanging the others).
-        self.state_accuracy = StateAccuracy(sync_on_compute=False)
         self._taps: Optional[ActivityTaps] = None
-        self._ring: Optional[RingBuffer] = None
-        self._history: Optional[TrainingHistory] = None  # training samples only: the explosion/collapse baseline
-        self._pending_windows: List[Tuple[int, int]] = []  # (ring.total at the window's end, state label)
+        self._recorder: Optional[SampleRecorder] = None  # the ring buffer of samples, runs of one phase, idle gaps
+        self._judge_args = dict(explosion_z=self.explosion_z, collapse_ratio=self.collapse_ratio, min_history=self.min_history)
+        self._detector: Optional[StepDetector] = None  # the per-step judgement and its training baseline
         self._score_max: Any = None  # running max of the anomaly score between logs
-        self._error_run = 0  # consecutive non-finite samples
-        self._mismatch_streak = 0  # consecutive inference windows the classifier confidently calls training
-        self._last_error_total = -1
         self._epoch_batches = 0
-        self._latest: Optional[Tensor] = None  # (layers,) newest sample
-        self._latest_step = 0
-        self._fresh = False  # a sample arrived since the last judgement
         self._judged: Optional[Tuple[Any, bool]] = None  # (score, flagged) of a step judged in on_before_backward
-        self._step_mirror = HostMirror()
-        self._state_mirror = HostMirror()
-        # Training baseline (device tensors, (layers,) each), refreshed every `_REFRESH` training samples:
-        # e = log(x) * inv + neg_med is z / explosion_z; floor / x >= 1 is a collapse.
-        self._baseline: Optional[Tuple[Tensor, Tensor, Tensor]] = None
-        self._baseline_host: Optional[Tuple[List[float], List[float], List[float]]] = None  # CPU: as lists
-        # Inference baseline: (run identity, run length and samples held when computed, (neg_med, inv, floor), host lists)
-        self._infer_baseline: Optional[Tuple[Any, int, int, Tuple[Tensor, Tensor, Tensor], Any]] = None
-        self._since_refresh = 0
-        self._fired_mask: Optional[Tuple[Tuple[bool, ...], Tensor]] = None  # which tapped layers have fired
-        self._shift = ShiftBaseline(self.spectral_shift_threshold)  # spectral-shift baseline (EMA of relative band powers)
-        self._latest_bands: Optional[Tensor] = None  # (layers, bands) relative, newest analysis
-        self._latest_psd: Optional[Tuple[Tensor, Tensor]] = None  # (F,), (layers, F)
+        self._spectra: Optional[Spectra] = None  # Welch analysis, band powers and the spectral-shift baseline
         self._mode_modules: List[torch.nn.Module] = []
         self._mode_names: Dict[int, str] = {}
-        self._mode_reported = False  # one train-mode mismatch event per inference loop
-        self._pending_state: Optional[Dict[str, Any]] = None
         self._train_batches = 0
-        self._run_code = -1  # phase code of the current contiguous run of samples
-        self._run_len = 0
-        self._last_batch_end: Optional[float] = None
-        self._interval_ema: Optional[float] = None
-        self._band_tags: Optional[List[List[str]]] = None  # (layers, bands) sanitised scalar keys
+        self._band_tags: Optional[List[str]] = None  # (layers * bands,) sanitised scalar keys, row-major
         self._window_flags: set = set()  # layers flagged since the last analysis
         self.flag_history: Deque[Tuple[int, FrozenSet[str]]] = deque(maxlen=self.flag_history_size)
         self._self_time_ns = 0
@@ -275,9 +205,6 @@ class NNEEGCallback(MonitorCallback):
     @property
     def state_key(self) -> str:
         return self._generate_state_key(layers=repr(self.layer_selection), window=self.window)
-
-    def _layer_taps(self) -> Optional[ActivityTaps]:
-        return self._taps
 
     def signal(self, name: str) -> Tensor:
         """The layer's recent activity series, oldest sample first (1-D, at most ``window`` long).
@@ -304,10 +231,7 @@ class NNEEGCallback(MonitorCallback):
     @property
     def band_powers(self) -> Dict[str, Dict[str, float]]:
         """Relative band powers of the latest analysis: ``{layer: {band: fraction}}`` (host copy)."""
-        if self._latest_bands is None or self._taps is None:
-            return {}
-        values = self._latest_bands.detach().cpu().numpy()
-        return {n: dict(zip(self.bands, map(float, values[i]))) for i, n in enumerate(self._taps.names)}
+        return {} if self._spectra is None else self._spectra.band_powers
 
     def band_power(self, band: str, relative: bool = False) -> Dict[str, float]:
         r"""One band's power per layer from the latest analysis's Welch spectrum (host floats).
@@ -328,21 +252,7 @@ class NNEEGCallback(MonitorCallback):
         """
         if band not in self.bands:
             raise ValueError(f"`band` must be one of {list(self.bands)}, got {band!r}.")
-        if self._taps is None or self._ring is None:
-            return {}
-        if self._latest_psd is None:
-            # No analysis yet (e.g. asked at the first validation end): the newest same-phase
-            # samples, else the whole ring, once there is a Welch segment's worth.
-            window = self._phase_window()
-            if window is None and self._ring.count >= self.nperseg:
-                window = self._ring.ordered()
-            if window is None:
-                return {}
-            self._latest_psd = FS.welch_psd(window, fs=self.fs, nperseg=self.nperseg, noverlap=self.noverlap)
-        freqs, psd = self._latest_psd
-        powers = FS.band_powers(freqs, psd, self.bands, relative=bool(relative))  # (layers, bands)
-        column = powers[:, list(self.bands).index(band)].detach().cpu().numpy()
-        return {n: float(column[i]) for i, n in enumerate(self._taps.names)}
+        return {} if self._spectra is None else self._spectra.band_power(self._ring, band, relative)
 
     @property
     def flagged_layers(self) -> FrozenSet[str]:
@@ -370,8 +280,10 @@ class NNEEGCallback(MonitorCallback):
         if self._taps is None:
             modules = select_layers(pl_module, self.layer_selection)
             self._taps = ActivityTaps(modules, selector=self.output_selector)
-            self._ring = RingBuffer(len(modules), self.window)
-            self._history = TrainingHistory(len(modules), max(2 * self.min_history, 32))
+            self._recorder = SampleRecorder(len(modules), self.window, self._states, self.idle_threshold, self.idle_max_samples)
+            self._spectra = Spectra(self._taps.names, self.fs, self.nperseg, self.noverlap, self.bands,
+                                    self.spectral_shift_threshold, source=self.source)
+            self._detector = StepDetector(self._taps.names, history_size=max(2 * self.min_history, 32), source=self.source, **self._judge_args)
         self._apply_pending_state()
         self._mode_modules = [pl_module] + [m for m in pl_module.modules() if m is not pl_module]
         self._mode_names = {id(m): (n or "<model>") for n, m in pl_module.named_modules()}
@@ -392,9 +304,9 @@ class NNEEGCallback(MonitorCallback):
         if self._taps is not None:
             self._taps.detach()
             self._taps.discard()
-        host, tag = self._step_mirror.flush()  # a lagged accelerator copy still in flight
-        if host is not None:
-            self._record(self._step_events(host, tag))
+        verdict = None if self._detector is None else self._detector.collect(wait=True)  # a lagged accelerator copy
+        if verdict is not None:
+            self._record(self._step_events(verdict))
         self.tracker.close()
         sink = self._panels(trainer)
         if sink is not None:
@@ -404,19 +316,20 @@ class NNEEGCallback(MonitorCallback):
     def _loop_start(self, trainer: Trainer, phase: Phase) -> None:
         if phase is Phase.VALIDATE and trainer.sanity_checking:
             phase = Phase.SANITY_CHECK
-        self._mode_reported = False
-        self._mismatch_streak = 0
+        self._states.loop_start()
         self.tracker.loop_start(phase)
+
+    def _loop_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self.tracker.loop_end()
+
+    on_train_end = on_test_end = on_predict_end = _loop_end
 
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._loop_start(trainer, Phase.TRAIN)
 
-    def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        self.tracker.loop_end()
-
     def on_validation_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._loop_start(trainer, Phase.VALIDATE)
-        self._val_samples = 0
+        self._recorder.val_samples = 0  # forwards of this validation loop
 
     def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         # Validation inside fit returns to the training loop; the sanity check precedes it.
@@ -428,14 +341,8 @@ class NNEEGCallback(MonitorCallback):
     def on_test_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._loop_start(trainer, Phase.TEST)
 
-    def on_test_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        self.tracker.loop_end()
-
     def on_predict_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._loop_start(trainer, Phase.PREDICT)
-
-    def on_predict_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        self.tracker.loop_end()
 
     # ------------------------------------------------------------------ batches
     def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int) -> None:
@@ -443,14 +350,10 @@ class NNEEGCallback(MonitorCallback):
         self._batch_start(trainer)
         self._self_time_ns += time.perf_counter_ns() - t0
 
-    def on_validation_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
+    def _inference_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
         self._batch_start(trainer)
 
-    def on_test_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
-        self._batch_start(trainer)
-
-    def on_predict_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
-        self._batch_start(trainer)
+    on_validation_batch_start = on_test_batch_start = on_predict_batch_start = _inference_batch_start
 
     def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
         t0 = time.perf_counter_ns()
@@ -464,14 +367,10 @@ class NNEEGCallback(MonitorCallback):
         self._self_time_ns += time.perf_counter_ns() - t0
         self._self_time_steps += 1
 
-    def on_validation_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
+    def _inference_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
         self._batch_end(trainer, pl_module, None, log=False)
 
-    def on_test_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
-        self._batch_end(trainer, pl_module, None, log=False)
-
-    def on_predict_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
-        self._batch_end(trainer, pl_module, None, log=False)
+    on_validation_batch_end = on_test_batch_end = on_predict_batch_end = _inference_batch_end
 
     def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._epoch_batches = 0
@@ -498,31 +397,10 @@ class NNEEGCallback(MonitorCallback):
             return
         if self.state_accuracy.update_count:
             self._log(pl_module, "nn_eeg/state_accuracy", self.state_accuracy.compute(), on_step=False, on_epoch=True, sync_dist=False)
-        else:
-            self._notice_no_state_accuracy()
-
-    def _notice_no_state_accuracy(self) -> None:
-        """One notice, the first time a validation loop ends without ``nn_eeg/state_accuracy``, saying why.
-
-        The accuracy is defined once the classifier has predicted a window, i.e. once it is
-        calibrated (``min_count`` complete windows of ``state_window`` same-phase samples of two
-        states, training and inference): a validation loop shorter than ``state_window`` forwards
-        never gives an inference window, so the accuracy stays undefined for the whole run.
-        """
-        if self._noticed_state_accuracy:
-            return
-        self._noticed_state_accuracy = True
-        training, inference = int(FST.OperationalState.TRAINING), int(FST.OperationalState.INFERENCE)
-        counts = self._label_counts
-        if self._val_samples < self.state_window:
-            why = (f"this validation loop made {self._val_samples} forward(s), fewer than `state_window`={self.state_window}, "
-                   "so it gave no inference window to classify")
-            fix = "pass a smaller `state_window`, or run more validation batches (`limit_val_batches`, a larger validation set)"
-        else:
-            why = (f"the state classifier is not calibrated yet: it needs {self.classifier.min_count} windows of two states "
-                   f"(so far {int(counts[training])} training, {int(counts[inference])} inference)")
-            fix = "it is logged from the first validation loop after calibration"
-        rank_zero_warn(f"NNEEGCallback: `nn_eeg/state_accuracy` not logged at this validation end (undefined): {why}. Fix: {fix}.")
+        elif not self._noticed_state_accuracy:  # one notice, the first time, saying why
+            self._noticed_state_accuracy = True
+            why = self._states.why_no_accuracy(self._recorder.val_samples)
+            rank_zero_warn(f"NNEEGCallback: `nn_eeg/state_accuracy` not logged at this validation end (undefined): {why}.")
 
     def on_test_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._flush_windows(trainer)
@@ -539,19 +417,8 @@ class NNEEGCallback(MonitorCallback):
     def _batch_start(self, trainer: Trainer) -> None:
         now = time.perf_counter()
         self.tracker.batch_start(now)
-        if self._last_batch_end is not None and self._ring is not None and self._ring.values is not None:
-            gap = now - self._last_batch_end
-            if gap > self.idle_threshold and self.idle_max_samples:
-                self._push_idle(gap, trainer.global_step)
-
-    def _push_idle(self, gap: float, step: int) -> None:
-        """Write a silent stretch: zero activity, phase ``idle``, one sample per typical step interval."""
-        interval = self._interval_ema or self.idle_threshold
-        n = int(min(self.idle_max_samples, max(1, round(gap / max(interval, 1e-6)))))
-        zeros = torch.zeros(self._ring.rows, device=self._ring.values.device)
-        t_end = time.time()
-        for k in range(n):
-            self._push(zeros, Phase.IDLE, step, t_end - gap + (k + 1) * gap / n)
+        if self._recorder is not None:
+            self._recorder.batch_start(now, trainer.global_step)  # a long gap is written as idle samples
 
     def _commit(self, step: Optional[int] = None) -> None:
         """Root-module forward finished (or a batch ended with pending calls): write one sample.
@@ -562,33 +429,12 @@ class NNEEGCallback(MonitorCallback):
         t0 = time.perf_counter_ns()
         sample = self._taps.sample()
         if sample is not None:
-            self._latest_step = self._current_step if step is None else step  # the step whose forward made the sample
-            self._push(sample, self.tracker.current, self._latest_step)
-            self._latest = sample
-            self._fresh = True
+            self._recorder.commit(sample, self.tracker.current, self._current_step if step is None else step)
         self._self_time_ns += time.perf_counter_ns() - t0
-
-    def _push(self, sample: Tensor, phase: Phase, step: int, wall_time: Optional[float] = None) -> None:
-        """Write one sample; windows of ``state_window`` samples of one phase become due for states."""
-        self._ring.push(sample, phase.code, step, wall_time)
-        if phase is Phase.VALIDATE:
-            self._val_samples += 1
-        self._cpu_time[(self._ring.pos - 1) % self._ring.window] = time.thread_time() + self._cpu_offset
-        if phase.code != self._run_code:
-            self._run_code, self._run_len = phase.code, 0
-        self._run_len += 1
-        if self._run_len % self.state_window == 0:
-            # a complete window of one phase: queued, classified in a batch later
-            self._pending_windows.append((self._ring.total, int(_PHASE_TO_STATE[phase])))
 
     @property
     def _current_step(self) -> int:
         return 0 if self._trainer_ref is None else self._trainer_ref.global_step
-
-    @property
-    def _calibrated(self) -> bool:
-        """Host-side twin of ``classifier.calibrated`` (labels are known on the host: no sync)."""
-        return int((self._label_counts >= self.classifier.min_count).sum()) >= 2
 
     def on_before_backward(self, trainer: Trainer, pl_module: LightningModule, loss: Tensor) -> None:
         """Judge the training step's forward and loss before its backward and optimizer update.
@@ -604,13 +450,10 @@ class NNEEGCallback(MonitorCallback):
             return
         if self._taps.dirty:
             self._commit()
-        if self._latest is None or not self._fresh:
+        if not self._recorder.fresh:
             return
         t0 = time.perf_counter_ns()
-        self._fresh = False
-        phase = self.tracker.current
-        training = phase is Phase.TRAIN or (phase is Phase.ERROR and self.tracker.loop is Phase.TRAIN)
-        score, events = self._step_anomalies(loss, phase, training, sync=bool(self.stop_on))
+        score, events = self._step_anomalies(loss, sync=bool(self.stop_on))
         self._judged = (score, bool(events))
         if events:
             self._record(events)
@@ -625,34 +468,27 @@ class NNEEGCallback(MonitorCallback):
         if self._taps.dirty:
             self._commit(self._event_step(trainer))
         now = time.perf_counter()
-        if self._last_batch_end is not None:
-            interval = now - self._last_batch_end
-            if interval < self.idle_threshold:
-                self._interval_ema = interval if self._interval_ema is None else 0.9 * self._interval_ema + 0.1 * interval
-        self._last_batch_end = now
+        self._recorder.batch_end(now)
         self.tracker.batch_end(now)
         # Under DDP with `stop_on`, the stop decision is a collective: every rank must take part on
         # every batch, whether or not it found an event itself (else a NaN on one rank hangs the run).
         collective = bool(self.stop_on) and trainer.world_size > 1
         phase = self.tracker.current
-        if judged is not None and not self._fresh:  # judged in `on_before_backward`
+        if judged is not None and not self._recorder.fresh:  # judged in `on_before_backward`
             score, flagged = judged
             events: List[AnomalyEvent] = []
-        elif self._latest is None or not self._fresh:
+        elif not self._recorder.fresh:
             if collective:
                 self._maybe_stop(trainer, [])
             return
         else:
-            self._fresh = False
-            training = phase is Phase.TRAIN or (phase is Phase.ERROR and self.tracker.loop is Phase.TRAIN)
-            score, events = self._step_anomalies(loss, phase, training)
+            score, events = self._step_anomalies(loss)
             flagged = bool(events)
         if log:
             self._log_anomaly(trainer, pl_module, score, flagged)
-        if phase.is_inference and not self._mode_reported:
-            events += self._mode_mismatch(trainer, phase)
-        # At most what the ring still holds: a queued window the ring has overwritten is lost.
-        if len(self._pending_windows) >= max(1, min(_MAX_PENDING_WINDOWS, self.window // self.state_window)):
+        if phase.is_inference and not self._states.reported:
+            events += self._states.mode_mismatch(self._mode_modules, self._mode_names, trainer.global_step, phase)
+        if self._states.due():
             events += self._classify_pending(trainer)
         if events:
             self._record(events)
@@ -660,86 +496,22 @@ class NNEEGCallback(MonitorCallback):
             self._maybe_stop(trainer, events)
 
     # ------------------------------------------------------------------ per-step anomalies
-    def _step_anomalies(self, loss: Optional[Tensor], phase: Phase, training: bool, sync: bool = False) -> Tuple[Any, List[AnomalyEvent]]:
-        """Judge the newest sample; returns the anomaly score and the events (no host sync).
+    def _step_anomalies(self, loss: Optional[Tensor], sync: bool = False) -> Tuple[Any, List[AnomalyEvent]]:
+        """Judge the newest sample with the detector; returns the anomaly score and the events (no host sync).
 
-        Per layer, ``e = z / explosion_z`` (robust z-score of log-activity against the baseline) and
-        ``c = floor / x`` (collapse when >= 1); the score is ``max_l max(e_l, c_l)`` clamped to
-        ``[0, 10]``, 10 for a non-finite activity or loss, so ``score >= 1`` is an anomaly. The
-        baseline of a training sample is the recent training samples (their own small ring, so
-        validation loops do not flush it), refreshed every ``_REFRESH`` samples; the baseline of
-        an inference sample is the samples of the same loop run before it (weights change between
-        runs, not within one): none judged until it holds ``min_history`` samples, then
-        recomputed every ``_REFRESH`` samples (a validation step is cheap; the median/MAD of every
-        step cost ~320 us of it on the reference CNN).
-
-        On CPU the arithmetic runs on host floats read through numpy views of the tensors
-        (``Tensor.numpy()`` shares memory and dispatches nothing; :func:`~nn_neuroimaging_lightning.functional.anomalies.judge_score_host`), so the score
-        is a host float and the events are known in the same step. On an accelerator it runs on the device and ``[x, e, c, loss]`` goes to the
-        host through a lagged non-blocking copy.
+        The baseline of a training sample is the recent training samples (their own small ring, so
+        validation loops do not flush it); that of an inference sample the samples of the same
+        loop run before it (:class:`~nn_neuroimaging_lightning.eeg.detector.StepDetector`).
         """
-        x = self._latest  # (layers,)
-        if training:
-            if self._baseline is None or self._since_refresh >= _REFRESH:
-                self._baseline = self._baseline_stats(self._history.view(x.device))
-                self._baseline_host = None
-                self._since_refresh = 0
-            neg_med, inv, floor = self._baseline
+        rec, det, fired = self._recorder, self._detector, self._taps.fire_counts
+        x, phase = rec.latest, self.tracker.current  # (layers,)
+        rec.fresh = False
+        if phase is Phase.TRAIN or (phase is Phase.ERROR and self.tracker.loop is Phase.TRAIN):
+            base = det.train_baseline(x.device, fired)
         else:
-            # This loop run's samples before x. Fewer than `min_history` of them judge no layer
-            # (what `_baseline_stats` would return, without computing it); from the first
-            # baseline that can judge, refreshed every `_REFRESH` samples.
-            n_run = min(self._run_len, self._ring.count)
-            run = (self._run_code, self._ring.total - self._run_len)  # identity of this run
-            cached = self._infer_baseline
-            if n_run - 1 < self.min_history:
-                if cached is None or cached[0] is not None or cached[3][0].device != x.device:
-                    unjudged = (torch.zeros_like(x), torch.full_like(x, _TINY), torch.zeros_like(x))
-                    cached = self._infer_baseline = (None, 0, 0, unjudged, None)
-            elif cached is None or cached[0] != run or self._run_len - cached[1] >= _REFRESH:
-                cached = self._infer_baseline = (run, self._run_len, n_run, self._baseline_stats(self._ring.ordered(n_run)[:, :-1]), None)
-            neg_med, inv, floor = cached[3]
-        tag = (self._latest_step, phase, self._ring.total)
-        if x.device.type == "cpu":
-            # Python floats on numpy views (no aten dispatch, no sync): for a handful of layers a
-            # loop of float ops costs less inside a training step than numpy's ufunc calls.
-            xn = x.numpy()  # (layers,) shares memory
-            loss_v = 0.0 if loss is None else float(_host_view(loss).reshape(-1)[0])
-            host = self._baseline_host if training else self._infer_baseline[4]
-            if host is None:
-                host = (neg_med.numpy().tolist(), inv.numpy().tolist(), floor.numpy().tolist())
-                if training:
-                    self._baseline_host = host
-                else:
-                    self._infer_baseline = self._infer_baseline[:4] + (host,)
-            top = FA.judge_score_host(xn.tolist(), *host)
-            score = 10.0 if not (math.isfinite(top) and math.isfinite(loss_v)) else min(max(top, 0.0), 10.0)
-            if phase is Phase.TRAIN:
-                self._history.push(x, xn)
-                self._since_refresh += 1
-            if score < 1.0:
-                return score, []
-            _, _, e, c = FA.judge(x, (neg_med, inv, floor))  # an anomalous step only: the scores per layer
-            return score, self._step_events(np.concatenate([xn, e.numpy(), c.numpy(), [loss_v]]), tag)
-        _, _, e, c = FA.judge(x, (neg_med, inv, floor))  # (layers,) z / explosion_z and floor / x
-        top = torch.maximum(e, c).amax()
-        if loss is not None:
-            loss = loss.detach().reshape(1).to(x.dtype)
-            top = top + loss[0] * 0.0  # NaN when the loss is not finite
-        else:
-            loss = x.new_zeros(1)
-        score = torch.nan_to_num(top, nan=10.0, posinf=10.0, neginf=0.0).clamp_(0.0, 10.0)
-        self._step_mirror.push(torch.cat([x, e, c, loss]), tag=tag)
-        if phase is Phase.TRAIN:
-            self._history.push(x, None)
-            self._since_refresh += 1
-        # The previous step's copy once it has landed; with `sync` (a stop gate before the update)
-        # this step's own copy, waited for.
-        host, host_tag = self._step_mirror.flush() if sync else self._step_mirror.read()
-        if host is None:
-            return score, []
-        self._step_mirror.clear()
-        return score, self._step_events(host, host_tag)
+            base = det.run_baseline(x, rec.run, rec.run_len, rec.ring, fired)
+        score, verdict = det.judge(x, base, loss, tag=(rec.latest_step, phase, rec.ring.total), learn=phase is Phase.TRAIN, sync=sync)
+        return score, ([] if verdict is None else self._step_events(verdict))
 
     def _log_anomaly(self, trainer: Trainer, pl_module: LightningModule, score: Any, flagged: bool) -> None:
         """``nn_eeg/anomaly`` (0/1) and ``nn_eeg/anomaly_score``, epoch-reduced by max.
@@ -767,192 +539,61 @@ class NNEEGCallback(MonitorCallback):
         self._log(pl_module, "nn_eeg/anomaly_score", score, on_epoch=True, reduce_fx="max")
 
     def _baseline_stats(self, history: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
-        """``(neg_med, inv, floor)``, each ``(layers,)``, from ``(layers, n)`` history samples.
+        """``(neg_med, inv, floor)``, each ``(layers,)``, of ``(layers, n)`` history samples: the detector's baseline."""
+        if self._detector is not None:
+            return self._detector.baseline(history, fired=self._taps.fire_counts).coefficients
+        return StepDetector([""] * history.shape[0], **self._judge_args).baseline(history).coefficients
 
-        :func:`~nn_neuroimaging_lightning.functional.anomalies.baseline_coefficients` (the one judgement,
-        with ``Monitor`` and ``detect``): ``log(x) * inv + neg_med`` is the robust z-score divided by
-        ``explosion_z``; ``floor`` is ``max(collapse_ratio * median, 1e-8)``. A layer with
-        fewer than ``min_history`` finite samples, or one that never fired, is not judged (``inv`` ~0,
-        ``floor`` 0).
-        """
-        # A module that has never fired (e.g. MultiheadAttention.out_proj, whose weights are used
-        # without calling it) has no signal to judge: it is reported by `silent_layers`, not flagged.
-        judged = None
-        if self._taps is not None:
-            fired = tuple(c > 0 for c in self._taps.fire_counts)
-            if self._fired_mask is None or self._fired_mask[0] != fired or self._fired_mask[1].device != history.device:
-                self._fired_mask = (fired, torch.tensor(fired, device=history.device))  # changes once per layer at most
-            judged = self._fired_mask[1]
-        neg_med, inv, floor, _ = FA.baseline_coefficients(
-            history, explosion_z=self.explosion_z, collapse_ratio=self.collapse_ratio, min_count=self.min_history, judged=judged
-        )
-        return neg_med, inv, floor
-
-    def _step_events(self, host: np.ndarray, tag: Tuple[int, Phase, int]) -> List[AnomalyEvent]:
-        """Events from a host copy of ``[x, e, c, loss]`` (numpy, no device access)."""
-        step, phase, total = tag
-        n = (host.shape[0] - 1) // 3
-        x, e, c, loss = host[:n], host[n:2 * n], host[2 * n:3 * n], host[3 * n]
-        finite = np.isfinite(x)
-        with np.errstate(invalid="ignore"):
-            exploded = finite & (e > 1.0)
-            collapsed = finite & (c >= 1.0)
-        loss_bad = not np.isfinite(loss)
-        if finite.all() and not exploded.any() and not collapsed.any() and not loss_bad:
+    def _step_events(self, verdict: Verdict) -> List[AnomalyEvent]:
+        """Events of a judged sample; a non-finite one relabels the sample ``error`` (error windows)."""
+        if not verdict.any():
             return []
-        names = self._taps.names
-        events = []
-        if loss_bad or not finite.all():
+        step, phase, total = verdict.tag
+        if verdict.loss_bad or verdict.non_finite.any():
             # A non-finite step belongs to the error phase; consecutive ones form error windows.
-            self._ring.relabel(self._ring.total - total, Phase.ERROR.code)
+            self._recorder.mark_error(total)
             self.tracker.mark_error()
-            self._error_run = self._error_run + 1 if self._last_error_total == total - 1 else 1
-            self._last_error_total = total
-            if self._error_run % self.state_window == 0:
-                self._pending_windows.append((total, int(FST.OperationalState.ERROR)))
-        for i in np.nonzero(~finite)[0]:
-            events.append(AnomalyEvent(step, Phase.ERROR.value, names[i], "non_finite", 1.0, self.source))
-        if loss_bad:
-            events.append(AnomalyEvent(step, Phase.ERROR.value, "<loss>", "non_finite", 1.0, self.source))
-        for i in np.nonzero(exploded)[0]:
-            events.append(AnomalyEvent(step, phase.value, names[i], "explosion", float(e[i] * self.explosion_z), self.source))
-        for i in np.nonzero(collapsed)[0]:
-            # value: activity relative to the baseline median (when the relative floor decides)
-            events.append(AnomalyEvent(step, phase.value, names[i], "collapse", float(self.collapse_ratio / c[i]), self.source))
-        return events
-
-    def _mode_mismatch(self, trainer: Trainer, phase: Phase) -> List[AnomalyEvent]:
-        """The model or a submodule in training mode while an inference loop runs (once per loop)."""
-        offenders = [m for m in self._mode_modules if m.training]
-        if not offenders:
-            return []
-        self._mode_reported = True
-        first = self._mode_names.get(id(offenders[0]), "<model>")
-        return [AnomalyEvent(trainer.global_step, phase.value, first, "state_mismatch", float(len(offenders)), self.source,
-                             detail=f"{len(offenders)} module(s) in training mode during {phase.value}")]
+        return self._detector.events(verdict, phase.value, Phase.ERROR.value, step=step)
 
     # ------------------------------------------------------------------ states
     def _classify_pending(self, trainer: Trainer) -> List[AnomalyEvent]:
-        """Classify the queued windows at once (prequential: predict, then update) and learn from them."""
-        pending, self._pending_windows = self._pending_windows, []
-        ring, w = self._ring, self.state_window
-        if not pending or ring is None or ring.values is None:
-            return []
-        order = ring._order()  # ring slots of the held samples, oldest first
-        starts, labels = [], []
-        for end_total, label in pending:
-            back = ring.total - end_total  # samples pushed after the window's end
-            start = ring.count - back - w
-            if start < 0:
-                continue  # overwritten already
-            codes = ring.phase[order[start:start + w]]
-            if label != int(_PHASE_TO_STATE[Phase.from_code(codes[-1])]) or not (codes == codes[0]).all():
-                continue  # relabelled (e.g. a non-finite sample became `error`) or straddles phases
-            starts.append(start)
-            labels.append(label)
-        if not starts:
-            return []
-        idx = np.concatenate([order[s:s + w] for s in starts])  # (N * w,)
-        data = ring.values.index_select(1, torch.from_numpy(idx).to(ring.values.device))  # (layers, N * w)
-        windows = data.view(ring.rows, len(starts), w).transpose(0, 1)  # (N, layers, w)
-        times = self._cpu_time[idx].reshape(len(starts), w)  # (N, w) host thread CPU seconds
-        # Cadence reference: the median interval of earlier training windows (none yet: each
-        # window is its own reference, cadence 0). Computed on the host, no device access.
-        own = np.median(np.diff(times, axis=1), axis=1)  # (N,)
-        ref = float(np.median(self._cadence_ref)) if self._cadence_ref else torch.from_numpy(np.where(own > 0, own, 1.0))
-        features = FST.window_features(windows, fs=self.fs, nperseg=self.nperseg, bands=self.bands,
-                                       times=torch.from_numpy(times), reference_interval=ref)  # (N, F)
-        training = int(FST.OperationalState.TRAINING)
-        self._cadence_ref.extend(float(v) for v, label in zip(own, labels) if label == training and v > 0)
-        target = torch.tensor(labels, dtype=torch.long).to(features.device, non_blocking=True)
-        events: List[AnomalyEvent] = []
-        if self._calibrated:
-            proba = self.classifier.predict_proba(features)  # (N, 4)
-            self.state_accuracy.to(features.device)
-            self.state_accuracy.update(proba.argmax(dim=1), target)
-            self._state_mirror.push(proba, tag=(trainer.global_step, labels))
-            events = self._read_state_events()
-        self.classifier.update(features, target)
-        for label in labels:
-            self._label_counts[label] += 1
-        return events
+        """Classify the queued state windows (predict, then learn); a ``state_mismatch`` belongs to the inference loop."""
+        loop = self.tracker.loop
+        return self._states.classify(self._ring, trainer.global_step, loop if loop is not None and loop.is_inference else Phase.VALIDATE)
 
-    def _read_state_events(self) -> List[AnomalyEvent]:
-        host, tag = self._state_mirror.read()
-        if host is None:
-            return []
-        self._state_mirror.clear()
-        step, labels = tag
-        training, inference = int(FST.OperationalState.TRAINING), int(FST.OperationalState.INFERENCE)
-        for proba, label in zip(host, labels):
-            if label != inference:
-                continue
-            pred = int(proba.argmax())
-            if pred == training and proba[pred] >= self.state_confidence:
-                self._mismatch_streak += 1
-            else:
-                self._mismatch_streak = 0
-            # One confident window is not enough (a normal run must give none): it takes
-            # `_MISMATCH_WINDOWS` consecutive inference windows of one loop, reported once per loop.
-            if self._mismatch_streak == _MISMATCH_WINDOWS and not self._mode_reported:
-                self._mode_reported = True
-                phase = self.tracker.loop if self.tracker.loop is not None and self.tracker.loop.is_inference else Phase.VALIDATE
-                return [AnomalyEvent(step, phase.value, "<model>", "state_mismatch", float(proba[pred]), self.source,
-                                     detail=f"classifier sees training activity in {_MISMATCH_WINDOWS} consecutive inference windows")]
-        return []
+    @property
+    def classifier(self) -> FST.StateClassifier:
+        """The online state classifier."""
+        return self._states.classifier
+
+    @property
+    def state_accuracy(self) -> StateAccuracy:
+        """Balanced accuracy of the classifier's predictions against the Lightning lifecycle."""
+        return self._states.accuracy
+
+    # the engines' buffers under their former names (tests and benchmarks read them)
+    _label_counts = property(lambda self: self._states.label_counts)
+    _cpu_time = property(lambda self: self._states.cpu_time)
+    _cadence_ref = property(lambda self: self._states.cadence_ref, lambda self, value: setattr(self._states, "cadence_ref", value))
+    _ring = property(lambda self: None if self._recorder is None else self._recorder.ring)
+    _history = property(lambda self: None if self._detector is None else self._detector.history)
 
     # ------------------------------------------------------------------ spectra
-    def _phase_window(self) -> Optional[Tensor]:
-        """The newest samples of the current phase (up to ``window``), oldest first, or ``None``."""
-        ring = self._ring
-        phases = ring.phases()
-        if not len(phases):
-            return None
-        idx = np.nonzero(phases == phases[-1])[0]
-        if len(idx) < self.nperseg:
-            return None
-        data = ring.ordered()
-        return data.index_select(1, torch.from_numpy(idx).to(data.device))
-
     def _analyse(self, trainer: Trainer, pl_module: LightningModule, log: bool) -> None:
         self._flush_windows(trainer)
-        window = self._phase_window()
-        if window is None:
+        events = self._spectra.analyse(self._ring, judge=self.tracker.current is Phase.TRAIN, step=trainer.global_step)
+        if events is None:  # fewer than `nperseg` samples of this phase
             return
-        freqs, psd = FS.welch_psd(window, fs=self.fs, nperseg=self.nperseg, noverlap=self.noverlap)
-        relative = FS.band_powers(freqs, psd, self.bands, relative=True)  # (layers, bands)
-        self._latest_bands, self._latest_psd = relative, (freqs, psd)
-        events: List[AnomalyEvent] = []
-        if self.tracker.current is Phase.TRAIN:
-            events = self._spectral_shift(trainer, relative)
+        relative, (freqs, psd) = self._spectra.latest_bands, self._spectra.latest_psd  # (layers, bands); (F,), (layers, F)
         if log:
             if self._band_tags is None:
                 from nn_neuroimaging_lightning.panels.tensorboard import safe_tag
 
                 # Module names may hold any character but "." (e.g. "/", spaces): the same safe tags
                 # as the custom-scalars layout, so no logger sees a path-like key.
-                self._band_tags = [[safe_tag("nn_eeg", name, "band", band) for band in self.bands] for name in self._taps.names]
-            # The layers × bands scalars go straight to the loggers in one `log_metrics` call (a
-            # logging step: the host copy is allowed): 20 `pl_module.log` calls cost Lightning ~6 ms
-            # per analysis on CPU, `log_metrics` ~2.4 ms in a training step. A TensorBoardLogger
-            # without a prefix gets them as one event (`write_scalars`, ~8x cheaper), the same
-            # tags. They are plots, not values to monitor (`band_power()` / `band_powers` give them
-            # in Python); with no logger at all they go through `pl_module.log`, so
-            # `trainer.callback_metrics` is where they can be read.
-            if trainer.loggers:
-                from nn_neuroimaging_lightning.panels.tensorboard import write_scalars
-
-                values = relative.detach().float().cpu().numpy()  # (layers, bands)
-                metrics = {tag: float(values[i, j]) for i, tags in enumerate(self._band_tags) for j, tag in enumerate(tags)}
-                for logger in trainer.loggers:
-                    if isinstance(logger, TensorBoardLogger) and not getattr(logger, "_prefix", "") and trainer.is_global_zero:
-                        write_scalars(logger.experiment, metrics, trainer.global_step)
-                    else:
-                        logger.log_metrics(metrics, step=trainer.global_step)
-            else:
-                for i, tags in enumerate(self._band_tags):
-                    for j, tag in enumerate(tags):
-                        self._log(pl_module, tag, relative[i, j])
+                self._band_tags = [safe_tag("nn_eeg", name, "band", band) for name in self._taps.names for band in self.bands]
+            # `band_power()` / `band_powers` give them in Python
+            self._log_plot_scalars(trainer, pl_module, self._band_tags, relative.reshape(-1))  # (layers * bands,)
             if self.state_accuracy.update_count:
                 self._log(pl_module, "nn_eeg/state_accuracy", self.state_accuracy.compute())
         self._write_step_panels(trainer, freqs, psd)
@@ -972,15 +613,6 @@ class NNEEGCallback(MonitorCallback):
         flagged = frozenset(e.layer for e in events if e.layer in names)
         self._window_flags |= flagged
         self.flag_history.append((events[-1].step, flagged))
-
-    def _spectral_shift(self, trainer: Trainer, relative: Tensor) -> List[AnomalyEvent]:
-        self._shift.threshold = self.spectral_shift_threshold
-        host = self._shift.update(relative)
-        if host is None:
-            return []
-        flags, distance = host
-        return [AnomalyEvent(trainer.global_step, Phase.TRAIN.value, self._taps.names[i], "spectral_shift", float(distance[i]), self.source)
-                for i in np.nonzero(flags > 0.5)[0]]
 
     # ------------------------------------------------------------------ panels
     def _write_step_panels(self, trainer: Trainer, freqs: Tensor, psd: Tensor) -> None:
@@ -1010,17 +642,12 @@ class NNEEGCallback(MonitorCallback):
         if self._ring.count < self.nperseg:  # too few samples for a spectrum yet
             sink.flush()
             return
-        if self._latest_psd is not None:
-            freqs, psd = (t.detach().cpu().numpy() for t in self._latest_psd)
+        if self._spectra.latest_psd is not None:
+            freqs, psd = (t.detach().cpu().numpy() for t in self._spectra.latest_psd)
             sink.figure("nn_eeg/spectrum", Drawing.of(PF.spectrum_figure, freqs, {n: psd[i] for i, n in enumerate(self._taps.names)}, self.bands), step)
-        data = self._ring.ordered()
-        seg_f, seg_p = FS.segment_psd(data, fs=self.fs, nperseg=self.nperseg, noverlap=self.noverlap)  # (F,), (layers, S, F)
-        seg_p = seg_p.detach().cpu().numpy()
-        hop = self.nperseg - (self.nperseg // 2 if self.noverlap is None else self.noverlap)
-        steps = self._ring.steps()
-        seg_t = steps[np.minimum(np.arange(seg_p.shape[1]) * hop + self.nperseg // 2, len(steps) - 1)]  # centre step of each segment
+        seg_t, seg_f, seg_p = self._spectra.spectrogram(self._ring)  # (S,), (F,), (layers, S, F)
         for i, name in enumerate(self._taps.names):
-            sink.figure(P.safe_tag("nn_eeg", name, "spectrogram"), Drawing.of(PF.spectrogram_figure, seg_t, seg_f.cpu().numpy(), seg_p[i], title=f"Spectrogram {name}"), step)
+            sink.figure(P.safe_tag("nn_eeg", name, "spectrogram"), Drawing.of(PF.spectrogram_figure, seg_t, seg_f, seg_p[i], title=f"Spectrogram {name}"), step)
         self.tracker.close()
         sink.figure("nn_eeg/phase_timeline", Drawing.of(PF.phase_timeline_figure, [p.value for p in self.phases], times=_since_first(self._ring.times()), durations=self.tracker.summary()), step)
         sink.flush()
@@ -1030,58 +657,32 @@ class NNEEGCallback(MonitorCallback):
         state = super().state_dict()
         state.update(
             {
-                "ring": None if self._ring is None else self._ring.state_dict(),
-                "classifier": self.classifier.state_dict(),
-                "cadence_ref": list(self._cadence_ref),
-                "cpu_time": torch.from_numpy(self._cpu_time.copy()),
-                "state_accuracy": {k: v.detach().cpu() for k, v in self.state_accuracy.metric_state.items()},
-                **self._shift.state_dict(),  # "band_baseline", "baseline_windows"
+                **({"ring": None, "run": (-1, 0)} if self._recorder is None else self._recorder.state_dict()),
+                **self._states.state_dict(),  # "classifier", "cadence_ref", "cpu_time", "state_accuracy", "label_counts"
+                **(ShiftBaseline() if self._spectra is None else self._spectra).state_dict(),  # "band_baseline", "baseline_windows"
                 "tracker": self.tracker.state_dict(),
                 "train_batches": self._train_batches,
-                "label_counts": self._label_counts.tolist(),
                 "layers": None if self._taps is None else list(self._taps.names),
-                "train_history": None if self._history is None else self._history.state_dict(),
-                "run": (self._run_code, self._run_len),
+                **({"train_history": None} if self._detector is None else self._detector.state_dict()),
                 "flag_history": [(step, sorted(layers)) for step, layers in self.flag_history],
             }
         )
         return state
 
     def _layers_ready(self) -> bool:
-        return self._ring is not None
-
+        return self._recorder is not None
 
     def _apply_state(self, state: Mapping[str, Any]) -> None:
         saved_layers = state.get("layers")
         if saved_layers is not None and list(saved_layers) != list(self._taps.names):
             rank_zero_warn(f"NNEEGCallback: checkpoint layers {saved_layers} differ from the tapped layers {self._taps.names}; signal history not restored.")
         else:
-            if state.get("ring") is not None:
-                self._ring.load_state_dict(state["ring"])
-                self._latest = self._ring.ordered(1)[:, 0].clone() if self._ring.count else None
-            if state.get("train_history") is not None:
-                self._history.load_state_dict(state["train_history"])
-                self._baseline = None  # recomputed from the restored history on the next step
-            run_code, run_len = state.get("run", (-1, 0))
-            self._run_code, self._run_len = int(run_code), int(run_len)
-        if state.get("classifier") is not None:
-            try:
-                self.classifier.load_state_dict(state["classifier"])
-                self._label_counts[:] = np.asarray(state.get("label_counts", self._label_counts))
-            except ValueError as err:  # a checkpoint from another feature layout: recalibrate
-                rank_zero_warn(f"NNEEGCallback: state classifier not restored ({err}); it recalibrates.")
-                self._label_counts[:] = 0
-        self._cadence_ref.clear()
-        self._cadence_ref.extend(float(v) for v in state.get("cadence_ref", []))
-        cpu = state.get("cpu_time")
-        if cpu is not None and len(cpu) == len(self._cpu_time):
-            # another thread's clock: kept as saved, new stamps continue it from the newest sample
-            self._cpu_time[:] = np.asarray(cpu, dtype=np.float64)
-            newest = self._cpu_time[(self._ring.pos - 1) % self._ring.window] if self._ring is not None and self._ring.count else 0.0
-            self._cpu_offset = float(newest) - time.thread_time()
-        for k, v in dict(state.get("state_accuracy", {})).items():
-            setattr(self.state_accuracy, k, v.clone())
-        self._shift.load_state_dict(state)
+            self._recorder.load_state_dict(state)
+            self._detector.load_state_dict(state)
+        refused = self._states.load_state_dict(state, self._ring)
+        if refused is not None:
+            rank_zero_warn(f"NNEEGCallback: state classifier not restored ({refused}); it recalibrates.")
+        self._spectra.load_state_dict(state)
         self.tracker.load_state_dict(state.get("tracker", {}))
         self._train_batches = int(state.get("train_batches", 0))
         self.flag_history.clear()
