@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import math
 import time
 from collections import deque
-from dataclasses import dataclass, field
 from typing import Any, Callable, Deque, Dict, FrozenSet, List, Mapping, Optional, Sequence, Tuple, Union
 
-import numpy as np
 import torch
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_warn
@@ -17,26 +14,13 @@ from torch import Tensor, nn
 from nn_neuroimaging_lightning import _validation as V
 from nn_neuroimaging_lightning.callbacks._base import AnomalyEvent, MonitorCallback
 from nn_neuroimaging_lightning.config import FMRIConfig
-from nn_neuroimaging_lightning.functional.grid import (
-    DEFAULT_EPS,
-    DEFAULT_GRID,
-    DEFAULT_LAMBDA,
-    _as_grid_tuple,
-    _check_lam_eps,
-    _partition,
-    add_unit_sums_,
-    grid_partition,
-    region_density,
-    resolve_grid,
-    scatter_unit_sums,
-    unit_sums,
-)
-from nn_neuroimaging_lightning.functional.tractography import critical_pathways, path_strength, pathway_efficiency
-from nn_neuroimaging_lightning.functional.tractography import tractography as trace_module
+from nn_neuroimaging_lightning.functional.grid import DEFAULT_EPS, DEFAULT_LAMBDA, _as_grid_tuple, _check_lam_eps
 from nn_neuroimaging_lightning.functional.shapley import ZetaResult, _zeta_from_stats, shapley_zeta
-from nn_neuroimaging_lightning.batches import Batch, BatchSplit, call_model, split_batch
-from nn_neuroimaging_lightning.lesion import BASELINES, METRICS, LesionGame, isolated_evaluation
-from nn_neuroimaging_lightning.taps import LayerSelector, LayerTaps, first_tensor, select_layers
+from nn_neuroimaging_lightning.batches import Batch, BatchSplit, split_batch
+from nn_neuroimaging_lightning.fmri.density import _ROWS_MAX_BYTES, _ROWS_MAX_CALLS, RegionDensities, region_coords  # noqa: F401 (tests read _ROWS_MAX_*)
+from nn_neuroimaging_lightning.fmri.tracts import TractInfo, Tractography
+from nn_neuroimaging_lightning.lesion import BASELINES, METRICS, LesionGame
+from nn_neuroimaging_lightning.taps import LayerSelector, LayerTaps, select_layers
 
 #: Anomaly kinds NN-fMRI can raise; ``stop_on`` takes any of them.
 FMRI_ANOMALY_KINDS: Tuple[str, ...] = ("dead_region", "saturated_region", "zeta_concentration")
@@ -44,11 +28,6 @@ FMRI_ANOMALY_KINDS: Tuple[str, ...] = ("dead_region", "saturated_region", "zeta_
 #: map gives each 1/R; on a 2-region map (a linear layer's feature groups under the default zeta
 #: grid) one region holding 90 % is ordinary (the healthy demo's ``fc2``: 0.97), not a shortcut.
 MIN_CONCENTRATION_REGIONS: int = 4
-#: The hook's density-sample copies of a layer are summed per unit once this many steps' copies,
-#: or this many bytes of them, are pending (fewer dispatched ops per step; a bounded buffer).
-_ROWS_MAX_CALLS = 16
-_ROWS_MAX_BYTES = 1 << 20
-
 #: Default zeta budget: value rows (probe forwards) per layer and evaluation. It is raised, per
 #: layer, to the minimum that gives two samples (``2 + 4 (R - 1)`` rows with antithetic pairs), so
 #: that a confidence interval exists; see the class docstring for the cost.
@@ -63,38 +42,10 @@ DEFAULT_PROBE_SIZE: int = 8
 #: Samples per layer at an evaluation below which its 95 % interval is not finite (Student-t, n - 1 df).
 MIN_SAMPLES_FOR_INTERVAL: int = 2
 
-_ACTIVATION_OF = ((nn.ReLU, "relu"), (nn.Sigmoid, "sigmoid"), (nn.Tanh, "tanh"))
 
-
-@dataclass
-class TractInfo:
-    """Tractography between two consecutive tapped layers ``source -> target``.
-
-    Attributes:
-        source: name of the upstream tapped layer (its output grid gives the source regions).
-        target: name of the downstream weighted module (its output grid gives the target regions).
-        matrix: ``(n_source, n_target)`` connection strengths (CPU), ``None`` when not traced.
-        traced: whether ``matrix`` holds strengths.
-        reason: why not, when not traced.
-        mapping: how the source grid meets ``target``'s input: ``"exact"`` (same shape),
-            ``"reshaped"`` (same units in memory order, e.g. after a flatten), ``"proportional"``
-            (a pooling in between: the same grid laid proportionally over the pooled map, an
-            approximation) or ``""``.
-        activation: the nonlinearity assumed after ``target`` (the next module if it is a
-            ReLU/Sigmoid/Tanh, else ``identity``).
-        pathways: the ``top_k`` strongest ``(source_region, target_region, strength)``.
-        efficiency: pathway efficiency, 1 − normalised entropy of the strength distribution.
-    """
-
-    source: str
-    target: str
-    matrix: Optional[Tensor]
-    traced: bool
-    reason: str = ""
-    mapping: str = ""
-    activation: str = "identity"
-    pathways: List[Tuple[int, int, float]] = field(default_factory=list)
-    efficiency: float = float("nan")
+def _engine_view(engine: str, attr: str) -> property:
+    """Read-only view of an engine's attribute under the callback's pre-engine private name (tests, benchmarks)."""
+    return property(lambda self: getattr(getattr(self, engine), attr))
 
 
 class NNfMRICallback(MonitorCallback):
@@ -422,21 +373,7 @@ class NNfMRICallback(MonitorCallback):
         self._taps: Optional[LayerTaps] = None
         self._modules: Dict[str, nn.Module] = {}
         self._zeta_names: List[str] = []
-        # per tapped layer (index-aligned with self._taps.names)
-        self._acc: List[Optional[Tensor]] = []  # (R, 3) window sums of |a|, a, a^2
-        # (3, U) per-unit sums added since the last scatter into `_acc` (see `_flush_units`)
-        self._units: List[Optional[Tensor]] = []
-        # the hook's sample copies not yet summed into `_units` (see `_sum_rows`), and their bytes
-        self._rows: List[List[Tensor]] = []
-        self._rows_bytes: List[int] = []
-        self._acc_n: List[int] = []  # samples in the window
-        self._shape: List[Optional[Tuple[int, ...]]] = []  # unit shape
-        self._grid_of: List[Optional[Tuple[int, ...]]] = []  # resolved grid
-        self._last: List[Optional[Tuple[Tensor, int]]] = []  # latest completed window (sums, n)
-        self._base: List[Optional[Tensor]] = []  # (R,) baseline mean |a|
-        self._windows: List[int] = []
-        self._flag_state: List[Optional[Tensor]] = []  # (2, R) bool host: dead, saturated
-        self._unsupported: set = set()
+        self._density: Optional[RegionDensities] = None  # built in `setup`
         self._warned_clamp: set = set()
         self._warned_budget: set = set()
         self._zeta: Dict[str, ZetaResult] = {}
@@ -451,13 +388,11 @@ class NNfMRICallback(MonitorCallback):
         self._overhead_debt = 0.0
         self._train_elapsed = 0.0  # training wall time since the previous zeta evaluation
         self._train_t0: Optional[float] = None
-        self._index_cache: Dict[Tuple[Tuple[int, ...], torch.device], Tuple[Tensor, int]] = {}
         self.last_zeta_plan: Dict[str, Dict[str, float]] = {}
         self.zeta_max: Dict[str, float] = {}
         self._zeta_flagged: FrozenSet[str] = frozenset()
         self._density_flagged: FrozenSet[str] = frozenset()
-        self.tracts: Dict[Tuple[str, str], TractInfo] = {}
-        self.path_strength: Dict[Tuple[str, ...], Tuple[float, List[int]]] = {}
+        self._tractography = Tractography(self.grid, self.top_k, self.output_selector, fail=self._fail)
         self._probe: Optional[Batch] = None
         self._train_samples = 0  # training sample-forwards since the previous zeta evaluation (counted schedule)
         self._zeta_credit: Dict[str, int] = {}  # counted schedule: sample-forwards a layer has saved
@@ -469,11 +404,12 @@ class NNfMRICallback(MonitorCallback):
         self._train_batches = 0
         self._zeta_epoch: Optional[int] = None
         self.zeta_evaluations = 0
-        self._self_time_ns = 0
         self._self_time_steps = 0
         self._zeta_time_s = 0.0
 
     # ------------------------------------------------------------------ public read-only surface
+    _acc_n, _rows, _base = (_engine_view("_density", a) for a in ("acc_n", "rows", "base"))
+
     @property
     def state_key(self) -> str:
         return self._generate_state_key(layers=repr(self.layer_selection), grid=self.grid)
@@ -489,16 +425,7 @@ class NNfMRICallback(MonitorCallback):
     @property
     def density(self) -> Dict[str, Tensor]:
         """Grid-shaped ``phi`` per layer over the current window (or the last one if it is empty)."""
-        out: Dict[str, Tensor] = {}
-        if self._taps is None:
-            return out
-        for i, name in enumerate(self._taps.names):
-            sums, n = self._window(i)
-            if sums is None:
-                continue
-            sizes = self._sizes(i, sums.device)
-            out[name] = region_density(sums, sizes * n, self.lam, self.eps).reshape(self._grid_of[i])
-        return out
+        return {} if self._density is None else self._density.density()
 
     @property
     def zeta(self) -> Dict[str, ZetaResult]:
@@ -509,6 +436,10 @@ class NNfMRICallback(MonitorCallback):
     def flagged_layers(self) -> FrozenSet[str]:
         """Layers flagged by the latest check (spatial density anomalies or zeta concentration)."""
         return self._density_flagged | self._zeta_flagged
+
+    @property
+    def _self_time_ns(self) -> int:
+        return 0 if self._density is None else self._density.self_time_ns
 
     @property
     def self_time(self) -> Dict[str, float]:
@@ -532,12 +463,9 @@ class NNfMRICallback(MonitorCallback):
             zeta = self._modules if self.zeta_selection is None else select_layers(pl_module, self.zeta_selection, argument="zeta_layers")
             self._zeta_names = list(zeta)
             self._modules_all = {**self._modules, **zeta}
-            self._taps = LayerTaps(self._modules, reduce=self._reduce, selector=self.output_selector)
-            n = len(self._modules)
-            self._acc, self._acc_n, self._shape, self._grid_of = [None] * n, [0] * n, [None] * n, [None] * n
-            self._units = [None] * n
-            self._rows, self._rows_bytes = [[] for _ in range(n)], [0] * n
-            self._last, self._base, self._windows, self._flag_state = [None] * n, [None] * n, [0] * n, [None] * n
+            self._density = RegionDensities(list(self._modules), self.grid, self.lam, self.eps, self.density_samples, self.min_history,
+                                            self.dead_ratio, self.saturation_ratio, on_clamped=self._warn_clamped, source=self.source)
+            self._taps = LayerTaps(self._modules, reduce=self._density.reduce, selector=self.output_selector)
         self._apply_pending_state()
         self._taps.enabled = False  # densities are taken on training batches only
         self._taps.attach()
@@ -558,39 +486,6 @@ class NNfMRICallback(MonitorCallback):
             sink.flush()
 
     # ------------------------------------------------------------------ per step
-    def _reduce(self, t: Tensor) -> Optional[Tuple[Tensor, Tuple[int, ...], int, bool]]:
-        # Runs in the forward hook, inside the graph of a `torch.compile`d model: tensor ops without
-        # a region index or a data-dependent shape only, no Python side effect that dynamo cannot
-        # trace (the clock is read in eager mode only). With a subsample (the default) the hook only
-        # copies the first `density_samples` samples (one op; a copy because a later in-place op,
-        # e.g. `ReLU(inplace=True)`, may overwrite the output); the sums (`add_unit_sums_`) and the
-        # scatter into regions run in `on_train_batch_end`, outside the graph (on the reference CNN
-        # 15-25 % less self-time than reducing in the hook). With the whole batch
-        # (`density_samples=None`) the hook reduces it to (3, U) at once instead of copying it.
-        timed = not torch.compiler.is_compiling()
-        t0 = time.perf_counter_ns() if timed else 0
-        if not 2 <= t.dim() <= 4 or t.is_complex():
-            return None
-        if self.density_samples is None:
-            out, n, reduced = unit_sums(t), t.shape[0], True  # (3, U)
-        else:
-            n = min(self.density_samples, t.shape[0])
-            out, reduced = t[:n].clone(memory_format=torch.contiguous_format), False  # (n, *unit_shape); the hook runs under no_grad
-        if timed:
-            self._self_time_ns += time.perf_counter_ns() - t0
-        return out, tuple(t.shape), n, reduced
-
-    def _region_index(self, unit_shape: Tuple[int, ...], device: torch.device) -> Tuple[Tensor, int]:
-        """Flat region index ``(U,)`` and region count of a unit shape (cached; eager code only)."""
-        key = (unit_shape, device)
-        hit = self._index_cache.get(key)
-        if hit is None:
-            index, _, g = _partition((1,) + unit_shape, self.grid, device)
-            if len(self._index_cache) >= 64:
-                self._index_cache.clear()
-            hit = self._index_cache[key] = (index.reshape(-1), math.prod(g))
-        return hit
-
     def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int) -> None:
         if self._probe is None:
             self._take_probe(batch, from_val=False)
@@ -608,38 +503,11 @@ class NNfMRICallback(MonitorCallback):
         self._taps.enabled = False
         self._train_batches += 1
         self._train_samples += self._batch_size(batch)
-        new_clamped = []
-        for i, calls in enumerate(self._taps.take()):
-            for call in calls:
-                if call is None:
-                    self._unsupported.add(self._taps.names[i])
-                    continue
-                out, shape, n_used, reduced = call
-                if self._shape[i] != shape[1:]:
-                    g, clamped = resolve_grid(shape, self.grid)
-                    if clamped and self._taps.names[i] not in self._warned_clamp:
-                        new_clamped.append((self._taps.names[i], shape, g))
-                    self._shape[i], self._grid_of[i] = shape[1:], g
-                    self._acc[i], self._acc_n[i], self._units[i] = None, 0, None
-                    self._rows[i], self._rows_bytes[i] = [], 0
-                    self._base[i], self._windows[i], self._flag_state[i] = None, 0, None
-                # The hook's copies of the first samples are summed per unit several steps at a time
-                # (`_sum_rows`: one `cat`, then `add_unit_sums_`'s abs, mul and three addmm_, for up
-                # to `_ROWS_MAX_CALLS` steps or `_ROWS_MAX_BYTES` of copies); the scatter into
-                # regions waits for the window's end (`_flush_units`): one op per window.
-                if reduced:
-                    self._unit_acc(i, out).add_(out)  # (3, U) reduced in the hook (whole batch)
-                else:
-                    self._rows[i].append(out)  # (n, *unit_shape), the hook's own copy
-                    self._rows_bytes[i] += out.numel() * out.element_size()
-                    if len(self._rows[i]) >= _ROWS_MAX_CALLS or self._rows_bytes[i] >= _ROWS_MAX_BYTES:
-                        self._sum_rows(i)
-                self._acc_n[i] += n_used
-        self._warn_clamped(new_clamped)
+        self._density.add(self._taps.take())
         every = self.check_every_n_steps or max(trainer.log_every_n_steps, 1)
         if self._train_batches % every == 0:
             self._check(trainer, pl_module)
-        self._self_time_ns += time.perf_counter_ns() - t0
+        self._density.self_time_ns += time.perf_counter_ns() - t0
         self._self_time_steps += 1
 
     def _batch_size(self, batch: Any) -> int:
@@ -654,6 +522,7 @@ class NNfMRICallback(MonitorCallback):
             return 0
 
     def _warn_clamped(self, items: List[Tuple[str, Tuple[int, ...], Tuple[int, ...]]]) -> None:
+        items = [item for item in items if item[0] not in self._warned_clamp]
         if not items:
             return
         for name, _, _ in items:
@@ -661,113 +530,18 @@ class NNfMRICallback(MonitorCallback):
         listing = "; ".join(f"`{n}` output {s} -> grid {g}" for n, s, g in items)
         rank_zero_warn(f"NNfMRICallback: `grid`={self.grid} is larger than some layers and was clamped: {listing}.")
 
-    def _unit_acc(self, i: int, like: Tensor) -> Tensor:
-        """Layer ``i``'s ``(3, U)`` per-unit accumulator (created on ``like``'s device)."""
-        if self._units[i] is None:
-            self._units[i] = torch.zeros(3, math.prod(self._shape[i]), dtype=torch.float32, device=like.device)
-        return self._units[i]
-
-    def _sum_rows(self, i: int) -> None:
-        """Add layer ``i``'s pending sample copies to its per-unit sums (one ``cat`` for all)."""
-        rows = self._rows[i] if i < len(self._rows) else None
-        if not rows:
-            return
-        x = rows[0] if len(rows) == 1 else torch.cat(rows)  # (sum n, *unit_shape)
-        self._rows[i], self._rows_bytes[i] = [], 0
-        add_unit_sums_(self._unit_acc(i, x), x)
-
-    def _flush_units(self, i: int) -> None:
-        """Scatter layer ``i``'s pending per-unit sums into its ``(R, 3)`` window sums (one op)."""
-        self._sum_rows(i)
-        units = self._units[i] if i < len(self._units) else None
-        if units is None:
-            return
-        self._units[i] = None
-        index, n_regions = self._region_index(tuple(self._shape[i]), units.device)
-        if self._acc[i] is None:
-            self._acc[i] = torch.zeros(n_regions, 3, dtype=torch.float32, device=units.device)
-        elif self._acc[i].device != units.device:
-            self._acc[i] = self._acc[i].to(units.device)  # e.g. restored on CPU, now on an accelerator
-        scatter_unit_sums(units, index, n_regions, out=self._acc[i])
-
-    def _window(self, i: int) -> Tuple[Optional[Tensor], int]:
-        self._flush_units(i)
-        if self._acc[i] is not None and self._acc_n[i] > 0:
-            return self._acc[i], self._acc_n[i]
-        if self._last[i] is not None:
-            return self._last[i]
-        return None, 0
-
-    def _sizes(self, i: int, device: torch.device) -> Tensor:
-        return _partition((1,) + tuple(self._shape[i]), self._grid_of[i], device)[1]
-
     # ------------------------------------------------------------------ spatial anomalies
     def _check(self, trainer: Trainer, pl_module: LightningModule) -> None:
         """Close the density window: judge every region against its baseline (host sync here only)."""
-        names = self._taps.names
-        events: List[AnomalyEvent] = []
-        flagged = set()
         step = trainer.global_step
-        for i, name in enumerate(names):
-            self._flush_units(i)
-            if self._acc[i] is None or self._acc_n[i] == 0:
-                if self._flag_state[i] is not None and self._flag_state[i].any():
-                    flagged.add(name)
-                continue
-            sums, n = self._acc[i], self._acc_n[i]
-            mean_abs = sums[:, 0] / (self._sizes(i, sums.device) * n)  # (R,)
-            base = self._base[i]
-            if base is None:
-                self._base[i], self._windows[i] = mean_abs.clone(), 1
-            else:
-                if self._windows[i] >= self.min_history:
-                    floor = torch.clamp(base.max() * 1e-6, min=1e-30)
-                    active = base > floor
-                    ratio = mean_abs / torch.where(active, base, torch.ones_like(base))
-                    dead = active & (ratio < self.dead_ratio)
-                    sat = active & (ratio > self.saturation_ratio)
-                    host = torch.stack([dead.float(), sat.float(), ratio, mean_abs, base]).cpu().numpy()
-                    state = host[:2] > 0.5  # (2, R)
-                    prev = self._flag_state[i] if self._flag_state[i] is not None else np.zeros_like(state)
-                    events += self._region_events(step, name, i, state & ~prev, host)
-                    self._flag_state[i] = state
-                    if state.any():
-                        flagged.add(name)
-                    keep = ~(dead | sat)
-                    self._base[i] = torch.where(keep, 0.9 * base + 0.1 * mean_abs, base)
-                else:
-                    self._base[i] = 0.5 * base + 0.5 * mean_abs
-                self._windows[i] += 1
-            self._last[i] = (sums, n)
-            self._acc[i], self._acc_n[i] = None, 0
-        self._density_flagged = frozenset(flagged)
+        events, self._density_flagged = self._density.check(step)
         self._push_flags(step)
         self._log(pl_module, "nn_fmri/anomaly", float(bool(self.flagged_layers)))
         self._record(events)
         self._maybe_stop(trainer, events)
 
-    def _region_events(self, step: int, name: str, i: int, new: np.ndarray, host: np.ndarray) -> List[AnomalyEvent]:
-        out = []
-        for row, kind in ((0, "dead_region"), (1, "saturated_region")):
-            regions = np.nonzero(new[row])[0]
-            if not len(regions):
-                continue
-            ratios = host[2, regions]
-            worst = regions[int(np.argmin(ratios) if row == 0 else np.argmax(ratios))]
-            coords = ", ".join(self._coords(self._grid_of[i], int(r)) for r in regions[:10])
-            more = f" (+{len(regions) - 10} more)" if len(regions) > 10 else ""
-            out.append(AnomalyEvent(step, "train", name, kind, float(host[2, worst]), self.source,
-                                    detail=f"{len(regions)} region(s) {coords}{more}; mean|a| / baseline of the worst = {host[2, worst]:.3g}"))
-        return out
-
     def _push_flags(self, step: int) -> None:
         self.flag_history.append((step, self.flagged_layers))
-
-    @staticmethod
-    def _coords(grid: Tuple[int, ...], region: int) -> str:
-        axes = {3: ("h", "w", "c"), 2: ("t", "d"), 1: ("c",)}[len(grid)]
-        idx = np.unravel_index(region, grid)
-        return "(" + ", ".join(f"{a}={int(v)}" for a, v in zip(axes, idx)) + ")"
 
     # ------------------------------------------------------------------ probe batch
     def _split(self, batch: Any) -> Optional[Batch]:
@@ -990,7 +764,7 @@ class NNfMRICallback(MonitorCallback):
                     flagged.add(name)
                     top = int(scores.abs().argmax())
                     events.append(AnomalyEvent(step, "validate", name, "zeta_concentration", conc, self.source,
-                                               detail=f"max|zeta|/sum|zeta| = {conc:.3g} at region {self._coords(tuple(merged.scores.shape), top)}"))
+                                               detail=f"max|zeta|/sum|zeta| = {conc:.3g} at region {region_coords(tuple(merged.scores.shape), top)}"))
         self._zeta_flagged = frozenset(flagged)
         return events
 
@@ -1120,123 +894,26 @@ class NNfMRICallback(MonitorCallback):
         self.zeta_max[name] = float(merged.scores.max())
 
     # ------------------------------------------------------------------ tractography
+    @property
+    def tracts(self) -> Dict[Tuple[str, str], TractInfo]:
+        """Latest tractography per consecutive tapped pair ``(source, target)`` (see :class:`~nn_neuroimaging_lightning.fmri.tracts.Tractography`)."""
+        return self._tractography.tracts
+
+    @property
+    def path_strength(self) -> Dict[Tuple[str, ...], Tuple[float, List[int]]]:
+        """Strongest path ``(strength, regions)`` along each chain of exactly meeting pairs."""
+        return self._tractography.path_strength
+
     def compute_tractography(self, pl_module: nn.Module, inputs: Union[Tensor, Batch]) -> Dict[Tuple[str, str], TractInfo]:
         """One isolated forward on ``inputs`` (a tensor or a split batch); connection matrices between consecutive tapped layers.
 
         A failure of the forward skips tractography for this evaluation, one of a pair skips that
         pair (``traced=False`` with the reason), each with one warning (``strict=True`` raises).
         """
-        batch = inputs if isinstance(inputs, Batch) else Batch((inputs,), {}, None, int(inputs.shape[0]))
-        names = self._taps.names
-        # name -> (input, output, output shape); tensors are kept only while a pair still needs them.
-        captured: Dict[str, Tuple[Optional[Tensor], Optional[Tensor], Tuple[int, ...]]] = {}
-        order: List[str] = []
-        leaf_calls: List[nn.Module] = []
-        handles = []
+        return self._tractography.compute(pl_module, inputs, {n: self._modules[n] for n in self._taps.names}, self._trace)
 
-        def tap(name: str) -> Callable[..., None]:
-            def hook(module: nn.Module, args: Any, output: Any) -> None:
-                if name in captured:
-                    return
-                out = first_tensor(output, self.output_selector)
-                if out is None:
-                    return
-                inp = args[0] if args and isinstance(args[0], Tensor) else None
-                if not captured:  # the first tapped layer is only ever a source: its shape is enough
-                    captured[name] = (None, None, tuple(out.shape))
-                else:
-                    captured[name] = (None if inp is None else inp.detach(), out.detach(), tuple(out.shape))
-                order.append(name)
-            return hook
-
-        try:
-            for name in names:
-                handles.append(self._modules[name].register_forward_hook(tap(name)))
-            for m in pl_module.modules():
-                if not any(True for _ in m.children()):
-                    handles.append(m.register_forward_hook(lambda mod, a, o: leaf_calls.append(mod)))
-            with isolated_evaluation(pl_module):
-                call_model(pl_module, batch)
-        except Exception as err:  # never ends the fit (strict=True raises)
-            self._fail("tractography (its probe forward)", err, "`tractography=False`, or `batch_split`")
-            return self.tracts
-        finally:
-            for h in handles:
-                h.remove()
-        tracts: Dict[Tuple[str, str], TractInfo] = {}
-        for a_name, b_name in zip(order, order[1:]):
-            try:
-                tracts[(a_name, b_name)] = self._trace(a_name, b_name, captured, leaf_calls)
-            except Exception as err:
-                self._fail(f"tractography of `{a_name}` -> `{b_name}`", err, "`layers` (leave one of them out), or `tractography=False`")
-                tracts[(a_name, b_name)] = TractInfo(a_name, b_name, None, False, f"{type(err).__name__}: {err}")
-            captured[b_name] = (None, None, captured[b_name][2])  # only its shape is needed from here on
-        self.tracts = tracts
-        self.path_strength = self._chains(order, tracts)
-        return tracts
-
-    def _trace(self, a_name: str, b_name: str,
-               captured: Mapping[str, Tuple[Optional[Tensor], Optional[Tensor], Tuple[int, ...]]],
-               leaf_calls: List[nn.Module]) -> TractInfo:
-        module = self._modules[b_name]
-        shape_a = captured[a_name][2]  # only the source layer's output *shape* matters
-        in_b, out_b, _ = captured[b_name]
-        kind = type(module).__name__
-        if not isinstance(module, (nn.Linear, nn.Conv2d)):
-            return TractInfo(a_name, b_name, None, False, f"{kind} has no known unit-to-unit mapping; only nn.Linear and nn.Conv2d are traced.")
-        if in_b is None or out_b is None or not 2 <= len(shape_a) <= 4 or not 2 <= out_b.dim() <= 4:
-            return TractInfo(a_name, b_name, None, False, "input or output of unsupported rank.")
-        grid_a, _ = resolve_grid(shape_a, self.grid)
-        src_a = grid_partition(shape_a, grid_a, in_b.device)
-        n_src = math.prod(grid_a)
-        if tuple(in_b.shape) == shape_a:
-            src, mapping = src_a, "exact"
-        elif in_b.shape[0] == shape_a[0] and math.prod(in_b.shape[1:]) == math.prod(shape_a[1:]):
-            src, mapping = src_a.reshape(tuple(in_b.shape[1:])), "reshaped"
-        elif in_b.dim() == 4 and len(shape_a) == 4 and tuple(in_b.shape[:2]) == shape_a[:2]:
-            grid_b_in, _ = resolve_grid(tuple(in_b.shape), self.grid)
-            if grid_b_in != grid_a:
-                return TractInfo(a_name, b_name, None, False,
-                                 f"{b_name}'s input {tuple(in_b.shape)} is a pooled {shape_a} too small for the grid {grid_a}.")
-            src, mapping = grid_partition(tuple(in_b.shape), grid_a, in_b.device), "proportional"
-        else:
-            return TractInfo(a_name, b_name, None, False,
-                             f"{b_name}'s input {tuple(in_b.shape)} has no known unit mapping to {a_name}'s output {shape_a}.")
-        grid_b, _ = resolve_grid(tuple(out_b.shape), self.grid)
-        tgt = grid_partition(tuple(out_b.shape), grid_b, out_b.device)
-        activation = "identity"
-        for pos, m in enumerate(leaf_calls):
-            if m is module:
-                nxt = leaf_calls[pos + 1] if pos + 1 < len(leaf_calls) else None
-                activation = next((act for cls, act in _ACTIVATION_OF if isinstance(nxt, cls)), "identity")
-                break
-        res = trace_module(module, in_b, out_b, src, tgt, n_src, math.prod(grid_b), activation)
-        if not res.traced:
-            return TractInfo(a_name, b_name, None, False, res.reason, mapping, activation)
-        matrix = res.matrix.detach().cpu()
-        eff = float(pathway_efficiency(matrix)) if matrix.sum() > 0 else float("nan")
-        return TractInfo(a_name, b_name, matrix, True, "", mapping, activation, critical_pathways(matrix, self.top_k), eff)
-
-    @staticmethod
-    def _chains(order: List[str], tracts: Mapping[Tuple[str, str], TractInfo]) -> Dict[Tuple[str, ...], Tuple[float, List[int]]]:
-        """Strongest path along each maximal run of traced pairs that share their middle regions exactly."""
-        out: Dict[Tuple[str, ...], Tuple[float, List[int]]] = {}
-        run: List[TractInfo] = []
-
-        def close() -> None:
-            if run:
-                res = path_strength([t.matrix for t in run])
-                out[tuple([run[0].source] + [t.target for t in run])] = (float(res.strength), res.path.tolist())
-
-        for a, b in zip(order, order[1:]):
-            t = tracts[(a, b)]
-            if t.traced and t.mapping in ("exact", "reshaped") and (not run or run[-1].matrix.shape[1] == t.matrix.shape[0]):
-                run.append(t)
-            else:
-                close()
-                run = [t] if t.traced else []
-        close()
-        return out
+    def _trace(self, *args: Any) -> TractInfo:
+        return self._tractography.trace(*args)
 
     # ------------------------------------------------------------------ panels
     def _write_density_panels(self, trainer: Trainer) -> None:
@@ -1296,28 +973,18 @@ class NNfMRICallback(MonitorCallback):
         flat = res.scores.reshape(-1)
         order = torch.argsort(flat, descending=True, stable=True)[: self.top_k].tolist()
         lo, hi, sig = res.ci_low.reshape(-1), res.ci_high.reshape(-1), res.significant.reshape(-1)
-        rows = [(r, self._coords(grid, r), float(flat[r]), float(lo[r]), float(hi[r]), bool(sig[r])) for r in order]
+        rows = [(r, region_coords(grid, r), float(flat[r]), float(lo[r]), float(hi[r]), bool(sig[r])) for r in order]
         return ("region", "grid cell", "zeta", "ci low", "ci high", "significant"), rows
 
     # ------------------------------------------------------------------ checkpointing
     def state_dict(self) -> Dict[str, Any]:
         state = super().state_dict()
-        for i in range(len(self._units)):
-            self._flush_units(i)
 
         def cpu(t: Optional[Tensor]) -> Optional[Tensor]:
             return None if t is None else t.detach().cpu().clone()
 
+        state.update(self._density.state_dict() if self._density is not None else {"layers": None})
         state.update({
-            "layers": None if self._taps is None else list(self._taps.names),
-            "acc": [cpu(t) for t in self._acc],
-            "acc_n": list(self._acc_n),
-            "shape": list(self._shape),
-            "grid_of": list(self._grid_of),
-            "last": [None if w is None else (cpu(w[0]), w[1]) for w in self._last],
-            "base": [cpu(t) for t in self._base],
-            "windows": list(self._windows),
-            "flag_state": [None if f is None else torch.from_numpy(f.copy()) for f in self._flag_state],
             "zeta_stats": {k: {"grid": tuple(self._zeta_grid[k]),
                                "window": [None if e is None else (cpu(e[0]), cpu(e[1]), e[2], e[3], e[4]) for e in w]}
                            for k, w in self._zeta_stats.items() if k in self._zeta_grid},
@@ -1337,19 +1004,7 @@ class NNfMRICallback(MonitorCallback):
 
     def _apply_state(self, state: Mapping[str, Any]) -> None:
         saved = state.get("layers")
-        if saved is not None and list(saved) == list(self._taps.names):
-            n = len(saved)
-            self._acc = list(state.get("acc", [None] * n))
-            self._units = [None] * n
-            self._rows, self._rows_bytes = [[] for _ in range(n)], [0] * n
-            self._acc_n = list(state.get("acc_n", [0] * n))
-            self._shape = [None if s is None else tuple(s) for s in state.get("shape", [None] * n)]
-            self._grid_of = [None if g is None else tuple(g) for g in state.get("grid_of", [None] * n)]
-            self._last = [None if w is None else (w[0], int(w[1])) for w in state.get("last", [None] * n)]
-            self._base = list(state.get("base", [None] * n))
-            self._windows = list(state.get("windows", [0] * n))
-            self._flag_state = [None if f is None else f.numpy().astype(bool) for f in state.get("flag_state", [None] * n)]
-        elif saved is not None:
+        if saved is not None and not self._density.load_state_dict(state):
             rank_zero_warn(f"NNfMRICallback: checkpoint layers {saved} differ from the tapped layers {self._taps.names}; density baselines not restored.")
         for name, z in dict(state.get("zeta_stats", {})).items():
             self._zeta_grid[name] = tuple(z["grid"])

@@ -1,0 +1,10 @@
+"""NN-fMRI engines in plain PyTorch (no Lightning import), used by :class:`~nn_neuroimaging_lightning.NNfMRICallback`.
+
+Collectives (broadcast, reduce) and warnings are injected by the caller as callables; each engine
+has a ``state_dict`` / ``load_state_dict``.
+"""
+
+from nn_neuroimaging_lightning.fmri.density import RegionDensities, region_coords
+from nn_neuroimaging_lightning.fmri.tracts import TractInfo, Tractography
+
+__all__ = ["RegionDensities", "TractInfo", "Tractography", "region_coords"]
