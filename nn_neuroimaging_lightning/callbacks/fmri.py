@@ -15,32 +15,25 @@ from nn_neuroimaging_lightning import _validation as V
 from nn_neuroimaging_lightning.callbacks._base import AnomalyEvent, MonitorCallback
 from nn_neuroimaging_lightning.config import FMRIConfig
 from nn_neuroimaging_lightning.functional.grid import DEFAULT_EPS, DEFAULT_LAMBDA, _as_grid_tuple, _check_lam_eps
-from nn_neuroimaging_lightning.functional.shapley import ZetaResult, _zeta_from_stats, shapley_zeta
+from nn_neuroimaging_lightning.functional.shapley import ZetaResult
 from nn_neuroimaging_lightning.batches import Batch, BatchSplit, split_batch
 from nn_neuroimaging_lightning.fmri.density import _ROWS_MAX_BYTES, _ROWS_MAX_CALLS, RegionDensities, region_coords  # noqa: F401 (tests read _ROWS_MAX_*)
 from nn_neuroimaging_lightning.fmri.tracts import TractInfo, Tractography
-from nn_neuroimaging_lightning.lesion import BASELINES, METRICS, LesionGame
+from nn_neuroimaging_lightning.fmri.zeta import (  # noqa: F401 (importable from here, as before the engines)
+    MAX_SAMPLES_PER_EVALUATION,
+    MIN_CONCENTRATION_REGIONS,
+    MIN_SAMPLES_FOR_INTERVAL,
+    DEFAULT_PROBE_SIZE,
+    DEFAULT_ZETA_BUDGET,
+    DEFAULT_ZETA_GRID,
+    Collectives,
+    ZetaScheduler,
+)
+from nn_neuroimaging_lightning.lesion import BASELINES, METRICS
 from nn_neuroimaging_lightning.taps import LayerSelector, LayerTaps, select_layers
 
 #: Anomaly kinds NN-fMRI can raise; ``stop_on`` takes any of them.
 FMRI_ANOMALY_KINDS: Tuple[str, ...] = ("dead_region", "saturated_region", "zeta_concentration")
-#: Fewest regions a zeta map needs for ``zeta_concentration`` to be judged. With R regions an even
-#: map gives each 1/R; on a 2-region map (a linear layer's feature groups under the default zeta
-#: grid) one region holding 90 % is ordinary (the healthy demo's ``fc2``: 0.97), not a shortcut.
-MIN_CONCENTRATION_REGIONS: int = 4
-#: Default zeta budget: value rows (probe forwards) per layer and evaluation. It is raised, per
-#: layer, to the minimum that gives two samples (``2 + 4 (R - 1)`` rows with antithetic pairs), so
-#: that a confidence interval exists; see the class docstring for the cost.
-DEFAULT_ZETA_BUDGET: int = 256
-#: Most zeta samples (antithetic pairs) one layer receives in one time-budgeted or counted evaluation.
-MAX_SAMPLES_PER_EVALUATION: int = 128
-#: Default zeta grid when neither ``zeta_grid`` nor ``grid`` is given: 8 regions on a conv map,
-#: ``(2, 2)`` over tokens x hidden, 2 over features (see the class docstring for the cost).
-DEFAULT_ZETA_GRID: Tuple[int, int, int] = (2, 2, 2)
-#: Default probe: samples of the first validation batch on which every coalition is judged.
-DEFAULT_PROBE_SIZE: int = 8
-#: Samples per layer at an evaluation below which its 95 % interval is not finite (Student-t, n - 1 df).
-MIN_SAMPLES_FOR_INTERVAL: int = 2
 
 
 def _engine_view(engine: str, attr: str) -> property:
@@ -51,140 +44,46 @@ def _engine_view(engine: str, attr: str) -> property:
 class NNfMRICallback(MonitorCallback):
     r"""Watch where in each layer activity and impact live, like fMRI voxels in a brain.
 
-    **Densities (every training step).** Each tapped layer's output is split into micro-regions
-    (grid ``(g_h, g_w, g_c)`` over ``(H, W, C)``, ``(g_t, g_d)`` over tokens × hidden, ``(g_c,)`` over
-    features). Per step, one forward hook copies the first ``density_samples`` samples of the
-    output (default 4; ``None``: the hook reduces the whole batch itself) and ``on_train_batch_end``
-    adds their per-unit sums of ``|a|``, ``a`` and ``a^2`` into the window on the device (no host
-    sync; ``abs``, ``mul`` and three ``addmm_`` per layer); the ``(3, units)`` sums are scattered
-    into per-region sums once per window. The hook has no region index, no data-dependent shape
-    and reads the clock only outside ``torch.compile`` tracing, so a compiled model keeps one graph
-    per mode (no graph break, no recompile). Decision: the density is a statistic of
-    the layer's activity *distribution*, not of one batch, so a fixed subsample of every batch
-    gives unbiased sums per sample (``E[|a|]``, ``E[a]``, ``E[a^2]``; the variance is then
-    consistent) and the window still pools ``4 x check_every_n_steps`` samples (200 at the default
-    50 steps). With shuffled loaders the first samples are a random subsample; with unshuffled
-    ones each batch still contributes different samples. On the reference CNN (batch 64, one CPU
-    thread) the densities' self-time is about 2.3-3.1 % of the step time on a loaded shared CPU
-    (12-22 % with full-batch reductions; see ``benchmarks/README.md``, ``fmri_overhead``). Every
-    ``check_every_n_steps`` steps (default: the trainer's ``log_every_n_steps``) the window's
-    density :math:`\phi(g) = \overline{|a|}_g + \lambda \log(\sigma^2_g + \epsilon)` is available
-    as :attr:`density`, and each region's mean ``|a|`` is compared with its running baseline (an
-    exponential average over earlier windows): a region that had been active and falls below
-    ``dead_ratio`` × baseline is a ``dead_region``, one above ``saturation_ratio`` × baseline a
-    ``saturated_region``.
+    Thin Lightning glue over three plain-PyTorch engines (:mod:`nn_neuroimaging_lightning.fmri`),
+    whose docstrings hold the measures, the decisions and their measured costs:
 
-    **Zeta (on a schedule).** At the end of every ``zeta_every_n_epochs``-th validation epoch of a
-    fit (never in the sanity check; and at the end of ``trainer.validate``), or, when the trainer
-    has no validation loop, at the end of every ``zeta_every_n_epochs``-th training epoch, the
-    Shapley value of every region of each ``zeta_layers`` layer is estimated on a fixed probe batch
-    (the first ``probe_size`` samples of the first validation batch seen, else of the first training
-    batch; cloned once to CPU, re-taken after a resume): the value of a coalition is the model's
-    performance with every other region lesioned (see :mod:`nn_neuroimaging_lightning.lesion`).
-    Permutations come from a ``torch.Generator`` seeded with ``seed``, the epoch and the evaluation
-    count (so no two evaluations repeat permutations); under DDP every rank evaluates its share and
-    the sufficient statistics are summed across ranks, so every rank holds the same scores.
+    **Densities (every training step)**, :class:`~nn_neuroimaging_lightning.fmri.density.RegionDensities`.
+    Each tapped layer's output is split into micro-regions (grid ``(g_h, g_w, g_c)`` over
+    ``(H, W, C)``, ``(g_t, g_d)`` over tokens × hidden, ``(g_c,)`` over features); a forward hook
+    copies the first ``density_samples`` samples of each training batch and the window sums of
+    ``|a|``, ``a``, ``a^2`` stay on the device. Every ``check_every_n_steps`` steps (default: the
+    trainer's ``log_every_n_steps``) the window's density
+    :math:`\phi(g) = \overline{|a|}_g + \lambda \log(\sigma^2_g + \epsilon)` is available as
+    :attr:`density`, and a region that falls below ``dead_ratio`` × its running baseline is a
+    ``dead_region``, one above ``saturation_ratio`` × baseline a ``saturated_region``.
 
-    *Batches and outputs.* The probe is split into inputs and target by one rule
-    (:mod:`nn_neuroimaging_lightning.batches`): a mapping batch (dict, ``BatchEncoding``) is
-    forwarded as ``model(**inputs)`` without its label keys (``labels``, ``label``, ``targets``,
-    ``target``), whose value is the target; ``(x, y, ...)`` gives ``model(x)`` and ``y``; a tensor is
-    the input. ``batch_split(batch) -> (args, kwargs, target)`` replaces the rule. A
-    ``LightningModule`` without a ``forward`` of its own (``self.model(**batch).loss`` in the steps)
-    has its ``model`` attribute called. The value of a coalition is minus the cross-entropy for
-    integer labels (``(B,)`` with logits ``(B, C)``, or per token: ``(B, T)`` with ``(B, T, V)``,
-    label -100 ignored, shifted by one token when the model's own ``.loss`` shows that it shifts),
-    minus the MSE for float targets, else minus the model's own ``.loss`` (one coalition per
-    forward); ``value_fn`` overrides all (see :class:`~nn_neuroimaging_lightning.lesion.LesionGame`).
+    **Zeta (on a schedule)**, :class:`~nn_neuroimaging_lightning.fmri.zeta.ZetaScheduler`. At the
+    end of every ``zeta_every_n_epochs``-th validation epoch of a fit (never in the sanity check;
+    and at the end of ``trainer.validate``), or, when the trainer has no validation loop, at the end
+    of every ``zeta_every_n_epochs``-th training epoch, the Shapley value of every region of each
+    ``zeta_layers`` layer is estimated on a fixed probe batch (the first ``probe_size`` samples of
+    the first validation batch seen, else of the first training batch; cloned once to CPU,
+    re-taken after a resume; under DDP rank 0's): the value of a coalition is the model's
+    performance with every other region lesioned (:class:`~nn_neuroimaging_lightning.lesion.LesionGame`;
+    the batch split by :func:`~nn_neuroimaging_lightning.batches.split_batch`). The budget is
+    **counted** by default (``zeta_fraction`` of the training sample-forwards since the previous
+    evaluation, with a floor of two samples per layer; no clock, bitwise reproducible on CPU),
+    **fixed** with ``zeta_budget`` or **timed** with ``zeta_time_fraction``; :attr:`zeta` pools the
+    last ``zeta_window`` evaluations with a Student-t interval. Under DDP every rank evaluates its
+    share and the sufficient statistics are summed across ranks (``trainer.strategy`` injected as
+    :class:`~nn_neuroimaging_lightning.fmri.zeta.Collectives`). A map whose ``max|zeta| / sum|zeta|``
+    exceeds ``zeta_concentration`` raises ``zeta_concentration``.
+
+    **Tractography (same schedule)**, :class:`~nn_neuroimaging_lightning.fmri.tracts.Tractography`:
+    connection strengths between the regions of consecutive tapped layers (``nn.Linear`` /
+    ``nn.Conv2d`` targets) from one forward on the probe, with the critical pathways and chains.
 
     *Failures.* A layer whose game fails (an output without the batch axis, a target that fits no
     metric, ...) is skipped with one warning naming the layer, the cause and the argument that
     fixes it; the other layers and the fit go on. The same for tractography (per pair) and for a
-    batch the rule cannot split. ``strict=True`` raises instead.
-
-    *Cost and the schedule.* A permutation sample costs ``2 (R - 1)`` value rows (an antithetic
-    pair), each a forward of the ``probe_size`` probe samples. Three schedules:
-
-    * **counted** (default; ``zeta_budget`` and ``zeta_time_fraction`` both ``None``): an
-      evaluation may spend ``zeta_fraction`` (5 %) of the training *sample-forwards* since the
-      previous evaluation (each training batch counts its batch size; a lesion row counts
-      ``probe_size``, also when its upstream runs once), shared equally by the zeta layers,
-      cheapest sample first, whole samples only, at most :data:`MAX_SAMPLES_PER_EVALUATION` per
-      layer; a layer that cannot afford a sample saves its share (up to one sample's cost) for the
-      next evaluation. **Floor:** a layer whose window would hold fewer than two samples gets two
-      (:data:`MIN_SAMPLES_FOR_INTERVAL`) whatever the share, so every zeta layer has a map with
-      finite 95 % intervals from the first validation epoch on (and in ``trainer.validate``, where
-      there is no training to count). Integer counting only, no clock: with ``seed_everything``
-      two runs give bitwise-identical maps on CPU. Under DDP the count is rank 0's times the
-      world size (broadcast) and the ranks split the samples.
-    * **fixed** (``zeta_budget=N``): ``N`` value rows per layer and evaluation (at least two samples).
-    * **timed** (``zeta_time_fraction=f``): ``f`` times the training wall time since the previous
-      evaluation (``on_train_epoch_start`` to the start of validation / the end of the training
-      epoch, ``perf_counter``), minus the overhead (probe transfer, tractography) the previous
-      evaluation spent outside the layers. The layers are served cheapest-sample-first; each gets
-      an equal share of what is left, and draws as many whole samples as its cost estimate
-      (seconds per row, measured on the previous evaluation, or calibrated on ``f(none)``/``f(all)``
-      the first time) affords, at most :data:`MAX_SAMPLES_PER_EVALUATION`; in one process the
-      samples run in chunks of about four forwards with the clock checked before each, so a slower
-      machine stops early instead of overrunning. A layer that cannot afford one sample *banks*
-      its share, up to the cost of one sample; a layer that overran carries the debt. Not
-      reproducible run to run (it reads the clock). Under DDP rank 0's ledger decides (broadcast).
-
-    A layer left without a map after an evaluation is said once, with the reason.
-
-    *Default grid and probe.* Decision: zeta has its own grid, ``zeta_grid`` (default
-    :data:`DEFAULT_ZETA_GRID` ``(2, 2, 2)``: 8 regions on a conv map, ``2 x 2`` over tokens x
-    hidden, 2 over features; a ``grid`` you set applies to zeta too unless ``zeta_grid`` is given)
-    and a probe of :data:`DEFAULT_PROBE_SIZE` (8) samples, because the floor is paid at the first
-    evaluation of every run: two antithetic samples of an 8-region layer are ``2 + 4 x 7 = 30``
-    rows of 8 samples (240 sample-forwards, the upstream run once per forward). The densities keep
-    the finer ``grid`` (8, 8, 4). Measured (``python benchmarks/fmri_clients.py --steps 25 100
-    --pairs 1``, one torch thread on a 2-core machine shared with other jobs, so noisy): a zeta +
-    tractography evaluation at the floor costs about 0.5 s on the ``cnn`` client (4 layers),
-    1.4 s on ``resnet`` (5 layers), 0.6-0.8 s on ``gpt2`` (4 layers); the whole fit of one epoch
-    was 1.10x / 0.96x (cnn, 25 / 100 steps), 1.18x / 1.17x (resnet), 1.34x / 1.04x (gpt2) the fit
-    without the callback. The resnet and the 25-step gpt2 miss the 1.15x / 1.05x targets: lower
-    ``probe_size``, name fewer ``zeta_layers`` or raise ``zeta_every_n_epochs`` there.
-
-    *Running estimate.* Each layer keeps the sufficient statistics (sum, sum of squares and count
-    of the per-sample marginals) of its last ``zeta_window`` evaluations (one entry per
-    evaluation, empty when the layer got no sample) and :attr:`zeta` reports their pooled mean,
-    Student-t interval and ``n_permutations``/``stat_count`` (how many samples back it). Decision:
-    a sliding window rather than an exponential decay, because it keeps the counts integer and the
-    interval exact in its own terms: the samples are independent and each is unbiased for the
-    Shapley value of the game of its own evaluation, so the interval covers the *average* of the
-    games (weights) of the window's evaluations, not the latest weights alone; the window bounds
-    that staleness to ``zeta_window`` evaluations and the memory to ``zeta_window x 2R`` numbers
-    per layer. A layer whose window holds no sample has no entry in :attr:`zeta` and
-    :attr:`zeta_max` (it is never reported as zero); one with a single sample has an infinite
-    interval. Consequence on the demo (``benchmarks/fmri_overhead.py``): at 5 % of 100-step
-    epochs the fully connected layers get several samples per epoch, while ``conv2`` (R = 256)
-    gets one every few epochs and ``conv1`` (its downstream forwards cost ~15x more) far fewer,
-    so their windows are mostly empty. For conv layers raise ``zeta_time_fraction``, coarsen the
-    grid, lower ``probe_size`` or name fewer ``zeta_layers``.
-
-    *Upstream saving.* The lesion forwards run the model on the ``B`` probe samples and expand the
-    target's output to ``K x B`` inside its forward hook (:class:`~nn_neuroimaging_lightning.lesion.LesionGame`,
-    checked against the plain path once, falling back to repeated inputs when the downstream
-    fails on the shape); everything upstream of the target runs once per forward instead of ``K``
-    times.
-
-    A layer whose zeta mass concentrates (``max|zeta| / sum|zeta|`` above
-    ``zeta_concentration``) raises ``zeta_concentration``; only maps of at least
-    :data:`MIN_CONCENTRATION_REGIONS` (4) regions are judged.
-
-    **Tractography (same schedule).** One forward on the probe captures each tapped module's input
-    and output; for consecutive tapped layers ``A -> B`` with ``B`` an ``nn.Linear``/``nn.Conv2d``
-    the connection strengths between ``A``'s regions and ``B``'s regions are computed
-    (:func:`~nn_neuroimaging_lightning.functional.tractography.tractography`). ``A``'s grid meets
-    ``B``'s input exactly when the shapes agree or when only a reshape separates them; across a
-    pooling the same grid is laid proportionally over the pooled map (``mapping="proportional"``,
-    an approximation, said so in the panel); anything else is reported as not traced.
-
-    Every evaluation runs in eval mode under ``no_grad`` with silenced taps and forked RNG
-    streams, and restores the modules' modes and buffers: a run's losses and weights are the same
-    with and without this callback.
-
+    batch the rule cannot split. ``strict=True`` raises instead. Every evaluation runs in eval
+    mode under ``no_grad`` with silenced taps and forked RNG streams, and restores the modules'
+    modes and buffers: a run's losses and weights are the same with and without this callback.
 
     Args:
         layers: modules to tap (see :func:`~nn_neuroimaging_lightning.taps.select_layers`).
@@ -375,29 +274,13 @@ class NNfMRICallback(MonitorCallback):
         self._zeta_names: List[str] = []
         self._density: Optional[RegionDensities] = None  # built in `setup`
         self._warned_clamp: set = set()
-        self._warned_budget: set = set()
-        self._zeta: Dict[str, ZetaResult] = {}
-        # per zeta layer: sufficient statistics of the last `zeta_window` evaluations (None = no samples)
-        self._zeta_stats: Dict[str, Deque[Optional[Tuple[Tensor, Tensor, int, int, int]]]] = {}
-        self._zeta_grid: Dict[str, Tuple[int, ...]] = {}
-        # time-budget ledger (seconds): per-layer savings, per-row and set-up costs, overhead debt
-        self._zeta_bank: Dict[str, float] = {}
-        self._row_cost: Dict[str, float] = {}
-        self._setup_cost: Dict[str, float] = {}
-        self._rows_per_sample: Dict[str, int] = {}
-        self._overhead_debt = 0.0
-        self._train_elapsed = 0.0  # training wall time since the previous zeta evaluation
+        self._scheduler: Optional[ZetaScheduler] = None  # built in `setup`
         self._train_t0: Optional[float] = None
-        self.last_zeta_plan: Dict[str, Dict[str, float]] = {}
-        self.zeta_max: Dict[str, float] = {}
         self._zeta_flagged: FrozenSet[str] = frozenset()
         self._density_flagged: FrozenSet[str] = frozenset()
         self._tractography = Tractography(self.grid, self.top_k, self.output_selector, fail=self._fail)
         self._probe: Optional[Batch] = None
-        self._train_samples = 0  # training sample-forwards since the previous zeta evaluation (counted schedule)
-        self._zeta_credit: Dict[str, int] = {}  # counted schedule: sample-forwards a layer has saved
         self._warned_fail: set = set()
-        self._warned_no_map: set = set()
         self._probe_from_val = False
         self._listeners: List[Callable[[Trainer, LightningModule], None]] = []
         self._pending_state: Optional[Dict[str, Any]] = None
@@ -409,6 +292,8 @@ class NNfMRICallback(MonitorCallback):
 
     # ------------------------------------------------------------------ public read-only surface
     _acc_n, _rows, _base = (_engine_view("_density", a) for a in ("acc_n", "rows", "base"))
+    _zeta_stats, _row_cost, _rows_per_sample, _sample_cost = (
+        _engine_view("_scheduler", a) for a in ("stats", "row_cost", "rows_per_sample", "sample_cost"))
 
     @property
     def state_key(self) -> str:
@@ -430,7 +315,17 @@ class NNfMRICallback(MonitorCallback):
     @property
     def zeta(self) -> Dict[str, ZetaResult]:
         """Latest zeta per layer: ``.scores .ci_low .ci_high .significant`` grid-shaped (CPU)."""
-        return dict(self._zeta)
+        return {} if self._scheduler is None else dict(self._scheduler.zeta)
+
+    @property
+    def zeta_max(self) -> Dict[str, float]:
+        """Largest zeta of each layer's latest map (the cross-modal callback's ``zeta_max``)."""
+        return {} if self._scheduler is None else self._scheduler.zeta_max
+
+    @property
+    def last_zeta_plan(self) -> Dict[str, Dict[str, float]]:
+        """The latest evaluation's ledger per layer: samples, seconds / sample-forwards spent and allowed, savings."""
+        return {} if self._scheduler is None else self._scheduler.last_plan
 
     @property
     def flagged_layers(self) -> FrozenSet[str]:
@@ -462,7 +357,13 @@ class NNfMRICallback(MonitorCallback):
             self._modules = select_layers(pl_module, self.layer_selection)
             zeta = self._modules if self.zeta_selection is None else select_layers(pl_module, self.zeta_selection, argument="zeta_layers")
             self._zeta_names = list(zeta)
-            self._modules_all = {**self._modules, **zeta}
+            self._scheduler = ZetaScheduler(
+                zeta, self.zeta_grid, fraction=self.zeta_fraction, budget=self.zeta_budget, time_fraction=self.zeta_time_fraction,
+                window=self.zeta_window, baseline=self.baseline, metric=self.metric, value_fn=self.value_fn,
+                output_selector=self.output_selector, max_batch=self.zeta_max_batch, max_bytes=self.zeta_max_bytes,
+                antithetic=self.antithetic, truncation_tol=self.truncation_tol, confidence=self.confidence,
+                concentration=self.zeta_concentration, seed=self.seed, fail=self._fail, warn=rank_zero_warn,
+                on_clamped=self._warn_clamped, source=self.source)
             self._density = RegionDensities(list(self._modules), self.grid, self.lam, self.eps, self.density_samples, self.min_history,
                                             self.dead_ratio, self.saturation_ratio, on_clamped=self._warn_clamped, source=self.source)
             self._taps = LayerTaps(self._modules, reduce=self._density.reduce, selector=self.output_selector)
@@ -502,7 +403,7 @@ class NNfMRICallback(MonitorCallback):
             return
         self._taps.enabled = False
         self._train_batches += 1
-        self._train_samples += self._batch_size(batch)
+        self._scheduler.note_training(samples=self._batch_size(batch))
         self._density.add(self._taps.take())
         every = self.check_every_n_steps or max(trainer.log_every_n_steps, 1)
         if self._train_batches % every == 0:
@@ -576,7 +477,7 @@ class NNfMRICallback(MonitorCallback):
     # ------------------------------------------------------------------ zeta schedule
     def _pause_train_clock(self) -> None:
         if self._train_t0 is not None:
-            self._train_elapsed += time.perf_counter() - self._train_t0
+            self._scheduler.note_training(seconds=time.perf_counter() - self._train_t0)
             self._train_t0 = None
 
     def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
@@ -611,15 +512,7 @@ class NNfMRICallback(MonitorCallback):
                            " into inputs and target; see `batch_split`); zeta skipped.")
             return
         self._zeta_epoch = trainer.current_epoch
-        allowance = forwards = None
-        if self.zeta_time_fraction is not None and self._train_elapsed > 0:
-            allowance = self.zeta_time_fraction * self._train_elapsed - self._overhead_debt
-        elif self.zeta_time_fraction is None and self.zeta_budget is None:
-            forwards = int(self.zeta_fraction * self._train_samples) * trainer.world_size
-            if trainer.world_size > 1:
-                forwards = int(trainer.strategy.broadcast(forwards, src=0))  # every rank plays rank 0's plan
-        self._train_elapsed = 0.0
-        self._train_samples = 0
+        allowance, forwards = self._scheduler.plan(self._collectives(trainer, pl_module))
         events = self.compute_zeta(pl_module, probe, epoch=trainer.current_epoch, trainer=trainer, time_budget_s=allowance,
                                    forward_budget=forwards)
         if self.tractography:
@@ -628,9 +521,7 @@ class NNfMRICallback(MonitorCallback):
         elapsed = time.perf_counter() - t0
         self._zeta_time_s += elapsed
         if allowance is not None:
-            # what the layers' ledgers did not account for (probe transfer, tractography, bookkeeping)
-            layer_spent = sum(p["spent_s"] for p in self.last_zeta_plan.values())
-            self._overhead_debt = max(elapsed - layer_spent, 0.0)
+            self._scheduler.settle(elapsed)
         on_step = False
         from nn_neuroimaging_lightning.panels.tensorboard import safe_tag  # the layout's tags: no path-like keys
 
@@ -654,29 +545,6 @@ class NNfMRICallback(MonitorCallback):
             rank_zero_warn(f"NNfMRICallback: {what} skipped: {type(err).__name__}: {err} (the argument that fixes it: {fix});"
                            " the other layers go on.")
 
-    @staticmethod
-    def _zeta_fix(err: BaseException) -> str:
-        text = str(err)
-        if "first axis" in text or "no tensor output" in text or "used in forward" in text:
-            return "leave the layer out of `zeta_layers`, or pick its tensor with `output_selector`"
-        if any(k in text for k in ("metric", "targets", "MSE", "label", "cross-entropy", "loss")):
-            return "`value_fn(module, batch) -> per-sample values`, `metric`, or `batch_split` / `label_selector`"
-        return "leave the layer out of `zeta_layers`, or pass `value_fn`"
-
-    def _no_map(self, name: str, reason: str) -> None:
-        """Say once per layer why it has no zeta map after an evaluation."""
-        if name not in self._warned_no_map and name not in self._zeta:
-            self._warned_no_map.add(name)
-            rank_zero_warn(f"NNfMRICallback: layer `{name}` has no zeta map after this evaluation: {reason}.")
-
-    def _window_samples(self, name: str) -> int:
-        """Samples the layer's window keeps once this evaluation's entry is pushed (the oldest falls out)."""
-        window = self._zeta_stats.get(name)
-        if not window:
-            return 0
-        kept = list(window)[-(self.zeta_window - 1):] if self.zeta_window > 1 else []
-        return sum(e[2] for e in kept if e is not None)
-
     def compute_zeta(self, pl_module: nn.Module, probe: Union[Batch, Tuple[Tensor, Optional[Tensor]]], epoch: int = 0,
                      trainer: Optional[Trainer] = None, time_budget_s: Optional[float] = None,
                      forward_budget: Optional[int] = None) -> List[AnomalyEvent]:
@@ -692,206 +560,20 @@ class NNfMRICallback(MonitorCallback):
         if not isinstance(probe, Batch):
             x, y = probe
             probe = Batch((x,), {}, y, int(x.shape[0]))
-        world = trainer.world_size if trainer is not None else 1
-        rank = trainer.global_rank if trainer is not None else 0
         step = trainer.global_step if trainer is not None else 0
-        p_size = probe.size
-        events: List[AnomalyEvent] = []
-        flagged = set()
-        group = 2 if self.antithetic else 1
-        timed = time_budget_s is not None
-        counted = not timed and forward_budget is not None
-        pool = float(time_budget_s) if timed else 0.0
-        fpool = int(forward_budget) if counted else 0
-        # cheapest known sample first, so that unspent shares of satisfied layers flow to dearer ones
-        order = sorted(self._zeta_names, key=lambda n: (self._rows_per_sample.get(n, 0), self._zeta_names.index(n)) if counted
-                       else self._sample_cost(n))
-        base_seed = (self.seed * 1_000_003 + int(epoch) * 1009 + self.zeta_evaluations) % (2**62)
-        self.last_zeta_plan = {}
-        for pos, name in enumerate(order):
-            t_layer = time.perf_counter()
-            share = pool / (len(order) - pos) if timed else 0.0
-            avail = self._zeta_bank.get(name, 0.0) + share
-            fshare = fpool // (len(order) - pos) if counted else 0
-            favail = self._zeta_credit.get(name, 0) + fshare
-            need = max(0, MIN_SAMPLES_FOR_INTERVAL - self._window_samples(name))
-            skip = timed and name in self._rows_per_sample and self._sample_cost(name) > avail
-            if counted and name in self._rows_per_sample and not need:
-                skip = (favail - 3 * p_size) // (self._rows_per_sample[name] * p_size) < 1
-            if timed and world > 1:
-                skip = bool(trainer.strategy.broadcast(skip, src=0))  # rank 0's ledger decides for all
-            n_samples, game, res, fspent = 0, None, None, 0
-            if not skip:
-                try:
-                    n_samples, game, res = self._zeta_layer(pl_module, name, probe, t_layer, avail, favail, need, timed, counted,
-                                                            group, world, rank, trainer, base_seed)
-                except Exception as err:  # one layer's failure never ends the fit (strict=True raises)
-                    self._fail(f"zeta for layer `{name}`", err, self._zeta_fix(err))
-                    n_samples, game, res = 0, None, None
-                if game is not None and n_samples:
-                    fspent = (3 + n_samples * self._rows_per_sample[name]) * p_size
-            spent = time.perf_counter() - t_layer
-            if timed:
-                remaining = avail - spent
-                satisfied = n_samples >= MAX_SAMPLES_PER_EVALUATION
-                keep = min(remaining, 0.0 if satisfied else self._sample_cost(name))  # savings, or a debt
-                self._zeta_bank[name] = keep
-                pool = pool - share + (remaining - keep)
-            if counted:
-                left = max(favail - fspent, 0)  # a floor the share did not cover is not carried as debt
-                sample = (self._rows_per_sample.get(name, 0) + 3) * p_size
-                keep_f = 0 if n_samples >= MAX_SAMPLES_PER_EVALUATION else min(left, sample)
-                self._zeta_credit[name] = keep_f
-                fpool = fpool - fshare + (left - keep_f)
-            self.last_zeta_plan[name] = {"samples": n_samples, "spent_s": spent, "allowance_s": avail,
-                                         "bank_s": self._zeta_bank.get(name, 0.0), "sample_forwards": fspent,
-                                         "allowance_forwards": favail}
-            self._push_zeta_stats(name, res, game, trainer, world, pl_module)
-            merged = self._zeta.get(name)
-            if merged is None:
-                why = ("its game failed (see the warning above)" if any(name in w for w in self._warned_fail)
-                       else "its share of the budget is below one sample, and its window holds none")
-                self._no_map(name, why)
-                continue
-            if self._zeta_stats[name][-1] is None:
-                continue
-            scores = merged.scores.reshape(-1)
-            total = float(scores.abs().sum())
-            r = scores.numel()
-            if r >= MIN_CONCENTRATION_REGIONS and total > 0:
-                conc = float(scores.abs().max()) / total
-                if conc > self.zeta_concentration:
-                    flagged.add(name)
-                    top = int(scores.abs().argmax())
-                    events.append(AnomalyEvent(step, "validate", name, "zeta_concentration", conc, self.source,
-                                               detail=f"max|zeta|/sum|zeta| = {conc:.3g} at region {region_coords(tuple(merged.scores.shape), top)}"))
-        self._zeta_flagged = frozenset(flagged)
+        events = self._scheduler.compute(pl_module, probe, epoch, self.zeta_evaluations, step, self._collectives(trainer, pl_module),
+                                         time_budget_s, forward_budget)
+        self._zeta_flagged = self._scheduler.flagged
         return events
 
-    def _zeta_layer(self, pl_module: nn.Module, name: str, probe: Batch, t_layer: float, avail: float, favail: int, need: int,
-                    timed: bool, counted: bool, group: int, world: int, rank: int, trainer: Optional[Trainer],
-                    base_seed: int) -> Tuple[int, LesionGame, Optional[ZetaResult]]:
-        """One layer's game and its samples on the schedule in force; returns ``(samples, game, result)``."""
-        module = self._modules_all[name]
-        game = LesionGame(pl_module, module, probe, None, self.zeta_grid, self.baseline, self.metric, self.value_fn,
-                          self.output_selector, self.zeta_max_batch, max_bytes=self.zeta_max_bytes)
-        setup = time.perf_counter() - t_layer
-        if game.clamped and name not in self._warned_clamp:
-            self._warn_clamped([(name, (probe.size,) + game.unit_shape, game.grid)])
-        r = game.n_regions
-        rows = group * max(r - 1, 1)
-        self._rows_per_sample[name] = rows
-        self._setup_cost[name] = setup
-        if timed and name not in self._row_cost:
-            # first evaluation of this layer: calibrate the cost of a row on f(none), f(all) (the
-            # first call settles the game's upstream expansion, so time the second). A 2-row call
-            # over-estimates a row (the upstream runs once per call); the anytime loop re-measures.
-            ends = (torch.arange(2) == 1)[:, None].expand(2, r)
-            with game.session():
-                game(ends)
-                t_cal = time.perf_counter()
-                game(ends)
-            self._row_cost[name] = (time.perf_counter() - t_cal) / 2
-        self._row_cost.setdefault(name, setup)
-        if counted:
-            # whole samples the share affords (probe forward, f(none), f(all) and `rows` rows of `B` samples each)
-            afford = max(favail - 3 * probe.size, 0) // (rows * probe.size)
-            n_samples = min(max(int(afford), need), MAX_SAMPLES_PER_EVALUATION)
-        elif timed:
-            per_row = self._row_cost[name]
-            spent_so_far = time.perf_counter() - t_layer  # set-up and calibration
-            n_samples = int(max(avail - spent_so_far - 2 * per_row, 0.0) // (rows * per_row)) * world
-            n_samples = min(n_samples, MAX_SAMPLES_PER_EVALUATION)
-            if world > 1:
-                n_samples = int(trainer.strategy.broadcast(n_samples, src=0))  # every rank plays the same plan
-        elif self.zeta_budget is None:
-            n_samples = MIN_SAMPLES_FOR_INTERVAL
-        else:
-            budget = self.zeta_budget
-            need_rows = 2 + 2 * rows
-            if budget < need_rows:
-                if name not in self._warned_budget:
-                    self._warned_budget.add(name)
-                    rank_zero_warn(f"NNfMRICallback: `zeta_budget`={self.zeta_budget} gives fewer than 2 samples for `{name}` ({r} regions); using {need_rows} rows.")
-                budget = need_rows
-            n_samples = ((budget - 2) // max(r - 1, 1)) // group
-        res = None
-        generator = torch.Generator().manual_seed(base_seed + 7919 * self._zeta_names.index(name))
-        run = dict(batch_size=game.rows_per_call, antithetic=self.antithetic, truncation_tol=self.truncation_tol,
-                   generator=generator, confidence=self.confidence)
-        if timed and world == 1 and n_samples > 0:
-            # anytime: chunks of whole samples (about 4 forwards each), the clock checked before each
-            # chunk against the measured cost per row, so a slow machine stops early rather than overrun
-            chunk = max(1, (4 * game.rows_per_call) // rows)
-            parts: List[ZetaResult] = []
-            done = 0
-            with game.session():
-                while done < MAX_SAMPLES_PER_EVALUATION:
-                    left = avail - (time.perf_counter() - t_layer) - 2 * self._row_cost[name]
-                    k = min(chunk, MAX_SAMPLES_PER_EVALUATION - done, int(max(left, 0.0) // (rows * self._row_cost[name])))
-                    if k < 1:
-                        break
-                    t_run = time.perf_counter()
-                    part = shapley_zeta(game, r, n_permutations=k * group, **run)
-                    self._row_cost[name] = (time.perf_counter() - t_run) / part.n_evaluations
-                    parts.append(part)
-                    done += k
-            n_samples = done
-            if parts:
-                res = _zeta_from_stats(torch.stack([q.stat_sum for q in parts]).sum(0),
-                                       torch.stack([q.stat_sum_sq for q in parts]).sum(0),
-                                       sum(q.stat_count for q in parts), self.confidence,
-                                       sum(q.n_permutations for q in parts), sum(q.n_evaluations for q in parts))
-        elif n_samples > 0:
-            t_run = time.perf_counter()
-            with game.session():
-                res = shapley_zeta(game, r, n_permutations=n_samples * group, rank=rank, world_size=world, **run)
-            if res.n_evaluations > 0:
-                self._row_cost[name] = (time.perf_counter() - t_run) / res.n_evaluations
-        return n_samples, game, res
-
-    def _sample_cost(self, name: str) -> float:
-        """Estimated seconds for one zeta sample of ``name`` (set-up and ``f(all)``/``f(none)`` included); 0 if unknown."""
-        if name not in self._rows_per_sample:
-            return 0.0
-        per_row = self._row_cost.get(name, 0.0)
-        return self._setup_cost.get(name, 0.0) + (self._rows_per_sample[name] + 2) * per_row
-
-    def _push_zeta_stats(self, name: str, res: Optional[ZetaResult], game: Optional[LesionGame],
-                         trainer: Optional[Trainer], world: int, pl_module: nn.Module) -> None:
-        """Add this evaluation's samples (merged across ranks) to the layer's window and refresh :attr:`zeta`."""
-        window = self._zeta_stats.get(name)
-        if game is not None and self._zeta_grid.get(name) != game.grid:
-            window = None  # a new grid: earlier statistics are about other players
-            self._zeta_grid[name] = game.grid
-        if window is None or window.maxlen != self.zeta_window:
-            window = deque(window or (), maxlen=self.zeta_window)
-            self._zeta_stats[name] = window
-        entry = None
-        if res is not None:
-            r = res.stat_sum.numel()
-            stats = torch.cat([res.stat_sum, res.stat_sum_sq,
-                               torch.tensor([res.stat_count, res.n_permutations, res.n_evaluations], dtype=res.stat_sum.dtype)])
-            if world > 1:
-                dev = pl_module.device if hasattr(pl_module, "device") else torch.device("cpu")
-                stats = trainer.strategy.reduce(stats.to(dev), reduce_op="sum").cpu()
-            count, n_perm, n_eval = (int(round(float(v))) for v in stats[2 * r:])
-            entry = (stats[:r].clone(), stats[r:2 * r].clone(), count, n_perm, n_eval)
-        window.append(entry)
-        self._refresh_zeta(name)
-
-    def _refresh_zeta(self, name: str) -> None:
-        entries = [e for e in self._zeta_stats.get(name, ()) if e is not None]
-        if not entries or name not in self._zeta_grid:
-            self._zeta.pop(name, None)
-            self.zeta_max.pop(name, None)
-            return
-        stat_sum = torch.stack([e[0] for e in entries]).sum(0)
-        stat_sum_sq = torch.stack([e[1] for e in entries]).sum(0)
-        merged = _zeta_from_stats(stat_sum, stat_sum_sq, sum(e[2] for e in entries), self.confidence,
-                                  sum(e[3] for e in entries), sum(e[4] for e in entries))
-        self._zeta[name] = merged.reshape(self._zeta_grid[name])
-        self.zeta_max[name] = float(merged.scores.max())
+    @staticmethod
+    def _collectives(trainer: Optional[Trainer], pl_module: nn.Module) -> Collectives:
+        """The trainer's process group for the zeta engine: rank 0's broadcast, a sum over the ranks."""
+        if trainer is None or trainer.world_size == 1:
+            return Collectives(1, 0 if trainer is None else trainer.global_rank)
+        dev = pl_module.device if hasattr(pl_module, "device") else torch.device("cpu")
+        return Collectives(trainer.world_size, trainer.global_rank, lambda obj: trainer.strategy.broadcast(obj, src=0),
+                           lambda t: trainer.strategy.reduce(t.to(dev), reduce_op="sum").cpu())
 
     # ------------------------------------------------------------------ tractography
     @property
@@ -937,7 +619,7 @@ class NNfMRICallback(MonitorCallback):
         from nn_neuroimaging_lightning.panels import tensorboard as P
 
         step = trainer.global_step
-        for name, res in self._zeta.items():
+        for name, res in self.zeta.items():
             scores = res.scores.numpy()
             sig = res.significant.numpy()
             sink.figure(P.safe_tag("nn_fmri", name, "zeta"),
@@ -968,7 +650,7 @@ class NNfMRICallback(MonitorCallback):
 
     def zeta_rows(self, name: str) -> Tuple[Tuple[str, ...], List[Tuple[Any, ...]]]:
         """Header and rows of the ``top_k`` regions of a layer by zeta, with grid coordinates."""
-        res = self._zeta[name]
+        res = self.zeta[name]
         grid = tuple(res.scores.shape)
         flat = res.scores.reshape(-1)
         order = torch.argsort(flat, descending=True, stable=True)[: self.top_k].tolist()
@@ -979,19 +661,9 @@ class NNfMRICallback(MonitorCallback):
     # ------------------------------------------------------------------ checkpointing
     def state_dict(self) -> Dict[str, Any]:
         state = super().state_dict()
-
-        def cpu(t: Optional[Tensor]) -> Optional[Tensor]:
-            return None if t is None else t.detach().cpu().clone()
-
         state.update(self._density.state_dict() if self._density is not None else {"layers": None})
+        state.update(self._scheduler.state_dict() if self._scheduler is not None else {})
         state.update({
-            "zeta_stats": {k: {"grid": tuple(self._zeta_grid[k]),
-                               "window": [None if e is None else (cpu(e[0]), cpu(e[1]), e[2], e[3], e[4]) for e in w]}
-                           for k, w in self._zeta_stats.items() if k in self._zeta_grid},
-            "zeta_ledger": {"bank": dict(self._zeta_bank), "row_cost": dict(self._row_cost), "setup_cost": dict(self._setup_cost),
-                            "rows_per_sample": dict(self._rows_per_sample), "overhead_debt": self._overhead_debt,
-                            "credit": dict(self._zeta_credit), "train_samples": self._train_samples},
-            "zeta_max": dict(self.zeta_max),
             "train_batches": self._train_batches,
             "zeta_evaluations": self.zeta_evaluations,
             "flag_history": [(s, sorted(f)) for s, f in self.flag_history],
@@ -1001,24 +673,11 @@ class NNfMRICallback(MonitorCallback):
     def _layers_ready(self) -> bool:
         return self._taps is not None
 
-
     def _apply_state(self, state: Mapping[str, Any]) -> None:
         saved = state.get("layers")
         if saved is not None and not self._density.load_state_dict(state):
             rank_zero_warn(f"NNfMRICallback: checkpoint layers {saved} differ from the tapped layers {self._taps.names}; density baselines not restored.")
-        for name, z in dict(state.get("zeta_stats", {})).items():
-            self._zeta_grid[name] = tuple(z["grid"])
-            self._zeta_stats[name] = deque([None if e is None else (e[0], e[1], int(e[2]), int(e[3]), int(e[4])) for e in z["window"]],
-                                           maxlen=self.zeta_window)
-            self._refresh_zeta(name)
-        ledger = dict(state.get("zeta_ledger", {}))
-        self._zeta_bank = dict(ledger.get("bank", {}))
-        self._row_cost = dict(ledger.get("row_cost", {}))
-        self._setup_cost = dict(ledger.get("setup_cost", {}))
-        self._rows_per_sample = dict(ledger.get("rows_per_sample", {}))
-        self._overhead_debt = float(ledger.get("overhead_debt", 0.0))
-        self._zeta_credit = {k: int(v) for k, v in dict(ledger.get("credit", {})).items()}
-        self._train_samples = int(ledger.get("train_samples", 0))
+        self._scheduler.load_state_dict(state)
         self._train_batches = int(state.get("train_batches", 0))
         self.zeta_evaluations = int(state.get("zeta_evaluations", 0))
         self.flag_history.clear()

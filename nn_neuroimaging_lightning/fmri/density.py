@@ -67,6 +67,16 @@ class RegionDensities:
     below ``dead_ratio`` × baseline is a ``dead_region``, one above ``saturation_ratio`` × baseline
     a ``saturated_region``.
 
+    Decision: the density is a statistic of the layer's activity *distribution*, not of one
+    batch, so a fixed subsample of every batch gives unbiased sums per sample (``E[|a|]``,
+    ``E[a]``, ``E[a^2]``; the variance is then consistent) and the window still pools
+    ``4 x check_every_n_steps`` samples (200 at the default 50 steps). With shuffled loaders the
+    first samples are a random subsample; with unshuffled ones each batch still contributes
+    different samples. On the reference CNN (batch 64, one CPU thread) the densities' self-time is
+    about 2.3-3.1 % of the step time on a loaded shared CPU (12-22 % with full-batch reductions;
+    see ``benchmarks/README.md``, ``fmri_overhead``). The hook keeps a compiled model at one graph
+    per mode (no graph break, no recompile).
+
     Args:
         names: the tapped layers, in tap order.
         grid: the density grid (clamped per layer, see
