@@ -17,7 +17,7 @@ from nn_neuroimaging_lightning.config import FMRIConfig
 from nn_neuroimaging_lightning.functional.grid import DEFAULT_EPS, DEFAULT_LAMBDA, _as_grid_tuple, _check_lam_eps
 from nn_neuroimaging_lightning.functional.shapley import ZetaResult
 from nn_neuroimaging_lightning.batches import Batch, BatchSplit, split_batch
-from nn_neuroimaging_lightning.fmri.density import _ROWS_MAX_BYTES, _ROWS_MAX_CALLS, RegionDensities, region_coords  # noqa: F401 (tests read _ROWS_MAX_*)
+from nn_neuroimaging_lightning.fmri.density import _ROWS_MAX_BYTES, _ROWS_MAX_CALLS, RegionDensities  # noqa: F401 (tests read _ROWS_MAX_*)
 from nn_neuroimaging_lightning.fmri.tracts import TractInfo, Tractography
 from nn_neuroimaging_lightning.fmri.zeta import (  # noqa: F401 (importable from here, as before the engines)
     MAX_SAMPLES_PER_EVALUATION,
@@ -28,6 +28,8 @@ from nn_neuroimaging_lightning.fmri.zeta import (  # noqa: F401 (importable from
     DEFAULT_ZETA_GRID,
     Collectives,
     ZetaScheduler,
+    batch_samples,
+    zeta_top_rows,
 )
 from nn_neuroimaging_lightning.lesion import BASELINES, METRICS
 from nn_neuroimaging_lightning.taps import LayerSelector, LayerTaps, select_layers
@@ -217,12 +219,8 @@ class NNfMRICallback(MonitorCallback):
             self.zeta_grid = self.grid if grid is not None else DEFAULT_ZETA_GRID
         _check_lam_eps(lam, eps)
         self.lam, self.eps = float(lam), float(eps)
-        if check_every_n_steps is not None:
-            V.check_int("check_every_n_steps", check_every_n_steps, 1)
-        self.check_every_n_steps = check_every_n_steps
-        if density_samples is not None:
-            V.check_int("density_samples", density_samples, 1)
-        self.density_samples = density_samples
+        self.check_every_n_steps = None if check_every_n_steps is None else V.check_int("check_every_n_steps", check_every_n_steps, 1)
+        self.density_samples = None if density_samples is None else V.check_int("density_samples", density_samples, 1)
         self.min_history = V.check_int("min_history", min_history, 1)
         self.zeta_every_n_epochs = V.check_int("zeta_every_n_epochs", zeta_every_n_epochs, 1)
         self.zeta_selection = V.check_layer_selector("zeta_layers", zeta_layers)
@@ -271,7 +269,6 @@ class NNfMRICallback(MonitorCallback):
 
         self._taps: Optional[LayerTaps] = None
         self._modules: Dict[str, nn.Module] = {}
-        self._zeta_names: List[str] = []
         self._density: Optional[RegionDensities] = None  # built in `setup`
         self._warned_clamp: set = set()
         self._scheduler: Optional[ZetaScheduler] = None  # built in `setup`
@@ -305,7 +302,7 @@ class NNfMRICallback(MonitorCallback):
     @property
     def zeta_layers(self) -> List[str]:
         """Names of the layers whose regions are scored."""
-        return list(self._zeta_names)
+        return [] if self._scheduler is None else list(self._scheduler.names)
 
     @property
     def density(self) -> Dict[str, Tensor]:
@@ -356,7 +353,6 @@ class NNfMRICallback(MonitorCallback):
         if self._taps is None:
             self._modules = select_layers(pl_module, self.layer_selection)
             zeta = self._modules if self.zeta_selection is None else select_layers(pl_module, self.zeta_selection, argument="zeta_layers")
-            self._zeta_names = list(zeta)
             self._scheduler = ZetaScheduler(
                 zeta, self.zeta_grid, fraction=self.zeta_fraction, budget=self.zeta_budget, time_fraction=self.zeta_time_fraction,
                 window=self.zeta_window, baseline=self.baseline, metric=self.metric, value_fn=self.value_fn,
@@ -403,24 +399,13 @@ class NNfMRICallback(MonitorCallback):
             return
         self._taps.enabled = False
         self._train_batches += 1
-        self._scheduler.note_training(samples=self._batch_size(batch))
+        self._scheduler.note_training(samples=batch_samples(batch, self.batch_split))
         self._density.add(self._taps.take())
         every = self.check_every_n_steps or max(trainer.log_every_n_steps, 1)
         if self._train_batches % every == 0:
             self._check(trainer, pl_module)
         self._density.self_time_ns += time.perf_counter_ns() - t0
         self._self_time_steps += 1
-
-    def _batch_size(self, batch: Any) -> int:
-        """Samples of a training batch (its sample-forwards for the counted zeta schedule); 0 if not understood."""
-        if isinstance(batch, Tensor):
-            return int(batch.shape[0]) if batch.dim() else 0
-        if isinstance(batch, (tuple, list)) and batch and isinstance(batch[0], Tensor) and batch[0].dim():
-            return int(batch[0].shape[0])
-        try:
-            return split_batch(batch, None, self.batch_split).size
-        except (TypeError, ValueError):
-            return 0
 
     def _warn_clamped(self, items: List[Tuple[str, Tuple[int, ...], Tuple[int, ...]]]) -> None:
         items = [item for item in items if item[0] not in self._warned_clamp]
@@ -522,14 +507,13 @@ class NNfMRICallback(MonitorCallback):
         self._zeta_time_s += elapsed
         if allowance is not None:
             self._scheduler.settle(elapsed)
-        on_step = False
         from nn_neuroimaging_lightning.panels.tensorboard import safe_tag  # the layout's tags: no path-like keys
 
-        for name in self._zeta_names:
+        for name in self.zeta_layers:
             if name in self.zeta_max:
-                self._log(pl_module, safe_tag("nn_fmri", name, "zeta_max"), self.zeta_max[name], on_step=on_step, on_epoch=True)
+                self._log(pl_module, safe_tag("nn_fmri", name, "zeta_max"), self.zeta_max[name], on_step=False, on_epoch=True)
         self._push_flags(trainer.global_step)
-        self._log(pl_module, "nn_fmri/anomaly", float(bool(self.flagged_layers)), on_step=on_step, on_epoch=True)
+        self._log(pl_module, "nn_fmri/anomaly", float(bool(self.flagged_layers)), on_step=False, on_epoch=True)
         self._record(events)
         self._write_zeta_panels(trainer)
         for fn in list(self._listeners):
@@ -650,13 +634,7 @@ class NNfMRICallback(MonitorCallback):
 
     def zeta_rows(self, name: str) -> Tuple[Tuple[str, ...], List[Tuple[Any, ...]]]:
         """Header and rows of the ``top_k`` regions of a layer by zeta, with grid coordinates."""
-        res = self.zeta[name]
-        grid = tuple(res.scores.shape)
-        flat = res.scores.reshape(-1)
-        order = torch.argsort(flat, descending=True, stable=True)[: self.top_k].tolist()
-        lo, hi, sig = res.ci_low.reshape(-1), res.ci_high.reshape(-1), res.significant.reshape(-1)
-        rows = [(r, region_coords(grid, r), float(flat[r]), float(lo[r]), float(hi[r]), bool(sig[r])) for r in order]
-        return ("region", "grid cell", "zeta", "ci low", "ci high", "significant"), rows
+        return zeta_top_rows(self.zeta[name], self.top_k)
 
     # ------------------------------------------------------------------ checkpointing
     def state_dict(self) -> Dict[str, Any]:

@@ -16,13 +16,13 @@ from typing import Any, Callable, Deque, Dict, FrozenSet, List, Mapping, Optiona
 import torch
 from torch import Tensor, nn
 
-from nn_neuroimaging_lightning.batches import Batch
+from nn_neuroimaging_lightning.batches import Batch, BatchSplit, split_batch
 from nn_neuroimaging_lightning.events import AnomalyEvent
 from nn_neuroimaging_lightning.fmri.density import Clamped, region_coords
 from nn_neuroimaging_lightning.functional.shapley import ZetaResult, _zeta_from_stats, shapley_zeta
 from nn_neuroimaging_lightning.lesion import LesionGame
 
-__all__ = ["Collectives", "ZetaScheduler", "DEFAULT_PROBE_SIZE", "DEFAULT_ZETA_BUDGET", "DEFAULT_ZETA_GRID",
+__all__ = ["Collectives", "ZetaScheduler", "batch_samples", "zeta_top_rows", "DEFAULT_PROBE_SIZE", "DEFAULT_ZETA_BUDGET", "DEFAULT_ZETA_GRID",
            "MAX_SAMPLES_PER_EVALUATION", "MIN_CONCENTRATION_REGIONS", "MIN_SAMPLES_FOR_INTERVAL"]
 
 #: Fewest regions a zeta map needs for ``zeta_concentration`` to be judged. With R regions an even
@@ -65,6 +65,42 @@ class Collectives:
 
 def _raise(what: str, err: BaseException, fix: str) -> None:
     raise err
+
+
+def batch_samples(batch: Any, batch_split: Optional[BatchSplit] = None) -> int:
+    """Samples of a training batch (its sample-forwards for the counted schedule); 0 if not understood.
+
+    Example::
+
+        >>> batch_samples((torch.zeros(16, 3), torch.zeros(16))), batch_samples({"input_ids": torch.zeros(4, 7)})
+        (16, 4)
+    """
+    if isinstance(batch, Tensor):
+        return int(batch.shape[0]) if batch.dim() else 0
+    if isinstance(batch, (tuple, list)) and batch and isinstance(batch[0], Tensor) and batch[0].dim():
+        return int(batch[0].shape[0])
+    try:
+        return split_batch(batch, None, batch_split).size
+    except (TypeError, ValueError):
+        return 0
+
+
+def zeta_top_rows(res: ZetaResult, top_k: int) -> Tuple[Tuple[str, ...], List[Tuple[Any, ...]]]:
+    """Header and rows of the ``top_k`` regions of a (grid-shaped) result by zeta, with grid coordinates.
+
+    Example::
+
+        >>> w = torch.tensor([1.0, 3.0], dtype=torch.float64)
+        >>> res = shapley_zeta(lambda m: m.double() @ w, 2, n_permutations=4).reshape((1, 2))
+        >>> zeta_top_rows(res, 1)[1]
+        [(1, '(t=0, d=1)', 3.0, 3.0, 3.0, True)]
+    """
+    grid = tuple(res.scores.shape)
+    flat = res.scores.reshape(-1)
+    order = torch.argsort(flat, descending=True, stable=True)[:top_k].tolist()
+    lo, hi, sig = res.ci_low.reshape(-1), res.ci_high.reshape(-1), res.significant.reshape(-1)
+    rows = [(r, region_coords(grid, r), float(flat[r]), float(lo[r]), float(hi[r]), bool(sig[r])) for r in order]
+    return ("region", "grid cell", "zeta", "ci low", "ci high", "significant"), rows
 
 
 def _zeta_fix(err: BaseException) -> str:
