@@ -6,5 +6,6 @@ has a ``state_dict`` / ``load_state_dict``.
 
 from nn_neuroimaging_lightning.fmri.density import RegionDensities, region_coords
 from nn_neuroimaging_lightning.fmri.tracts import TractInfo, Tractography
+from nn_neuroimaging_lightning.fmri.zeta import Collectives, ZetaScheduler
 
-__all__ = ["RegionDensities", "TractInfo", "Tractography", "region_coords"]
+__all__ = ["Collectives", "RegionDensities", "TractInfo", "Tractography", "ZetaScheduler", "region_coords"]

@@ -37,6 +37,10 @@ Clamped = List[Tuple[str, Tuple[int, ...], Tuple[int, ...]]]
 HookOutput = Optional[Tuple[Tensor, Tuple[int, ...], int, bool]]
 
 
+def _ignore(*args: Any) -> None:
+    """The default of an injected notice (a plain function, so an engine pickles)."""
+
+
 def region_coords(grid: Tuple[int, ...], region: int) -> str:
     """Grid coordinates of a flat region index, e.g. ``"(h=0, w=1, c=0)"``.
 
@@ -100,7 +104,7 @@ class RegionDensities:
 
     def __init__(self, names: Sequence[str], grid: Optional[Sequence[int]], lam: float, eps: float,
                  density_samples: Optional[int] = 4, min_history: int = 2, dead_ratio: float = 0.05,
-                 saturation_ratio: float = 20.0, on_clamped: Callable[[Clamped], None] = lambda items: None,
+                 saturation_ratio: float = 20.0, on_clamped: Callable[[Clamped], None] = _ignore,
                  source: str = "nn_fmri") -> None:
         self.names = list(names)
         self.grid, self.lam, self.eps = grid, lam, eps

@@ -9,6 +9,7 @@ evaluations and merges them (across processes through an injected ``reduce_sum``
 from __future__ import annotations
 
 import time
+import warnings
 from collections import deque
 from dataclasses import dataclass
 from typing import Any, Callable, Deque, Dict, FrozenSet, List, Mapping, Optional, Sequence, Set, Tuple
@@ -18,7 +19,7 @@ from torch import Tensor, nn
 
 from nn_neuroimaging_lightning.batches import Batch, BatchSplit, split_batch
 from nn_neuroimaging_lightning.events import AnomalyEvent
-from nn_neuroimaging_lightning.fmri.density import Clamped, region_coords
+from nn_neuroimaging_lightning.fmri.density import Clamped, _ignore, region_coords
 from nn_neuroimaging_lightning.functional.shapley import ZetaResult, _zeta_from_stats, shapley_zeta
 from nn_neuroimaging_lightning.lesion import LesionGame
 
@@ -46,6 +47,10 @@ DEFAULT_PROBE_SIZE: int = 8
 Entry = Tuple[Tensor, Tensor, int, int, int]
 
 
+def _identity(x: Any) -> Any:
+    return x
+
+
 @dataclass(frozen=True)
 class Collectives:
     """The process group as the zeta engine needs it, injected by the caller (e.g. a Lightning strategy).
@@ -59,8 +64,8 @@ class Collectives:
 
     world_size: int = 1
     rank: int = 0
-    broadcast: Callable[[Any], Any] = lambda obj: obj
-    reduce_sum: Callable[[Tensor], Tensor] = lambda t: t
+    broadcast: Callable[[Any], Any] = _identity
+    reduce_sum: Callable[[Tensor], Tensor] = _identity
 
 
 def _raise(what: str, err: BaseException, fix: str) -> None:
@@ -221,7 +226,8 @@ class ZetaScheduler:
         concentration: ``max|zeta| / sum|zeta|`` above which a layer is flagged.
         seed: seed of the permutations (with the epoch and the evaluation count).
         fail: ``fail(what, error, fix)`` for a layer whose game fails (default: raise).
-        warn: ``warn(message)`` for the notices (a budget raised to the floor, a layer without a map).
+        warn: ``warn(message)`` for the notices (a budget raised to the floor, a layer without a map);
+            default :func:`warnings.warn`.
         on_clamped: ``on_clamped([(layer, shape, grid)])`` for layers the grid was clamped for.
         source: the ``source`` of the events.
 
@@ -242,7 +248,7 @@ class ZetaScheduler:
                  output_selector: Optional[Callable[[Any], Tensor]] = None, max_batch: int = 1024,
                  max_bytes: Optional[int] = 4 * 2**20, antithetic: bool = True, truncation_tol: Optional[float] = None,
                  confidence: float = 0.95, concentration: float = 0.9, seed: int = 0, fail: Callable[[str, BaseException, str], None] = _raise,
-                 warn: Callable[[str], None] = lambda message: None, on_clamped: Callable[[Clamped], None] = lambda items: None,
+                 warn: Callable[[str], None] = warnings.warn, on_clamped: Callable[[Clamped], None] = _ignore,
                  source: str = "nn_fmri") -> None:
         self.modules = dict(modules)
         self.names = list(self.modules)
