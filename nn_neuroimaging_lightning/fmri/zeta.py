@@ -121,7 +121,13 @@ class ZetaScheduler:
     r"""Shapley "zeta" of every region of each zeta layer, on a budget, pooled over a window of evaluations.
 
     The value of a coalition is the model's performance on the probe with every other region
-    lesioned (:class:`~nn_neuroimaging_lightning.lesion.LesionGame`). Permutations come from a
+    lesioned (:class:`~nn_neuroimaging_lightning.lesion.LesionGame`), and the zeta of region ``r`` is
+    its Shapley value, estimated over sampled permutations ``pi``
+    (:func:`~nn_neuroimaging_lightning.functional.shapley.shapley_zeta`):
+
+    .. math:: \zeta_r = \mathbb{E}_{\pi}\left[v(P^{\pi}_r \cup \{r\}) - v(P^{\pi}_r)\right]
+
+    with :math:`P^{\pi}_r` the regions before ``r`` in ``pi``. Permutations come from a
     ``torch.Generator`` seeded with ``seed``, the epoch and the evaluation count (so no two
     evaluations repeat permutations); with ``world_size > 1`` every rank evaluates its share and the
     sufficient statistics are summed (``Collectives.reduce_sum``), so every rank holds the same scores.
