@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import math
 import time
 from collections import deque
-from dataclasses import dataclass, field
 from typing import Any, Callable, Deque, Dict, FrozenSet, List, Mapping, Optional, Sequence, Tuple, Union
 
-import numpy as np
 import torch
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_warn
@@ -17,223 +14,78 @@ from torch import Tensor, nn
 from nn_neuroimaging_lightning import _validation as V
 from nn_neuroimaging_lightning.callbacks._base import AnomalyEvent, MonitorCallback
 from nn_neuroimaging_lightning.config import FMRIConfig
-from nn_neuroimaging_lightning.functional.grid import (
-    DEFAULT_EPS,
-    DEFAULT_GRID,
-    DEFAULT_LAMBDA,
-    _as_grid_tuple,
-    _check_lam_eps,
-    _partition,
-    add_unit_sums_,
-    grid_partition,
-    region_density,
-    resolve_grid,
-    scatter_unit_sums,
-    unit_sums,
+from nn_neuroimaging_lightning.functional.grid import DEFAULT_EPS, DEFAULT_LAMBDA, _as_grid_tuple, _check_lam_eps
+from nn_neuroimaging_lightning.functional.shapley import ZetaResult
+from nn_neuroimaging_lightning.batches import Batch, BatchSplit, split_batch
+from nn_neuroimaging_lightning.fmri.density import _ROWS_MAX_BYTES, _ROWS_MAX_CALLS, RegionDensities  # noqa: F401 (tests read _ROWS_MAX_*)
+from nn_neuroimaging_lightning.fmri.tracts import TractInfo, Tractography
+from nn_neuroimaging_lightning.fmri.zeta import (  # noqa: F401 (importable from here, as before the engines)
+    MAX_SAMPLES_PER_EVALUATION,
+    MIN_CONCENTRATION_REGIONS,
+    MIN_SAMPLES_FOR_INTERVAL,
+    DEFAULT_PROBE_SIZE,
+    DEFAULT_ZETA_BUDGET,
+    DEFAULT_ZETA_GRID,
+    Collectives,
+    ZetaScheduler,
+    batch_samples,
+    zeta_top_rows,
 )
-from nn_neuroimaging_lightning.functional.tractography import critical_pathways, path_strength, pathway_efficiency
-from nn_neuroimaging_lightning.functional.tractography import tractography as trace_module
-from nn_neuroimaging_lightning.functional.shapley import ZetaResult, _zeta_from_stats, shapley_zeta
-from nn_neuroimaging_lightning.batches import Batch, BatchSplit, call_model, split_batch
-from nn_neuroimaging_lightning.lesion import BASELINES, METRICS, LesionGame, isolated_evaluation
-from nn_neuroimaging_lightning.taps import LayerSelector, LayerTaps, first_tensor, select_layers
+from nn_neuroimaging_lightning.lesion import BASELINES, METRICS
+from nn_neuroimaging_lightning.taps import LayerSelector, LayerTaps, select_layers
 
 #: Anomaly kinds NN-fMRI can raise; ``stop_on`` takes any of them.
 FMRI_ANOMALY_KINDS: Tuple[str, ...] = ("dead_region", "saturated_region", "zeta_concentration")
-#: Fewest regions a zeta map needs for ``zeta_concentration`` to be judged. With R regions an even
-#: map gives each 1/R; on a 2-region map (a linear layer's feature groups under the default zeta
-#: grid) one region holding 90 % is ordinary (the healthy demo's ``fc2``: 0.97), not a shortcut.
-MIN_CONCENTRATION_REGIONS: int = 4
-#: The hook's density-sample copies of a layer are summed per unit once this many steps' copies,
-#: or this many bytes of them, are pending (fewer dispatched ops per step; a bounded buffer).
-_ROWS_MAX_CALLS = 16
-_ROWS_MAX_BYTES = 1 << 20
-
-#: Default zeta budget: value rows (probe forwards) per layer and evaluation. It is raised, per
-#: layer, to the minimum that gives two samples (``2 + 4 (R - 1)`` rows with antithetic pairs), so
-#: that a confidence interval exists; see the class docstring for the cost.
-DEFAULT_ZETA_BUDGET: int = 256
-#: Most zeta samples (antithetic pairs) one layer receives in one time-budgeted or counted evaluation.
-MAX_SAMPLES_PER_EVALUATION: int = 128
-#: Default zeta grid when neither ``zeta_grid`` nor ``grid`` is given: 8 regions on a conv map,
-#: ``(2, 2)`` over tokens x hidden, 2 over features (see the class docstring for the cost).
-DEFAULT_ZETA_GRID: Tuple[int, int, int] = (2, 2, 2)
-#: Default probe: samples of the first validation batch on which every coalition is judged.
-DEFAULT_PROBE_SIZE: int = 8
-#: Samples per layer at an evaluation below which its 95 % interval is not finite (Student-t, n - 1 df).
-MIN_SAMPLES_FOR_INTERVAL: int = 2
-
-_ACTIVATION_OF = ((nn.ReLU, "relu"), (nn.Sigmoid, "sigmoid"), (nn.Tanh, "tanh"))
 
 
-@dataclass
-class TractInfo:
-    """Tractography between two consecutive tapped layers ``source -> target``.
-
-    Attributes:
-        source: name of the upstream tapped layer (its output grid gives the source regions).
-        target: name of the downstream weighted module (its output grid gives the target regions).
-        matrix: ``(n_source, n_target)`` connection strengths (CPU), ``None`` when not traced.
-        traced: whether ``matrix`` holds strengths.
-        reason: why not, when not traced.
-        mapping: how the source grid meets ``target``'s input: ``"exact"`` (same shape),
-            ``"reshaped"`` (same units in memory order, e.g. after a flatten), ``"proportional"``
-            (a pooling in between: the same grid laid proportionally over the pooled map, an
-            approximation) or ``""``.
-        activation: the nonlinearity assumed after ``target`` (the next module if it is a
-            ReLU/Sigmoid/Tanh, else ``identity``).
-        pathways: the ``top_k`` strongest ``(source_region, target_region, strength)``.
-        efficiency: pathway efficiency, 1 − normalised entropy of the strength distribution.
-    """
-
-    source: str
-    target: str
-    matrix: Optional[Tensor]
-    traced: bool
-    reason: str = ""
-    mapping: str = ""
-    activation: str = "identity"
-    pathways: List[Tuple[int, int, float]] = field(default_factory=list)
-    efficiency: float = float("nan")
+def _engine_view(engine: str, attr: str) -> property:
+    """Read-only view of an engine's attribute under the callback's pre-engine private name (tests, benchmarks)."""
+    return property(lambda self: getattr(getattr(self, engine), attr))
 
 
 class NNfMRICallback(MonitorCallback):
     r"""Watch where in each layer activity and impact live, like fMRI voxels in a brain.
 
-    **Densities (every training step).** Each tapped layer's output is split into micro-regions
-    (grid ``(g_h, g_w, g_c)`` over ``(H, W, C)``, ``(g_t, g_d)`` over tokens × hidden, ``(g_c,)`` over
-    features). Per step, one forward hook copies the first ``density_samples`` samples of the
-    output (default 4; ``None``: the hook reduces the whole batch itself) and ``on_train_batch_end``
-    adds their per-unit sums of ``|a|``, ``a`` and ``a^2`` into the window on the device (no host
-    sync; ``abs``, ``mul`` and three ``addmm_`` per layer); the ``(3, units)`` sums are scattered
-    into per-region sums once per window. The hook has no region index, no data-dependent shape
-    and reads the clock only outside ``torch.compile`` tracing, so a compiled model keeps one graph
-    per mode (no graph break, no recompile). Decision: the density is a statistic of
-    the layer's activity *distribution*, not of one batch, so a fixed subsample of every batch
-    gives unbiased sums per sample (``E[|a|]``, ``E[a]``, ``E[a^2]``; the variance is then
-    consistent) and the window still pools ``4 x check_every_n_steps`` samples (200 at the default
-    50 steps). With shuffled loaders the first samples are a random subsample; with unshuffled
-    ones each batch still contributes different samples. On the reference CNN (batch 64, one CPU
-    thread) the densities' self-time is about 2.3-3.1 % of the step time on a loaded shared CPU
-    (12-22 % with full-batch reductions; see ``benchmarks/README.md``, ``fmri_overhead``). Every
-    ``check_every_n_steps`` steps (default: the trainer's ``log_every_n_steps``) the window's
-    density :math:`\phi(g) = \overline{|a|}_g + \lambda \log(\sigma^2_g + \epsilon)` is available
-    as :attr:`density`, and each region's mean ``|a|`` is compared with its running baseline (an
-    exponential average over earlier windows): a region that had been active and falls below
-    ``dead_ratio`` × baseline is a ``dead_region``, one above ``saturation_ratio`` × baseline a
-    ``saturated_region``.
+    Thin Lightning glue over three plain-PyTorch engines (:mod:`nn_neuroimaging_lightning.fmri`),
+    whose docstrings hold the measures, the decisions and their measured costs:
 
-    **Zeta (on a schedule).** At the end of every ``zeta_every_n_epochs``-th validation epoch of a
-    fit (never in the sanity check; and at the end of ``trainer.validate``), or, when the trainer
-    has no validation loop, at the end of every ``zeta_every_n_epochs``-th training epoch, the
-    Shapley value of every region of each ``zeta_layers`` layer is estimated on a fixed probe batch
-    (the first ``probe_size`` samples of the first validation batch seen, else of the first training
-    batch; cloned once to CPU, re-taken after a resume): the value of a coalition is the model's
-    performance with every other region lesioned (see :mod:`nn_neuroimaging_lightning.lesion`).
-    Permutations come from a ``torch.Generator`` seeded with ``seed``, the epoch and the evaluation
-    count (so no two evaluations repeat permutations); under DDP every rank evaluates its share and
-    the sufficient statistics are summed across ranks, so every rank holds the same scores.
+    **Densities (every training step)**, :class:`~nn_neuroimaging_lightning.fmri.density.RegionDensities`.
+    Each tapped layer's output is split into micro-regions (grid ``(g_h, g_w, g_c)`` over
+    ``(H, W, C)``, ``(g_t, g_d)`` over tokens × hidden, ``(g_c,)`` over features); a forward hook
+    copies the first ``density_samples`` samples of each training batch and the window sums of
+    ``|a|``, ``a``, ``a^2`` stay on the device. Every ``check_every_n_steps`` steps (default: the
+    trainer's ``log_every_n_steps``) the window's density
+    :math:`\phi(g) = \overline{|a|}_g + \lambda \log(\sigma^2_g + \epsilon)` is available as
+    :attr:`density`, and a region that falls below ``dead_ratio`` × its running baseline is a
+    ``dead_region``, one above ``saturation_ratio`` × baseline a ``saturated_region``.
 
-    *Batches and outputs.* The probe is split into inputs and target by one rule
-    (:mod:`nn_neuroimaging_lightning.batches`): a mapping batch (dict, ``BatchEncoding``) is
-    forwarded as ``model(**inputs)`` without its label keys (``labels``, ``label``, ``targets``,
-    ``target``), whose value is the target; ``(x, y, ...)`` gives ``model(x)`` and ``y``; a tensor is
-    the input. ``batch_split(batch) -> (args, kwargs, target)`` replaces the rule. A
-    ``LightningModule`` without a ``forward`` of its own (``self.model(**batch).loss`` in the steps)
-    has its ``model`` attribute called. The value of a coalition is minus the cross-entropy for
-    integer labels (``(B,)`` with logits ``(B, C)``, or per token: ``(B, T)`` with ``(B, T, V)``,
-    label -100 ignored, shifted by one token when the model's own ``.loss`` shows that it shifts),
-    minus the MSE for float targets, else minus the model's own ``.loss`` (one coalition per
-    forward); ``value_fn`` overrides all (see :class:`~nn_neuroimaging_lightning.lesion.LesionGame`).
+    **Zeta (on a schedule)**, :class:`~nn_neuroimaging_lightning.fmri.zeta.ZetaScheduler`. At the
+    end of every ``zeta_every_n_epochs``-th validation epoch of a fit (never in the sanity check;
+    and at the end of ``trainer.validate``), or, when the trainer has no validation loop, at the end
+    of every ``zeta_every_n_epochs``-th training epoch, the Shapley value of every region of each
+    ``zeta_layers`` layer is estimated on a fixed probe batch (the first ``probe_size`` samples of
+    the first validation batch seen, else of the first training batch; cloned once to CPU,
+    re-taken after a resume; under DDP rank 0's): the value of a coalition is the model's
+    performance with every other region lesioned (:class:`~nn_neuroimaging_lightning.lesion.LesionGame`;
+    the batch split by :func:`~nn_neuroimaging_lightning.batches.split_batch`). The budget is
+    **counted** by default (``zeta_fraction`` of the training sample-forwards since the previous
+    evaluation, with a floor of two samples per layer; no clock, bitwise reproducible on CPU),
+    **fixed** with ``zeta_budget`` or **timed** with ``zeta_time_fraction``; :attr:`zeta` pools the
+    last ``zeta_window`` evaluations with a Student-t interval. Under DDP every rank evaluates its
+    share and the sufficient statistics are summed across ranks (``trainer.strategy`` injected as
+    :class:`~nn_neuroimaging_lightning.fmri.zeta.Collectives`). A map whose ``max|zeta| / sum|zeta|``
+    exceeds ``zeta_concentration`` raises ``zeta_concentration``.
+
+    **Tractography (same schedule)**, :class:`~nn_neuroimaging_lightning.fmri.tracts.Tractography`:
+    connection strengths between the regions of consecutive tapped layers (``nn.Linear`` /
+    ``nn.Conv2d`` targets) from one forward on the probe, with the critical pathways and chains.
 
     *Failures.* A layer whose game fails (an output without the batch axis, a target that fits no
     metric, ...) is skipped with one warning naming the layer, the cause and the argument that
     fixes it; the other layers and the fit go on. The same for tractography (per pair) and for a
-    batch the rule cannot split. ``strict=True`` raises instead.
-
-    *Cost and the schedule.* A permutation sample costs ``2 (R - 1)`` value rows (an antithetic
-    pair), each a forward of the ``probe_size`` probe samples. Three schedules:
-
-    * **counted** (default; ``zeta_budget`` and ``zeta_time_fraction`` both ``None``): an
-      evaluation may spend ``zeta_fraction`` (5 %) of the training *sample-forwards* since the
-      previous evaluation (each training batch counts its batch size; a lesion row counts
-      ``probe_size``, also when its upstream runs once), shared equally by the zeta layers,
-      cheapest sample first, whole samples only, at most :data:`MAX_SAMPLES_PER_EVALUATION` per
-      layer; a layer that cannot afford a sample saves its share (up to one sample's cost) for the
-      next evaluation. **Floor:** a layer whose window would hold fewer than two samples gets two
-      (:data:`MIN_SAMPLES_FOR_INTERVAL`) whatever the share, so every zeta layer has a map with
-      finite 95 % intervals from the first validation epoch on (and in ``trainer.validate``, where
-      there is no training to count). Integer counting only, no clock: with ``seed_everything``
-      two runs give bitwise-identical maps on CPU. Under DDP the count is rank 0's times the
-      world size (broadcast) and the ranks split the samples.
-    * **fixed** (``zeta_budget=N``): ``N`` value rows per layer and evaluation (at least two samples).
-    * **timed** (``zeta_time_fraction=f``): ``f`` times the training wall time since the previous
-      evaluation (``on_train_epoch_start`` to the start of validation / the end of the training
-      epoch, ``perf_counter``), minus the overhead (probe transfer, tractography) the previous
-      evaluation spent outside the layers. The layers are served cheapest-sample-first; each gets
-      an equal share of what is left, and draws as many whole samples as its cost estimate
-      (seconds per row, measured on the previous evaluation, or calibrated on ``f(none)``/``f(all)``
-      the first time) affords, at most :data:`MAX_SAMPLES_PER_EVALUATION`; in one process the
-      samples run in chunks of about four forwards with the clock checked before each, so a slower
-      machine stops early instead of overrunning. A layer that cannot afford one sample *banks*
-      its share, up to the cost of one sample; a layer that overran carries the debt. Not
-      reproducible run to run (it reads the clock). Under DDP rank 0's ledger decides (broadcast).
-
-    A layer left without a map after an evaluation is said once, with the reason.
-
-    *Default grid and probe.* Decision: zeta has its own grid, ``zeta_grid`` (default
-    :data:`DEFAULT_ZETA_GRID` ``(2, 2, 2)``: 8 regions on a conv map, ``2 x 2`` over tokens x
-    hidden, 2 over features; a ``grid`` you set applies to zeta too unless ``zeta_grid`` is given)
-    and a probe of :data:`DEFAULT_PROBE_SIZE` (8) samples, because the floor is paid at the first
-    evaluation of every run: two antithetic samples of an 8-region layer are ``2 + 4 x 7 = 30``
-    rows of 8 samples (240 sample-forwards, the upstream run once per forward). The densities keep
-    the finer ``grid`` (8, 8, 4). Measured (``python benchmarks/fmri_clients.py --steps 25 100
-    --pairs 1``, one torch thread on a 2-core machine shared with other jobs, so noisy): a zeta +
-    tractography evaluation at the floor costs about 0.5 s on the ``cnn`` client (4 layers),
-    1.4 s on ``resnet`` (5 layers), 0.6-0.8 s on ``gpt2`` (4 layers); the whole fit of one epoch
-    was 1.10x / 0.96x (cnn, 25 / 100 steps), 1.18x / 1.17x (resnet), 1.34x / 1.04x (gpt2) the fit
-    without the callback. The resnet and the 25-step gpt2 miss the 1.15x / 1.05x targets: lower
-    ``probe_size``, name fewer ``zeta_layers`` or raise ``zeta_every_n_epochs`` there.
-
-    *Running estimate.* Each layer keeps the sufficient statistics (sum, sum of squares and count
-    of the per-sample marginals) of its last ``zeta_window`` evaluations (one entry per
-    evaluation, empty when the layer got no sample) and :attr:`zeta` reports their pooled mean,
-    Student-t interval and ``n_permutations``/``stat_count`` (how many samples back it). Decision:
-    a sliding window rather than an exponential decay, because it keeps the counts integer and the
-    interval exact in its own terms: the samples are independent and each is unbiased for the
-    Shapley value of the game of its own evaluation, so the interval covers the *average* of the
-    games (weights) of the window's evaluations, not the latest weights alone; the window bounds
-    that staleness to ``zeta_window`` evaluations and the memory to ``zeta_window x 2R`` numbers
-    per layer. A layer whose window holds no sample has no entry in :attr:`zeta` and
-    :attr:`zeta_max` (it is never reported as zero); one with a single sample has an infinite
-    interval. Consequence on the demo (``benchmarks/fmri_overhead.py``): at 5 % of 100-step
-    epochs the fully connected layers get several samples per epoch, while ``conv2`` (R = 256)
-    gets one every few epochs and ``conv1`` (its downstream forwards cost ~15x more) far fewer,
-    so their windows are mostly empty. For conv layers raise ``zeta_time_fraction``, coarsen the
-    grid, lower ``probe_size`` or name fewer ``zeta_layers``.
-
-    *Upstream saving.* The lesion forwards run the model on the ``B`` probe samples and expand the
-    target's output to ``K x B`` inside its forward hook (:class:`~nn_neuroimaging_lightning.lesion.LesionGame`,
-    checked against the plain path once, falling back to repeated inputs when the downstream
-    fails on the shape); everything upstream of the target runs once per forward instead of ``K``
-    times.
-
-    A layer whose zeta mass concentrates (``max|zeta| / sum|zeta|`` above
-    ``zeta_concentration``) raises ``zeta_concentration``; only maps of at least
-    :data:`MIN_CONCENTRATION_REGIONS` (4) regions are judged.
-
-    **Tractography (same schedule).** One forward on the probe captures each tapped module's input
-    and output; for consecutive tapped layers ``A -> B`` with ``B`` an ``nn.Linear``/``nn.Conv2d``
-    the connection strengths between ``A``'s regions and ``B``'s regions are computed
-    (:func:`~nn_neuroimaging_lightning.functional.tractography.tractography`). ``A``'s grid meets
-    ``B``'s input exactly when the shapes agree or when only a reshape separates them; across a
-    pooling the same grid is laid proportionally over the pooled map (``mapping="proportional"``,
-    an approximation, said so in the panel); anything else is reported as not traced.
-
-    Every evaluation runs in eval mode under ``no_grad`` with silenced taps and forked RNG
-    streams, and restores the modules' modes and buffers: a run's losses and weights are the same
-    with and without this callback.
-
+    batch the rule cannot split. ``strict=True`` raises instead. Every evaluation runs in eval
+    mode under ``no_grad`` with silenced taps and forked RNG streams, and restores the modules'
+    modes and buffers: a run's losses and weights are the same with and without this callback.
 
     Args:
         layers: modules to tap (see :func:`~nn_neuroimaging_lightning.taps.select_layers`).
@@ -367,12 +219,8 @@ class NNfMRICallback(MonitorCallback):
             self.zeta_grid = self.grid if grid is not None else DEFAULT_ZETA_GRID
         _check_lam_eps(lam, eps)
         self.lam, self.eps = float(lam), float(eps)
-        if check_every_n_steps is not None:
-            V.check_int("check_every_n_steps", check_every_n_steps, 1)
-        self.check_every_n_steps = check_every_n_steps
-        if density_samples is not None:
-            V.check_int("density_samples", density_samples, 1)
-        self.density_samples = density_samples
+        self.check_every_n_steps = None if check_every_n_steps is None else V.check_int("check_every_n_steps", check_every_n_steps, 1)
+        self.density_samples = None if density_samples is None else V.check_int("density_samples", density_samples, 1)
         self.min_history = V.check_int("min_history", min_history, 1)
         self.zeta_every_n_epochs = V.check_int("zeta_every_n_epochs", zeta_every_n_epochs, 1)
         self.zeta_selection = V.check_layer_selector("zeta_layers", zeta_layers)
@@ -421,59 +269,29 @@ class NNfMRICallback(MonitorCallback):
 
         self._taps: Optional[LayerTaps] = None
         self._modules: Dict[str, nn.Module] = {}
-        self._zeta_names: List[str] = []
-        # per tapped layer (index-aligned with self._taps.names)
-        self._acc: List[Optional[Tensor]] = []  # (R, 3) window sums of |a|, a, a^2
-        # (3, U) per-unit sums added since the last scatter into `_acc` (see `_flush_units`)
-        self._units: List[Optional[Tensor]] = []
-        # the hook's sample copies not yet summed into `_units` (see `_sum_rows`), and their bytes
-        self._rows: List[List[Tensor]] = []
-        self._rows_bytes: List[int] = []
-        self._acc_n: List[int] = []  # samples in the window
-        self._shape: List[Optional[Tuple[int, ...]]] = []  # unit shape
-        self._grid_of: List[Optional[Tuple[int, ...]]] = []  # resolved grid
-        self._last: List[Optional[Tuple[Tensor, int]]] = []  # latest completed window (sums, n)
-        self._base: List[Optional[Tensor]] = []  # (R,) baseline mean |a|
-        self._windows: List[int] = []
-        self._flag_state: List[Optional[Tensor]] = []  # (2, R) bool host: dead, saturated
-        self._unsupported: set = set()
+        self._density: Optional[RegionDensities] = None  # built in `setup`
         self._warned_clamp: set = set()
-        self._warned_budget: set = set()
-        self._zeta: Dict[str, ZetaResult] = {}
-        # per zeta layer: sufficient statistics of the last `zeta_window` evaluations (None = no samples)
-        self._zeta_stats: Dict[str, Deque[Optional[Tuple[Tensor, Tensor, int, int, int]]]] = {}
-        self._zeta_grid: Dict[str, Tuple[int, ...]] = {}
-        # time-budget ledger (seconds): per-layer savings, per-row and set-up costs, overhead debt
-        self._zeta_bank: Dict[str, float] = {}
-        self._row_cost: Dict[str, float] = {}
-        self._setup_cost: Dict[str, float] = {}
-        self._rows_per_sample: Dict[str, int] = {}
-        self._overhead_debt = 0.0
-        self._train_elapsed = 0.0  # training wall time since the previous zeta evaluation
+        self._scheduler: Optional[ZetaScheduler] = None  # built in `setup`
         self._train_t0: Optional[float] = None
-        self._index_cache: Dict[Tuple[Tuple[int, ...], torch.device], Tuple[Tensor, int]] = {}
-        self.last_zeta_plan: Dict[str, Dict[str, float]] = {}
-        self.zeta_max: Dict[str, float] = {}
         self._zeta_flagged: FrozenSet[str] = frozenset()
         self._density_flagged: FrozenSet[str] = frozenset()
-        self.tracts: Dict[Tuple[str, str], TractInfo] = {}
-        self.path_strength: Dict[Tuple[str, ...], Tuple[float, List[int]]] = {}
+        self._tractography = Tractography(self.grid, self.top_k, self.output_selector, fail=self._fail)
         self._probe: Optional[Batch] = None
-        self._train_samples = 0  # training sample-forwards since the previous zeta evaluation (counted schedule)
-        self._zeta_credit: Dict[str, int] = {}  # counted schedule: sample-forwards a layer has saved
         self._warned_fail: set = set()
-        self._warned_no_map: set = set()
         self._probe_from_val = False
         self._listeners: List[Callable[[Trainer, LightningModule], None]] = []
         self._pending_state: Optional[Dict[str, Any]] = None
         self._train_batches = 0
         self._zeta_epoch: Optional[int] = None
         self.zeta_evaluations = 0
-        self._self_time_ns = 0
         self._self_time_steps = 0
         self._zeta_time_s = 0.0
 
     # ------------------------------------------------------------------ public read-only surface
+    _acc_n, _rows, _base = (_engine_view("_density", a) for a in ("acc_n", "rows", "base"))
+    _zeta_stats, _row_cost, _rows_per_sample, _sample_cost = (
+        _engine_view("_scheduler", a) for a in ("stats", "row_cost", "rows_per_sample", "sample_cost"))
+
     @property
     def state_key(self) -> str:
         return self._generate_state_key(layers=repr(self.layer_selection), grid=self.grid)
@@ -484,31 +302,36 @@ class NNfMRICallback(MonitorCallback):
     @property
     def zeta_layers(self) -> List[str]:
         """Names of the layers whose regions are scored."""
-        return list(self._zeta_names)
+        return [] if self._scheduler is None else list(self._scheduler.names)
 
     @property
     def density(self) -> Dict[str, Tensor]:
         """Grid-shaped ``phi`` per layer over the current window (or the last one if it is empty)."""
-        out: Dict[str, Tensor] = {}
-        if self._taps is None:
-            return out
-        for i, name in enumerate(self._taps.names):
-            sums, n = self._window(i)
-            if sums is None:
-                continue
-            sizes = self._sizes(i, sums.device)
-            out[name] = region_density(sums, sizes * n, self.lam, self.eps).reshape(self._grid_of[i])
-        return out
+        return {} if self._density is None else self._density.density()
 
     @property
     def zeta(self) -> Dict[str, ZetaResult]:
         """Latest zeta per layer: ``.scores .ci_low .ci_high .significant`` grid-shaped (CPU)."""
-        return dict(self._zeta)
+        return {} if self._scheduler is None else dict(self._scheduler.zeta)
+
+    @property
+    def zeta_max(self) -> Dict[str, float]:
+        """Largest zeta of each layer's latest map (the cross-modal callback's ``zeta_max``)."""
+        return {} if self._scheduler is None else self._scheduler.zeta_max
+
+    @property
+    def last_zeta_plan(self) -> Dict[str, Dict[str, float]]:
+        """The latest evaluation's ledger per layer: samples, seconds / sample-forwards spent and allowed, savings."""
+        return {} if self._scheduler is None else self._scheduler.last_plan
 
     @property
     def flagged_layers(self) -> FrozenSet[str]:
         """Layers flagged by the latest check (spatial density anomalies or zeta concentration)."""
         return self._density_flagged | self._zeta_flagged
+
+    @property
+    def _self_time_ns(self) -> int:
+        return 0 if self._density is None else self._density.self_time_ns
 
     @property
     def self_time(self) -> Dict[str, float]:
@@ -530,14 +353,16 @@ class NNfMRICallback(MonitorCallback):
         if self._taps is None:
             self._modules = select_layers(pl_module, self.layer_selection)
             zeta = self._modules if self.zeta_selection is None else select_layers(pl_module, self.zeta_selection, argument="zeta_layers")
-            self._zeta_names = list(zeta)
-            self._modules_all = {**self._modules, **zeta}
-            self._taps = LayerTaps(self._modules, reduce=self._reduce, selector=self.output_selector)
-            n = len(self._modules)
-            self._acc, self._acc_n, self._shape, self._grid_of = [None] * n, [0] * n, [None] * n, [None] * n
-            self._units = [None] * n
-            self._rows, self._rows_bytes = [[] for _ in range(n)], [0] * n
-            self._last, self._base, self._windows, self._flag_state = [None] * n, [None] * n, [0] * n, [None] * n
+            self._scheduler = ZetaScheduler(
+                zeta, self.zeta_grid, fraction=self.zeta_fraction, budget=self.zeta_budget, time_fraction=self.zeta_time_fraction,
+                window=self.zeta_window, baseline=self.baseline, metric=self.metric, value_fn=self.value_fn,
+                output_selector=self.output_selector, max_batch=self.zeta_max_batch, max_bytes=self.zeta_max_bytes,
+                antithetic=self.antithetic, truncation_tol=self.truncation_tol, confidence=self.confidence,
+                concentration=self.zeta_concentration, seed=self.seed, fail=self._fail, warn=rank_zero_warn,
+                on_clamped=self._warn_clamped, source=self.source)
+            self._density = RegionDensities(list(self._modules), self.grid, self.lam, self.eps, self.density_samples, self.min_history,
+                                            self.dead_ratio, self.saturation_ratio, on_clamped=self._warn_clamped, source=self.source)
+            self._taps = LayerTaps(self._modules, reduce=self._density.reduce, selector=self.output_selector)
         self._apply_pending_state()
         self._taps.enabled = False  # densities are taken on training batches only
         self._taps.attach()
@@ -558,39 +383,6 @@ class NNfMRICallback(MonitorCallback):
             sink.flush()
 
     # ------------------------------------------------------------------ per step
-    def _reduce(self, t: Tensor) -> Optional[Tuple[Tensor, Tuple[int, ...], int, bool]]:
-        # Runs in the forward hook, inside the graph of a `torch.compile`d model: tensor ops without
-        # a region index or a data-dependent shape only, no Python side effect that dynamo cannot
-        # trace (the clock is read in eager mode only). With a subsample (the default) the hook only
-        # copies the first `density_samples` samples (one op; a copy because a later in-place op,
-        # e.g. `ReLU(inplace=True)`, may overwrite the output); the sums (`add_unit_sums_`) and the
-        # scatter into regions run in `on_train_batch_end`, outside the graph (on the reference CNN
-        # 15-25 % less self-time than reducing in the hook). With the whole batch
-        # (`density_samples=None`) the hook reduces it to (3, U) at once instead of copying it.
-        timed = not torch.compiler.is_compiling()
-        t0 = time.perf_counter_ns() if timed else 0
-        if not 2 <= t.dim() <= 4 or t.is_complex():
-            return None
-        if self.density_samples is None:
-            out, n, reduced = unit_sums(t), t.shape[0], True  # (3, U)
-        else:
-            n = min(self.density_samples, t.shape[0])
-            out, reduced = t[:n].clone(memory_format=torch.contiguous_format), False  # (n, *unit_shape); the hook runs under no_grad
-        if timed:
-            self._self_time_ns += time.perf_counter_ns() - t0
-        return out, tuple(t.shape), n, reduced
-
-    def _region_index(self, unit_shape: Tuple[int, ...], device: torch.device) -> Tuple[Tensor, int]:
-        """Flat region index ``(U,)`` and region count of a unit shape (cached; eager code only)."""
-        key = (unit_shape, device)
-        hit = self._index_cache.get(key)
-        if hit is None:
-            index, _, g = _partition((1,) + unit_shape, self.grid, device)
-            if len(self._index_cache) >= 64:
-                self._index_cache.clear()
-            hit = self._index_cache[key] = (index.reshape(-1), math.prod(g))
-        return hit
-
     def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int) -> None:
         if self._probe is None:
             self._take_probe(batch, from_val=False)
@@ -607,53 +399,16 @@ class NNfMRICallback(MonitorCallback):
             return
         self._taps.enabled = False
         self._train_batches += 1
-        self._train_samples += self._batch_size(batch)
-        new_clamped = []
-        for i, calls in enumerate(self._taps.take()):
-            for call in calls:
-                if call is None:
-                    self._unsupported.add(self._taps.names[i])
-                    continue
-                out, shape, n_used, reduced = call
-                if self._shape[i] != shape[1:]:
-                    g, clamped = resolve_grid(shape, self.grid)
-                    if clamped and self._taps.names[i] not in self._warned_clamp:
-                        new_clamped.append((self._taps.names[i], shape, g))
-                    self._shape[i], self._grid_of[i] = shape[1:], g
-                    self._acc[i], self._acc_n[i], self._units[i] = None, 0, None
-                    self._rows[i], self._rows_bytes[i] = [], 0
-                    self._base[i], self._windows[i], self._flag_state[i] = None, 0, None
-                # The hook's copies of the first samples are summed per unit several steps at a time
-                # (`_sum_rows`: one `cat`, then `add_unit_sums_`'s abs, mul and three addmm_, for up
-                # to `_ROWS_MAX_CALLS` steps or `_ROWS_MAX_BYTES` of copies); the scatter into
-                # regions waits for the window's end (`_flush_units`): one op per window.
-                if reduced:
-                    self._unit_acc(i, out).add_(out)  # (3, U) reduced in the hook (whole batch)
-                else:
-                    self._rows[i].append(out)  # (n, *unit_shape), the hook's own copy
-                    self._rows_bytes[i] += out.numel() * out.element_size()
-                    if len(self._rows[i]) >= _ROWS_MAX_CALLS or self._rows_bytes[i] >= _ROWS_MAX_BYTES:
-                        self._sum_rows(i)
-                self._acc_n[i] += n_used
-        self._warn_clamped(new_clamped)
+        self._scheduler.note_training(samples=batch_samples(batch, self.batch_split))
+        self._density.add(self._taps.take())
         every = self.check_every_n_steps or max(trainer.log_every_n_steps, 1)
         if self._train_batches % every == 0:
             self._check(trainer, pl_module)
-        self._self_time_ns += time.perf_counter_ns() - t0
+        self._density.self_time_ns += time.perf_counter_ns() - t0
         self._self_time_steps += 1
 
-    def _batch_size(self, batch: Any) -> int:
-        """Samples of a training batch (its sample-forwards for the counted zeta schedule); 0 if not understood."""
-        if isinstance(batch, Tensor):
-            return int(batch.shape[0]) if batch.dim() else 0
-        if isinstance(batch, (tuple, list)) and batch and isinstance(batch[0], Tensor) and batch[0].dim():
-            return int(batch[0].shape[0])
-        try:
-            return split_batch(batch, None, self.batch_split).size
-        except (TypeError, ValueError):
-            return 0
-
     def _warn_clamped(self, items: List[Tuple[str, Tuple[int, ...], Tuple[int, ...]]]) -> None:
+        items = [item for item in items if item[0] not in self._warned_clamp]
         if not items:
             return
         for name, _, _ in items:
@@ -661,113 +416,18 @@ class NNfMRICallback(MonitorCallback):
         listing = "; ".join(f"`{n}` output {s} -> grid {g}" for n, s, g in items)
         rank_zero_warn(f"NNfMRICallback: `grid`={self.grid} is larger than some layers and was clamped: {listing}.")
 
-    def _unit_acc(self, i: int, like: Tensor) -> Tensor:
-        """Layer ``i``'s ``(3, U)`` per-unit accumulator (created on ``like``'s device)."""
-        if self._units[i] is None:
-            self._units[i] = torch.zeros(3, math.prod(self._shape[i]), dtype=torch.float32, device=like.device)
-        return self._units[i]
-
-    def _sum_rows(self, i: int) -> None:
-        """Add layer ``i``'s pending sample copies to its per-unit sums (one ``cat`` for all)."""
-        rows = self._rows[i] if i < len(self._rows) else None
-        if not rows:
-            return
-        x = rows[0] if len(rows) == 1 else torch.cat(rows)  # (sum n, *unit_shape)
-        self._rows[i], self._rows_bytes[i] = [], 0
-        add_unit_sums_(self._unit_acc(i, x), x)
-
-    def _flush_units(self, i: int) -> None:
-        """Scatter layer ``i``'s pending per-unit sums into its ``(R, 3)`` window sums (one op)."""
-        self._sum_rows(i)
-        units = self._units[i] if i < len(self._units) else None
-        if units is None:
-            return
-        self._units[i] = None
-        index, n_regions = self._region_index(tuple(self._shape[i]), units.device)
-        if self._acc[i] is None:
-            self._acc[i] = torch.zeros(n_regions, 3, dtype=torch.float32, device=units.device)
-        elif self._acc[i].device != units.device:
-            self._acc[i] = self._acc[i].to(units.device)  # e.g. restored on CPU, now on an accelerator
-        scatter_unit_sums(units, index, n_regions, out=self._acc[i])
-
-    def _window(self, i: int) -> Tuple[Optional[Tensor], int]:
-        self._flush_units(i)
-        if self._acc[i] is not None and self._acc_n[i] > 0:
-            return self._acc[i], self._acc_n[i]
-        if self._last[i] is not None:
-            return self._last[i]
-        return None, 0
-
-    def _sizes(self, i: int, device: torch.device) -> Tensor:
-        return _partition((1,) + tuple(self._shape[i]), self._grid_of[i], device)[1]
-
     # ------------------------------------------------------------------ spatial anomalies
     def _check(self, trainer: Trainer, pl_module: LightningModule) -> None:
         """Close the density window: judge every region against its baseline (host sync here only)."""
-        names = self._taps.names
-        events: List[AnomalyEvent] = []
-        flagged = set()
         step = trainer.global_step
-        for i, name in enumerate(names):
-            self._flush_units(i)
-            if self._acc[i] is None or self._acc_n[i] == 0:
-                if self._flag_state[i] is not None and self._flag_state[i].any():
-                    flagged.add(name)
-                continue
-            sums, n = self._acc[i], self._acc_n[i]
-            mean_abs = sums[:, 0] / (self._sizes(i, sums.device) * n)  # (R,)
-            base = self._base[i]
-            if base is None:
-                self._base[i], self._windows[i] = mean_abs.clone(), 1
-            else:
-                if self._windows[i] >= self.min_history:
-                    floor = torch.clamp(base.max() * 1e-6, min=1e-30)
-                    active = base > floor
-                    ratio = mean_abs / torch.where(active, base, torch.ones_like(base))
-                    dead = active & (ratio < self.dead_ratio)
-                    sat = active & (ratio > self.saturation_ratio)
-                    host = torch.stack([dead.float(), sat.float(), ratio, mean_abs, base]).cpu().numpy()
-                    state = host[:2] > 0.5  # (2, R)
-                    prev = self._flag_state[i] if self._flag_state[i] is not None else np.zeros_like(state)
-                    events += self._region_events(step, name, i, state & ~prev, host)
-                    self._flag_state[i] = state
-                    if state.any():
-                        flagged.add(name)
-                    keep = ~(dead | sat)
-                    self._base[i] = torch.where(keep, 0.9 * base + 0.1 * mean_abs, base)
-                else:
-                    self._base[i] = 0.5 * base + 0.5 * mean_abs
-                self._windows[i] += 1
-            self._last[i] = (sums, n)
-            self._acc[i], self._acc_n[i] = None, 0
-        self._density_flagged = frozenset(flagged)
+        events, self._density_flagged = self._density.check(step)
         self._push_flags(step)
         self._log(pl_module, "nn_fmri/anomaly", float(bool(self.flagged_layers)))
         self._record(events)
         self._maybe_stop(trainer, events)
 
-    def _region_events(self, step: int, name: str, i: int, new: np.ndarray, host: np.ndarray) -> List[AnomalyEvent]:
-        out = []
-        for row, kind in ((0, "dead_region"), (1, "saturated_region")):
-            regions = np.nonzero(new[row])[0]
-            if not len(regions):
-                continue
-            ratios = host[2, regions]
-            worst = regions[int(np.argmin(ratios) if row == 0 else np.argmax(ratios))]
-            coords = ", ".join(self._coords(self._grid_of[i], int(r)) for r in regions[:10])
-            more = f" (+{len(regions) - 10} more)" if len(regions) > 10 else ""
-            out.append(AnomalyEvent(step, "train", name, kind, float(host[2, worst]), self.source,
-                                    detail=f"{len(regions)} region(s) {coords}{more}; mean|a| / baseline of the worst = {host[2, worst]:.3g}"))
-        return out
-
     def _push_flags(self, step: int) -> None:
         self.flag_history.append((step, self.flagged_layers))
-
-    @staticmethod
-    def _coords(grid: Tuple[int, ...], region: int) -> str:
-        axes = {3: ("h", "w", "c"), 2: ("t", "d"), 1: ("c",)}[len(grid)]
-        idx = np.unravel_index(region, grid)
-        return "(" + ", ".join(f"{a}={int(v)}" for a, v in zip(axes, idx)) + ")"
 
     # ------------------------------------------------------------------ probe batch
     def _split(self, batch: Any) -> Optional[Batch]:
@@ -802,7 +462,7 @@ class NNfMRICallback(MonitorCallback):
     # ------------------------------------------------------------------ zeta schedule
     def _pause_train_clock(self) -> None:
         if self._train_t0 is not None:
-            self._train_elapsed += time.perf_counter() - self._train_t0
+            self._scheduler.note_training(seconds=time.perf_counter() - self._train_t0)
             self._train_t0 = None
 
     def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
@@ -837,15 +497,7 @@ class NNfMRICallback(MonitorCallback):
                            " into inputs and target; see `batch_split`); zeta skipped.")
             return
         self._zeta_epoch = trainer.current_epoch
-        allowance = forwards = None
-        if self.zeta_time_fraction is not None and self._train_elapsed > 0:
-            allowance = self.zeta_time_fraction * self._train_elapsed - self._overhead_debt
-        elif self.zeta_time_fraction is None and self.zeta_budget is None:
-            forwards = int(self.zeta_fraction * self._train_samples) * trainer.world_size
-            if trainer.world_size > 1:
-                forwards = int(trainer.strategy.broadcast(forwards, src=0))  # every rank plays rank 0's plan
-        self._train_elapsed = 0.0
-        self._train_samples = 0
+        allowance, forwards = self._scheduler.plan(self._collectives(trainer, pl_module))
         events = self.compute_zeta(pl_module, probe, epoch=trainer.current_epoch, trainer=trainer, time_budget_s=allowance,
                                    forward_budget=forwards)
         if self.tractography:
@@ -854,17 +506,14 @@ class NNfMRICallback(MonitorCallback):
         elapsed = time.perf_counter() - t0
         self._zeta_time_s += elapsed
         if allowance is not None:
-            # what the layers' ledgers did not account for (probe transfer, tractography, bookkeeping)
-            layer_spent = sum(p["spent_s"] for p in self.last_zeta_plan.values())
-            self._overhead_debt = max(elapsed - layer_spent, 0.0)
-        on_step = False
+            self._scheduler.settle(elapsed)
         from nn_neuroimaging_lightning.panels.tensorboard import safe_tag  # the layout's tags: no path-like keys
 
-        for name in self._zeta_names:
+        for name in self.zeta_layers:
             if name in self.zeta_max:
-                self._log(pl_module, safe_tag("nn_fmri", name, "zeta_max"), self.zeta_max[name], on_step=on_step, on_epoch=True)
+                self._log(pl_module, safe_tag("nn_fmri", name, "zeta_max"), self.zeta_max[name], on_step=False, on_epoch=True)
         self._push_flags(trainer.global_step)
-        self._log(pl_module, "nn_fmri/anomaly", float(bool(self.flagged_layers)), on_step=on_step, on_epoch=True)
+        self._log(pl_module, "nn_fmri/anomaly", float(bool(self.flagged_layers)), on_step=False, on_epoch=True)
         self._record(events)
         self._write_zeta_panels(trainer)
         for fn in list(self._listeners):
@@ -879,29 +528,6 @@ class NNfMRICallback(MonitorCallback):
             self._warned_fail.add(what)
             rank_zero_warn(f"NNfMRICallback: {what} skipped: {type(err).__name__}: {err} (the argument that fixes it: {fix});"
                            " the other layers go on.")
-
-    @staticmethod
-    def _zeta_fix(err: BaseException) -> str:
-        text = str(err)
-        if "first axis" in text or "no tensor output" in text or "used in forward" in text:
-            return "leave the layer out of `zeta_layers`, or pick its tensor with `output_selector`"
-        if any(k in text for k in ("metric", "targets", "MSE", "label", "cross-entropy", "loss")):
-            return "`value_fn(module, batch) -> per-sample values`, `metric`, or `batch_split` / `label_selector`"
-        return "leave the layer out of `zeta_layers`, or pass `value_fn`"
-
-    def _no_map(self, name: str, reason: str) -> None:
-        """Say once per layer why it has no zeta map after an evaluation."""
-        if name not in self._warned_no_map and name not in self._zeta:
-            self._warned_no_map.add(name)
-            rank_zero_warn(f"NNfMRICallback: layer `{name}` has no zeta map after this evaluation: {reason}.")
-
-    def _window_samples(self, name: str) -> int:
-        """Samples the layer's window keeps once this evaluation's entry is pushed (the oldest falls out)."""
-        window = self._zeta_stats.get(name)
-        if not window:
-            return 0
-        kept = list(window)[-(self.zeta_window - 1):] if self.zeta_window > 1 else []
-        return sum(e[2] for e in kept if e is not None)
 
     def compute_zeta(self, pl_module: nn.Module, probe: Union[Batch, Tuple[Tensor, Optional[Tensor]]], epoch: int = 0,
                      trainer: Optional[Trainer] = None, time_budget_s: Optional[float] = None,
@@ -918,325 +544,42 @@ class NNfMRICallback(MonitorCallback):
         if not isinstance(probe, Batch):
             x, y = probe
             probe = Batch((x,), {}, y, int(x.shape[0]))
-        world = trainer.world_size if trainer is not None else 1
-        rank = trainer.global_rank if trainer is not None else 0
         step = trainer.global_step if trainer is not None else 0
-        p_size = probe.size
-        events: List[AnomalyEvent] = []
-        flagged = set()
-        group = 2 if self.antithetic else 1
-        timed = time_budget_s is not None
-        counted = not timed and forward_budget is not None
-        pool = float(time_budget_s) if timed else 0.0
-        fpool = int(forward_budget) if counted else 0
-        # cheapest known sample first, so that unspent shares of satisfied layers flow to dearer ones
-        order = sorted(self._zeta_names, key=lambda n: (self._rows_per_sample.get(n, 0), self._zeta_names.index(n)) if counted
-                       else self._sample_cost(n))
-        base_seed = (self.seed * 1_000_003 + int(epoch) * 1009 + self.zeta_evaluations) % (2**62)
-        self.last_zeta_plan = {}
-        for pos, name in enumerate(order):
-            t_layer = time.perf_counter()
-            share = pool / (len(order) - pos) if timed else 0.0
-            avail = self._zeta_bank.get(name, 0.0) + share
-            fshare = fpool // (len(order) - pos) if counted else 0
-            favail = self._zeta_credit.get(name, 0) + fshare
-            need = max(0, MIN_SAMPLES_FOR_INTERVAL - self._window_samples(name))
-            skip = timed and name in self._rows_per_sample and self._sample_cost(name) > avail
-            if counted and name in self._rows_per_sample and not need:
-                skip = (favail - 3 * p_size) // (self._rows_per_sample[name] * p_size) < 1
-            if timed and world > 1:
-                skip = bool(trainer.strategy.broadcast(skip, src=0))  # rank 0's ledger decides for all
-            n_samples, game, res, fspent = 0, None, None, 0
-            if not skip:
-                try:
-                    n_samples, game, res = self._zeta_layer(pl_module, name, probe, t_layer, avail, favail, need, timed, counted,
-                                                            group, world, rank, trainer, base_seed)
-                except Exception as err:  # one layer's failure never ends the fit (strict=True raises)
-                    self._fail(f"zeta for layer `{name}`", err, self._zeta_fix(err))
-                    n_samples, game, res = 0, None, None
-                if game is not None and n_samples:
-                    fspent = (3 + n_samples * self._rows_per_sample[name]) * p_size
-            spent = time.perf_counter() - t_layer
-            if timed:
-                remaining = avail - spent
-                satisfied = n_samples >= MAX_SAMPLES_PER_EVALUATION
-                keep = min(remaining, 0.0 if satisfied else self._sample_cost(name))  # savings, or a debt
-                self._zeta_bank[name] = keep
-                pool = pool - share + (remaining - keep)
-            if counted:
-                left = max(favail - fspent, 0)  # a floor the share did not cover is not carried as debt
-                sample = (self._rows_per_sample.get(name, 0) + 3) * p_size
-                keep_f = 0 if n_samples >= MAX_SAMPLES_PER_EVALUATION else min(left, sample)
-                self._zeta_credit[name] = keep_f
-                fpool = fpool - fshare + (left - keep_f)
-            self.last_zeta_plan[name] = {"samples": n_samples, "spent_s": spent, "allowance_s": avail,
-                                         "bank_s": self._zeta_bank.get(name, 0.0), "sample_forwards": fspent,
-                                         "allowance_forwards": favail}
-            self._push_zeta_stats(name, res, game, trainer, world, pl_module)
-            merged = self._zeta.get(name)
-            if merged is None:
-                why = ("its game failed (see the warning above)" if any(name in w for w in self._warned_fail)
-                       else "its share of the budget is below one sample, and its window holds none")
-                self._no_map(name, why)
-                continue
-            if self._zeta_stats[name][-1] is None:
-                continue
-            scores = merged.scores.reshape(-1)
-            total = float(scores.abs().sum())
-            r = scores.numel()
-            if r >= MIN_CONCENTRATION_REGIONS and total > 0:
-                conc = float(scores.abs().max()) / total
-                if conc > self.zeta_concentration:
-                    flagged.add(name)
-                    top = int(scores.abs().argmax())
-                    events.append(AnomalyEvent(step, "validate", name, "zeta_concentration", conc, self.source,
-                                               detail=f"max|zeta|/sum|zeta| = {conc:.3g} at region {self._coords(tuple(merged.scores.shape), top)}"))
-        self._zeta_flagged = frozenset(flagged)
+        events = self._scheduler.compute(pl_module, probe, epoch, self.zeta_evaluations, step, self._collectives(trainer, pl_module),
+                                         time_budget_s, forward_budget)
+        self._zeta_flagged = self._scheduler.flagged
         return events
 
-    def _zeta_layer(self, pl_module: nn.Module, name: str, probe: Batch, t_layer: float, avail: float, favail: int, need: int,
-                    timed: bool, counted: bool, group: int, world: int, rank: int, trainer: Optional[Trainer],
-                    base_seed: int) -> Tuple[int, LesionGame, Optional[ZetaResult]]:
-        """One layer's game and its samples on the schedule in force; returns ``(samples, game, result)``."""
-        module = self._modules_all[name]
-        game = LesionGame(pl_module, module, probe, None, self.zeta_grid, self.baseline, self.metric, self.value_fn,
-                          self.output_selector, self.zeta_max_batch, max_bytes=self.zeta_max_bytes)
-        setup = time.perf_counter() - t_layer
-        if game.clamped and name not in self._warned_clamp:
-            self._warn_clamped([(name, (probe.size,) + game.unit_shape, game.grid)])
-        r = game.n_regions
-        rows = group * max(r - 1, 1)
-        self._rows_per_sample[name] = rows
-        self._setup_cost[name] = setup
-        if timed and name not in self._row_cost:
-            # first evaluation of this layer: calibrate the cost of a row on f(none), f(all) (the
-            # first call settles the game's upstream expansion, so time the second). A 2-row call
-            # over-estimates a row (the upstream runs once per call); the anytime loop re-measures.
-            ends = (torch.arange(2) == 1)[:, None].expand(2, r)
-            with game.session():
-                game(ends)
-                t_cal = time.perf_counter()
-                game(ends)
-            self._row_cost[name] = (time.perf_counter() - t_cal) / 2
-        self._row_cost.setdefault(name, setup)
-        if counted:
-            # whole samples the share affords (probe forward, f(none), f(all) and `rows` rows of `B` samples each)
-            afford = max(favail - 3 * probe.size, 0) // (rows * probe.size)
-            n_samples = min(max(int(afford), need), MAX_SAMPLES_PER_EVALUATION)
-        elif timed:
-            per_row = self._row_cost[name]
-            spent_so_far = time.perf_counter() - t_layer  # set-up and calibration
-            n_samples = int(max(avail - spent_so_far - 2 * per_row, 0.0) // (rows * per_row)) * world
-            n_samples = min(n_samples, MAX_SAMPLES_PER_EVALUATION)
-            if world > 1:
-                n_samples = int(trainer.strategy.broadcast(n_samples, src=0))  # every rank plays the same plan
-        elif self.zeta_budget is None:
-            n_samples = MIN_SAMPLES_FOR_INTERVAL
-        else:
-            budget = self.zeta_budget
-            need_rows = 2 + 2 * rows
-            if budget < need_rows:
-                if name not in self._warned_budget:
-                    self._warned_budget.add(name)
-                    rank_zero_warn(f"NNfMRICallback: `zeta_budget`={self.zeta_budget} gives fewer than 2 samples for `{name}` ({r} regions); using {need_rows} rows.")
-                budget = need_rows
-            n_samples = ((budget - 2) // max(r - 1, 1)) // group
-        res = None
-        generator = torch.Generator().manual_seed(base_seed + 7919 * self._zeta_names.index(name))
-        run = dict(batch_size=game.rows_per_call, antithetic=self.antithetic, truncation_tol=self.truncation_tol,
-                   generator=generator, confidence=self.confidence)
-        if timed and world == 1 and n_samples > 0:
-            # anytime: chunks of whole samples (about 4 forwards each), the clock checked before each
-            # chunk against the measured cost per row, so a slow machine stops early rather than overrun
-            chunk = max(1, (4 * game.rows_per_call) // rows)
-            parts: List[ZetaResult] = []
-            done = 0
-            with game.session():
-                while done < MAX_SAMPLES_PER_EVALUATION:
-                    left = avail - (time.perf_counter() - t_layer) - 2 * self._row_cost[name]
-                    k = min(chunk, MAX_SAMPLES_PER_EVALUATION - done, int(max(left, 0.0) // (rows * self._row_cost[name])))
-                    if k < 1:
-                        break
-                    t_run = time.perf_counter()
-                    part = shapley_zeta(game, r, n_permutations=k * group, **run)
-                    self._row_cost[name] = (time.perf_counter() - t_run) / part.n_evaluations
-                    parts.append(part)
-                    done += k
-            n_samples = done
-            if parts:
-                res = _zeta_from_stats(torch.stack([q.stat_sum for q in parts]).sum(0),
-                                       torch.stack([q.stat_sum_sq for q in parts]).sum(0),
-                                       sum(q.stat_count for q in parts), self.confidence,
-                                       sum(q.n_permutations for q in parts), sum(q.n_evaluations for q in parts))
-        elif n_samples > 0:
-            t_run = time.perf_counter()
-            with game.session():
-                res = shapley_zeta(game, r, n_permutations=n_samples * group, rank=rank, world_size=world, **run)
-            if res.n_evaluations > 0:
-                self._row_cost[name] = (time.perf_counter() - t_run) / res.n_evaluations
-        return n_samples, game, res
-
-    def _sample_cost(self, name: str) -> float:
-        """Estimated seconds for one zeta sample of ``name`` (set-up and ``f(all)``/``f(none)`` included); 0 if unknown."""
-        if name not in self._rows_per_sample:
-            return 0.0
-        per_row = self._row_cost.get(name, 0.0)
-        return self._setup_cost.get(name, 0.0) + (self._rows_per_sample[name] + 2) * per_row
-
-    def _push_zeta_stats(self, name: str, res: Optional[ZetaResult], game: Optional[LesionGame],
-                         trainer: Optional[Trainer], world: int, pl_module: nn.Module) -> None:
-        """Add this evaluation's samples (merged across ranks) to the layer's window and refresh :attr:`zeta`."""
-        window = self._zeta_stats.get(name)
-        if game is not None and self._zeta_grid.get(name) != game.grid:
-            window = None  # a new grid: earlier statistics are about other players
-            self._zeta_grid[name] = game.grid
-        if window is None or window.maxlen != self.zeta_window:
-            window = deque(window or (), maxlen=self.zeta_window)
-            self._zeta_stats[name] = window
-        entry = None
-        if res is not None:
-            r = res.stat_sum.numel()
-            stats = torch.cat([res.stat_sum, res.stat_sum_sq,
-                               torch.tensor([res.stat_count, res.n_permutations, res.n_evaluations], dtype=res.stat_sum.dtype)])
-            if world > 1:
-                dev = pl_module.device if hasattr(pl_module, "device") else torch.device("cpu")
-                stats = trainer.strategy.reduce(stats.to(dev), reduce_op="sum").cpu()
-            count, n_perm, n_eval = (int(round(float(v))) for v in stats[2 * r:])
-            entry = (stats[:r].clone(), stats[r:2 * r].clone(), count, n_perm, n_eval)
-        window.append(entry)
-        self._refresh_zeta(name)
-
-    def _refresh_zeta(self, name: str) -> None:
-        entries = [e for e in self._zeta_stats.get(name, ()) if e is not None]
-        if not entries or name not in self._zeta_grid:
-            self._zeta.pop(name, None)
-            self.zeta_max.pop(name, None)
-            return
-        stat_sum = torch.stack([e[0] for e in entries]).sum(0)
-        stat_sum_sq = torch.stack([e[1] for e in entries]).sum(0)
-        merged = _zeta_from_stats(stat_sum, stat_sum_sq, sum(e[2] for e in entries), self.confidence,
-                                  sum(e[3] for e in entries), sum(e[4] for e in entries))
-        self._zeta[name] = merged.reshape(self._zeta_grid[name])
-        self.zeta_max[name] = float(merged.scores.max())
+    @staticmethod
+    def _collectives(trainer: Optional[Trainer], pl_module: nn.Module) -> Collectives:
+        """The trainer's process group for the zeta engine: rank 0's broadcast, a sum over the ranks."""
+        if trainer is None or trainer.world_size == 1:
+            return Collectives(1, 0 if trainer is None else trainer.global_rank)
+        dev = pl_module.device if hasattr(pl_module, "device") else torch.device("cpu")
+        return Collectives(trainer.world_size, trainer.global_rank, lambda obj: trainer.strategy.broadcast(obj, src=0),
+                           lambda t: trainer.strategy.reduce(t.to(dev), reduce_op="sum").cpu())
 
     # ------------------------------------------------------------------ tractography
+    @property
+    def tracts(self) -> Dict[Tuple[str, str], TractInfo]:
+        """Latest tractography per consecutive tapped pair ``(source, target)`` (see :class:`~nn_neuroimaging_lightning.fmri.tracts.Tractography`)."""
+        return self._tractography.tracts
+
+    @property
+    def path_strength(self) -> Dict[Tuple[str, ...], Tuple[float, List[int]]]:
+        """Strongest path ``(strength, regions)`` along each chain of exactly meeting pairs."""
+        return self._tractography.path_strength
+
     def compute_tractography(self, pl_module: nn.Module, inputs: Union[Tensor, Batch]) -> Dict[Tuple[str, str], TractInfo]:
         """One isolated forward on ``inputs`` (a tensor or a split batch); connection matrices between consecutive tapped layers.
 
         A failure of the forward skips tractography for this evaluation, one of a pair skips that
         pair (``traced=False`` with the reason), each with one warning (``strict=True`` raises).
         """
-        batch = inputs if isinstance(inputs, Batch) else Batch((inputs,), {}, None, int(inputs.shape[0]))
-        names = self._taps.names
-        # name -> (input, output, output shape); tensors are kept only while a pair still needs them.
-        captured: Dict[str, Tuple[Optional[Tensor], Optional[Tensor], Tuple[int, ...]]] = {}
-        order: List[str] = []
-        leaf_calls: List[nn.Module] = []
-        handles = []
+        return self._tractography.compute(pl_module, inputs, {n: self._modules[n] for n in self._taps.names}, self._trace)
 
-        def tap(name: str) -> Callable[..., None]:
-            def hook(module: nn.Module, args: Any, output: Any) -> None:
-                if name in captured:
-                    return
-                out = first_tensor(output, self.output_selector)
-                if out is None:
-                    return
-                inp = args[0] if args and isinstance(args[0], Tensor) else None
-                if not captured:  # the first tapped layer is only ever a source: its shape is enough
-                    captured[name] = (None, None, tuple(out.shape))
-                else:
-                    captured[name] = (None if inp is None else inp.detach(), out.detach(), tuple(out.shape))
-                order.append(name)
-            return hook
-
-        try:
-            for name in names:
-                handles.append(self._modules[name].register_forward_hook(tap(name)))
-            for m in pl_module.modules():
-                if not any(True for _ in m.children()):
-                    handles.append(m.register_forward_hook(lambda mod, a, o: leaf_calls.append(mod)))
-            with isolated_evaluation(pl_module):
-                call_model(pl_module, batch)
-        except Exception as err:  # never ends the fit (strict=True raises)
-            self._fail("tractography (its probe forward)", err, "`tractography=False`, or `batch_split`")
-            return self.tracts
-        finally:
-            for h in handles:
-                h.remove()
-        tracts: Dict[Tuple[str, str], TractInfo] = {}
-        for a_name, b_name in zip(order, order[1:]):
-            try:
-                tracts[(a_name, b_name)] = self._trace(a_name, b_name, captured, leaf_calls)
-            except Exception as err:
-                self._fail(f"tractography of `{a_name}` -> `{b_name}`", err, "`layers` (leave one of them out), or `tractography=False`")
-                tracts[(a_name, b_name)] = TractInfo(a_name, b_name, None, False, f"{type(err).__name__}: {err}")
-            captured[b_name] = (None, None, captured[b_name][2])  # only its shape is needed from here on
-        self.tracts = tracts
-        self.path_strength = self._chains(order, tracts)
-        return tracts
-
-    def _trace(self, a_name: str, b_name: str,
-               captured: Mapping[str, Tuple[Optional[Tensor], Optional[Tensor], Tuple[int, ...]]],
-               leaf_calls: List[nn.Module]) -> TractInfo:
-        module = self._modules[b_name]
-        shape_a = captured[a_name][2]  # only the source layer's output *shape* matters
-        in_b, out_b, _ = captured[b_name]
-        kind = type(module).__name__
-        if not isinstance(module, (nn.Linear, nn.Conv2d)):
-            return TractInfo(a_name, b_name, None, False, f"{kind} has no known unit-to-unit mapping; only nn.Linear and nn.Conv2d are traced.")
-        if in_b is None or out_b is None or not 2 <= len(shape_a) <= 4 or not 2 <= out_b.dim() <= 4:
-            return TractInfo(a_name, b_name, None, False, "input or output of unsupported rank.")
-        grid_a, _ = resolve_grid(shape_a, self.grid)
-        src_a = grid_partition(shape_a, grid_a, in_b.device)
-        n_src = math.prod(grid_a)
-        if tuple(in_b.shape) == shape_a:
-            src, mapping = src_a, "exact"
-        elif in_b.shape[0] == shape_a[0] and math.prod(in_b.shape[1:]) == math.prod(shape_a[1:]):
-            src, mapping = src_a.reshape(tuple(in_b.shape[1:])), "reshaped"
-        elif in_b.dim() == 4 and len(shape_a) == 4 and tuple(in_b.shape[:2]) == shape_a[:2]:
-            grid_b_in, _ = resolve_grid(tuple(in_b.shape), self.grid)
-            if grid_b_in != grid_a:
-                return TractInfo(a_name, b_name, None, False,
-                                 f"{b_name}'s input {tuple(in_b.shape)} is a pooled {shape_a} too small for the grid {grid_a}.")
-            src, mapping = grid_partition(tuple(in_b.shape), grid_a, in_b.device), "proportional"
-        else:
-            return TractInfo(a_name, b_name, None, False,
-                             f"{b_name}'s input {tuple(in_b.shape)} has no known unit mapping to {a_name}'s output {shape_a}.")
-        grid_b, _ = resolve_grid(tuple(out_b.shape), self.grid)
-        tgt = grid_partition(tuple(out_b.shape), grid_b, out_b.device)
-        activation = "identity"
-        for pos, m in enumerate(leaf_calls):
-            if m is module:
-                nxt = leaf_calls[pos + 1] if pos + 1 < len(leaf_calls) else None
-                activation = next((act for cls, act in _ACTIVATION_OF if isinstance(nxt, cls)), "identity")
-                break
-        res = trace_module(module, in_b, out_b, src, tgt, n_src, math.prod(grid_b), activation)
-        if not res.traced:
-            return TractInfo(a_name, b_name, None, False, res.reason, mapping, activation)
-        matrix = res.matrix.detach().cpu()
-        eff = float(pathway_efficiency(matrix)) if matrix.sum() > 0 else float("nan")
-        return TractInfo(a_name, b_name, matrix, True, "", mapping, activation, critical_pathways(matrix, self.top_k), eff)
-
-    @staticmethod
-    def _chains(order: List[str], tracts: Mapping[Tuple[str, str], TractInfo]) -> Dict[Tuple[str, ...], Tuple[float, List[int]]]:
-        """Strongest path along each maximal run of traced pairs that share their middle regions exactly."""
-        out: Dict[Tuple[str, ...], Tuple[float, List[int]]] = {}
-        run: List[TractInfo] = []
-
-        def close() -> None:
-            if run:
-                res = path_strength([t.matrix for t in run])
-                out[tuple([run[0].source] + [t.target for t in run])] = (float(res.strength), res.path.tolist())
-
-        for a, b in zip(order, order[1:]):
-            t = tracts[(a, b)]
-            if t.traced and t.mapping in ("exact", "reshaped") and (not run or run[-1].matrix.shape[1] == t.matrix.shape[0]):
-                run.append(t)
-            else:
-                close()
-                run = [t] if t.traced else []
-        close()
-        return out
+    def _trace(self, *args: Any) -> TractInfo:
+        return self._tractography.trace(*args)
 
     # ------------------------------------------------------------------ panels
     def _write_density_panels(self, trainer: Trainer) -> None:
@@ -1262,7 +605,7 @@ class NNfMRICallback(MonitorCallback):
         from nn_neuroimaging_lightning.panels import tensorboard as P
 
         step = trainer.global_step
-        for name, res in self._zeta.items():
+        for name, res in self.zeta.items():
             scores = res.scores.numpy()
             sig = res.significant.numpy()
             sink.figure(P.safe_tag("nn_fmri", name, "zeta"),
@@ -1293,40 +636,14 @@ class NNfMRICallback(MonitorCallback):
 
     def zeta_rows(self, name: str) -> Tuple[Tuple[str, ...], List[Tuple[Any, ...]]]:
         """Header and rows of the ``top_k`` regions of a layer by zeta, with grid coordinates."""
-        res = self._zeta[name]
-        grid = tuple(res.scores.shape)
-        flat = res.scores.reshape(-1)
-        order = torch.argsort(flat, descending=True, stable=True)[: self.top_k].tolist()
-        lo, hi, sig = res.ci_low.reshape(-1), res.ci_high.reshape(-1), res.significant.reshape(-1)
-        rows = [(r, self._coords(grid, r), float(flat[r]), float(lo[r]), float(hi[r]), bool(sig[r])) for r in order]
-        return ("region", "grid cell", "zeta", "ci low", "ci high", "significant"), rows
+        return zeta_top_rows(self.zeta[name], self.top_k)
 
     # ------------------------------------------------------------------ checkpointing
     def state_dict(self) -> Dict[str, Any]:
         state = super().state_dict()
-        for i in range(len(self._units)):
-            self._flush_units(i)
-
-        def cpu(t: Optional[Tensor]) -> Optional[Tensor]:
-            return None if t is None else t.detach().cpu().clone()
-
+        state.update(self._density.state_dict() if self._density is not None else {"layers": None})
+        state.update(self._scheduler.state_dict() if self._scheduler is not None else {})
         state.update({
-            "layers": None if self._taps is None else list(self._taps.names),
-            "acc": [cpu(t) for t in self._acc],
-            "acc_n": list(self._acc_n),
-            "shape": list(self._shape),
-            "grid_of": list(self._grid_of),
-            "last": [None if w is None else (cpu(w[0]), w[1]) for w in self._last],
-            "base": [cpu(t) for t in self._base],
-            "windows": list(self._windows),
-            "flag_state": [None if f is None else torch.from_numpy(f.copy()) for f in self._flag_state],
-            "zeta_stats": {k: {"grid": tuple(self._zeta_grid[k]),
-                               "window": [None if e is None else (cpu(e[0]), cpu(e[1]), e[2], e[3], e[4]) for e in w]}
-                           for k, w in self._zeta_stats.items() if k in self._zeta_grid},
-            "zeta_ledger": {"bank": dict(self._zeta_bank), "row_cost": dict(self._row_cost), "setup_cost": dict(self._setup_cost),
-                            "rows_per_sample": dict(self._rows_per_sample), "overhead_debt": self._overhead_debt,
-                            "credit": dict(self._zeta_credit), "train_samples": self._train_samples},
-            "zeta_max": dict(self.zeta_max),
             "train_batches": self._train_batches,
             "zeta_evaluations": self.zeta_evaluations,
             "flag_history": [(s, sorted(f)) for s, f in self.flag_history],
@@ -1336,36 +653,11 @@ class NNfMRICallback(MonitorCallback):
     def _layers_ready(self) -> bool:
         return self._taps is not None
 
-
     def _apply_state(self, state: Mapping[str, Any]) -> None:
         saved = state.get("layers")
-        if saved is not None and list(saved) == list(self._taps.names):
-            n = len(saved)
-            self._acc = list(state.get("acc", [None] * n))
-            self._units = [None] * n
-            self._rows, self._rows_bytes = [[] for _ in range(n)], [0] * n
-            self._acc_n = list(state.get("acc_n", [0] * n))
-            self._shape = [None if s is None else tuple(s) for s in state.get("shape", [None] * n)]
-            self._grid_of = [None if g is None else tuple(g) for g in state.get("grid_of", [None] * n)]
-            self._last = [None if w is None else (w[0], int(w[1])) for w in state.get("last", [None] * n)]
-            self._base = list(state.get("base", [None] * n))
-            self._windows = list(state.get("windows", [0] * n))
-            self._flag_state = [None if f is None else f.numpy().astype(bool) for f in state.get("flag_state", [None] * n)]
-        elif saved is not None:
+        if saved is not None and not self._density.load_state_dict(state):
             rank_zero_warn(f"NNfMRICallback: checkpoint layers {saved} differ from the tapped layers {self._taps.names}; density baselines not restored.")
-        for name, z in dict(state.get("zeta_stats", {})).items():
-            self._zeta_grid[name] = tuple(z["grid"])
-            self._zeta_stats[name] = deque([None if e is None else (e[0], e[1], int(e[2]), int(e[3]), int(e[4])) for e in z["window"]],
-                                           maxlen=self.zeta_window)
-            self._refresh_zeta(name)
-        ledger = dict(state.get("zeta_ledger", {}))
-        self._zeta_bank = dict(ledger.get("bank", {}))
-        self._row_cost = dict(ledger.get("row_cost", {}))
-        self._setup_cost = dict(ledger.get("setup_cost", {}))
-        self._rows_per_sample = dict(ledger.get("rows_per_sample", {}))
-        self._overhead_debt = float(ledger.get("overhead_debt", 0.0))
-        self._zeta_credit = {k: int(v) for k, v in dict(ledger.get("credit", {})).items()}
-        self._train_samples = int(ledger.get("train_samples", 0))
+        self._scheduler.load_state_dict(state)
         self._train_batches = int(state.get("train_batches", 0))
         self.zeta_evaluations = int(state.get("zeta_evaluations", 0))
         self.flag_history.clear()
