@@ -50,7 +50,7 @@ import io
 import os
 import threading
 import time
-from typing import Any, Callable, List, Mapping, Optional, Sequence, Set
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Set
 
 import numpy as np
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
@@ -329,6 +329,24 @@ class PanelSink:
                     _noticed_skipped.add(name)
                     rank_zero_info(f"{name} gets the scalars only: rich panels go to {', '.join(SUPPORTED_LOGGERS)}.")
 
+    def __getstate__(self) -> Dict[str, Any]:
+        """A copy (deepcopy, pickle) waits for the figures in flight, then drops the lock and renderer.
+
+        Its figures use the process's shared renderer (``worker=None``) and a fresh lock."""
+        if self._pending:
+            self.wait()
+        state = self.__dict__.copy()
+        for key in ("_lock", "_drawn", "_worker"):
+            state.pop(key, None)
+        state["_pending"] = 0
+        return state
+
+    def __setstate__(self, state: Dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._worker = None
+        self._lock = threading.RLock()
+        self._drawn = threading.Condition(self._lock)
+
     def __bool__(self) -> bool:
         return bool(self.writers)
 
@@ -370,10 +388,16 @@ class PanelSink:
             worker = self._worker or shared_worker()
             with self._lock:
                 self._pending += 1
-            if worker.submit(fig, lambda image, error: self._done(tag, step, fig, image, error)):
+            sent = False
+            try:
+                sent = worker.submit(fig, lambda image, error: self._done(tag, step, fig, image, error))
+            finally:
+                if not sent:  # inline below, or an interrupt: not pending
+                    with self._lock:
+                        self._pending -= 1
+                        self._drawn.notify_all()
+            if sent:
                 return
-            with self._lock:
-                self._pending -= 1
             self._notice_inline(worker.failed or "the drawing's arguments cannot be sent to the renderer process")
             self._write_image(tag, draw(fig), step)
             return

@@ -109,21 +109,28 @@ def draw(drawing: Drawing) -> Any:
 
 
 # ---------------------------------------------------------------------------------- the pipe
-def _send(out: BinaryIO, obj: Any) -> None:
+# A frame is the job number, the payload's length (8 bytes each, big-endian) and the pickled
+# ``(0, payload)``; the job number travels in the head so that a frame can be pickled before it
+# has one.
+def _frame(obj: Any) -> bytes:
     data = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
-    out.write(struct.pack(">Q", len(data)) + data)
+    return struct.pack(">Q", len(data)) + data
+
+
+def _send(out: BinaryIO, job: int, obj: Any) -> None:
+    out.write(struct.pack(">Q", job) + _frame(obj))
     out.flush()
 
 
-def _receive(inp: BinaryIO) -> Any:
-    head = inp.read(8)
-    if len(head) < 8:
+def _receive(inp: BinaryIO) -> Tuple[int, Any]:
+    head = inp.read(16)
+    if len(head) < 16:
         raise EOFError
-    (n,) = struct.unpack(">Q", head)
+    job, n = struct.unpack(">QQ", head)
     data = inp.read(n)
     if len(data) < n:
         raise EOFError
-    return pickle.loads(data)
+    return job, pickle.loads(data)[1]
 
 
 class FigureWorker:
@@ -136,7 +143,8 @@ class FigureWorker:
     """
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # the process, the jobs, the failure
+        self._send_lock = threading.Lock()  # one frame at a time on the renderer's stdin
         self._proc: Optional[subprocess.Popen] = None
         self._jobs: Dict[int, Callable[[Any, Optional[str]], None]] = {}
         self._next = 0
@@ -150,6 +158,8 @@ class FigureWorker:
         return self._failed
 
     def _start(self) -> bool:
+        if os.environ.get(_ENV, "") == "inline":  # read at every figure: it may be set after the renderer started
+            return False
         if self._proc is not None:
             if self._proc.poll() is None:
                 return True
@@ -167,21 +177,34 @@ class FigureWorker:
         return True
 
     def submit(self, drawing: Drawing, done: Callable[[Any, Optional[str]], None]) -> bool:
-        """Queue ``drawing``; ``False`` if there is no renderer (the caller draws it inline)."""
-        with self._lock:
-            if not self._start():
-                return False
-            job = self._next
-            self._next += 1
-            self._jobs[job] = done
-            try:
-                _send(self._proc.stdin, (job, drawing))
-            except (OSError, ValueError, pickle.PicklingError) as err:
-                del self._jobs[job]
-                if isinstance(err, pickle.PicklingError):
+        """Queue ``drawing``; ``False`` if there is no renderer (the caller draws it inline).
+
+        The pipe is written outside ``self._lock``: the reader thread takes that lock for every
+        result, and the renderer stops reading drawings while its result waits in a full pipe, so
+        a writer holding it would deadlock all three (seen on a ResNet fit's zeta panels).
+        """
+        try:
+            frame = _frame((0, drawing))  # pickled before anything is queued or written
+        except Exception:  # not picklable (PicklingError, TypeError, AttributeError ...): drawn inline
+            return False
+        with self._send_lock:
+            with self._lock:
+                if not self._start():
                     return False
-                self._die(f"the renderer process stopped ({type(err).__name__}: {err})")
-                return False
+                proc, job = self._proc, self._next
+                self._next += 1
+                self._jobs[job] = done
+            try:
+                proc.stdin.write(struct.pack(">Q", job) + frame)
+                proc.stdin.flush()
+            except BaseException as err:  # a broken pipe, or an interrupt mid-frame: the stream is lost
+                with self._lock:
+                    mine = self._jobs.pop(job, None)
+                    if self._proc is proc:
+                        self._die(f"the renderer process stopped ({type(err).__name__}: {err})")
+                if not isinstance(err, Exception):
+                    raise
+                return mine is None  # answered by _die meanwhile: the sink already drew it
         return True
 
     def _die(self, why: str) -> None:
@@ -196,7 +219,7 @@ class FigureWorker:
     def _read(self, proc: subprocess.Popen) -> None:
         while True:
             try:
-                job, rendered, error = _receive(proc.stdout)
+                job, (rendered, error) = _receive(proc.stdout)
             except Exception:  # EOF or a broken pipe: the process is gone
                 with self._lock:
                     if self._proc is proc:
@@ -258,10 +281,10 @@ def main() -> None:
         except EOFError:
             return
         try:
-            result = (job, draw(drawing), None)
+            result = (0, (draw(drawing), None))
         except Exception as err:  # reported to the sink as one warning, not a dead renderer
-            result = (job, None, f"{type(err).__name__}: {err}")
-        _send(out, result)
+            result = (0, (None, f"{type(err).__name__}: {err}"))
+        _send(out, job, result)
 
 
 if __name__ == "__main__":

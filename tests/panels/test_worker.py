@@ -107,3 +107,30 @@ def test_the_renderer_imports_neither_torch_nor_lightning():
     modules = {line.split("|")[-1].strip() for line in out.stderr.decode().splitlines() if line.startswith("import time:")}
     assert "matplotlib" in modules and "nn_neuroimaging_lightning.panels.figures" in modules
     assert not {m for m in modules if m.split(".")[0] in ("torch", "lightning")}
+
+
+@pytest.mark.timeout(120)
+def test_drawings_larger_than_the_pipe_in_quick_succession_do_not_deadlock(tmp_path):
+    # each drawing (1.3 MB of arguments) and each result (PNG and pixels, about 1 MB) is larger than
+    # a pipe's buffer: a sender that held the worker's lock while writing deadlocked with the reader
+    worker, tb = FigureWorker(), TensorBoardLogger(str(tmp_path), name="tb")
+    sink = PanelSink([tb], worker=worker)
+    grid = np.random.default_rng(0).normal(size=(400, 400))
+    for step in range(6):
+        sink.figure("a/big", Drawing.of(PF.heatmap_figure, grid + step, f"big {step}"), step)
+    assert sink.wait(timeout=100) and worker.failed is None
+    assert [s for s, _ in _images(tb.log_dir)["a/big"]] == list(range(6))
+    worker.close()
+
+
+def test_inline_asked_for_after_the_renderer_started_is_honoured(tmp_path, monkeypatch):
+    worker = FigureWorker()
+    sink = PanelSink([TensorBoardLogger(str(tmp_path), name="tb")], worker=worker)
+    sink.figure("a/x", _zeta(0), 1)
+    assert sink.wait(timeout=120)
+    monkeypatch.setenv("NN_NEUROIMAGING_RENDER", "inline")
+    drawn = []
+    monkeypatch.setattr(sink_mod, "draw", lambda d: drawn.append(d) or draw(d))
+    sink.figure("a/x", _zeta(1), 2)
+    assert len(drawn) == 1 and sink.pending == 0  # drawn in this process, at once
+    worker.close()
