@@ -21,6 +21,7 @@ from nn_neuroimaging_lightning.functional import anomalies as FA
 from nn_neuroimaging_lightning.functional import spectral as FS
 from nn_neuroimaging_lightning.functional import states as FST
 from nn_neuroimaging_lightning.metrics.eeg import StateAccuracy
+from nn_neuroimaging_lightning.panels.eeg import write_eeg_epoch_panels, write_eeg_step_panels
 from nn_neuroimaging_lightning.taps import ActivityTaps, LayerSelector, select_layers
 
 #: Anomaly kinds NN-EEG can raise; ``stop_on`` takes any of them.
@@ -260,8 +261,9 @@ class NNEEGCallback(MonitorCallback):
         return self.flag_history[-1][1] if self.flag_history else frozenset()
 
     @property
-    def self_time_fraction(self) -> Dict[str, float]:
-        """Nanoseconds spent inside this callback's training hooks per step (for the overhead benchmark)."""
+    def self_time(self) -> Dict[str, float]:
+        """Time inside this callback's training hooks: ``self_time_ns_per_step`` (mean nanoseconds
+        per training step) and ``steps`` (how many were timed), like ``NNfMRICallback.self_time``."""
         steps = max(self._self_time_steps, 1)
         return {"self_time_ns_per_step": self._self_time_ns / steps, "steps": self._self_time_steps}
 
@@ -617,40 +619,22 @@ class NNEEGCallback(MonitorCallback):
     # ------------------------------------------------------------------ panels
     def _write_step_panels(self, trainer: Trainer, freqs: Tensor, psd: Tensor) -> None:
         sink = self._panels(trainer)
-        if sink is None:
-            return
-        from nn_neuroimaging_lightning.panels import tensorboard as P
-
-        sink.layout(P.band_layout(self._taps.names, list(self.bands)))
-        f = freqs.detach().cpu().numpy()
-        p = psd.detach().cpu().numpy()
-        for i, name in enumerate(self._taps.names):
-            sink.spectrum(P.safe_tag("nn_eeg", name, "spectrum"), f, p[i], trainer.global_step)
+        if sink is not None:
+            write_eeg_step_panels(sink, self._taps.names, self.bands, freqs, psd, trainer.global_step)
 
     def _write_epoch_panels(self, trainer: Trainer, pl_module: LightningModule) -> None:
         sink = self._panels(trainer)
         if sink is None or self._ring is None:
             return
-        from nn_neuroimaging_lightning.panels import figures as PF
-        from nn_neuroimaging_lightning.panels.worker import Drawing
-        from nn_neuroimaging_lightning.panels import tensorboard as P
-
-        step = trainer.global_step
-        if self._events:  # written even when the run stopped before a spectrum was possible
-            rows = [(e.step, e.phase, e.layer, e.kind, f"{e.value:.4g}") for e in list(self._events)[-50:]]
-            sink.table("nn_eeg/events", ("step", "phase", "layer", "kind", "value"), rows, step)
-        if self._ring.count < self.nperseg:  # too few samples for a spectrum yet
-            sink.flush()
+        step, names = trainer.global_step, self._taps.names
+        if self._ring.count < self.nperseg:  # too few samples for a spectrum yet: the events table only
+            write_eeg_epoch_panels(sink, step, self._events, names, self.bands)
             return
-        if self._spectra.latest_psd is not None:
-            freqs, psd = (t.detach().cpu().numpy() for t in self._spectra.latest_psd)
-            sink.figure("nn_eeg/spectrum", Drawing.of(PF.spectrum_figure, freqs, {n: psd[i] for i, n in enumerate(self._taps.names)}, self.bands), step)
-        seg_t, seg_f, seg_p = self._spectra.spectrogram(self._ring)  # (S,), (F,), (layers, S, F)
-        for i, name in enumerate(self._taps.names):
-            sink.figure(P.safe_tag("nn_eeg", name, "spectrogram"), Drawing.of(PF.spectrogram_figure, seg_t, seg_f, seg_p[i], title=f"Spectrogram {name}"), step)
         self.tracker.close()
-        sink.figure("nn_eeg/phase_timeline", Drawing.of(PF.phase_timeline_figure, [p.value for p in self.phases], times=_since_first(self._ring.times()), durations=self.tracker.summary()), step)
-        sink.flush()
+        timeline = {"phases": [p.value for p in self.phases], "times": _since_first(self._ring.times()),
+                    "durations": self.tracker.summary()}
+        write_eeg_epoch_panels(sink, step, self._events, names, self.bands, self._spectra.latest_psd,
+                               self._spectra.spectrogram(self._ring), timeline)
 
     # ------------------------------------------------------------------ checkpointing
     def state_dict(self) -> Dict[str, Any]:

@@ -32,6 +32,7 @@ from nn_neuroimaging_lightning.fmri.zeta import (  # noqa: F401 (importable from
     zeta_top_rows,
 )
 from nn_neuroimaging_lightning.lesion import BASELINES, METRICS
+from nn_neuroimaging_lightning.panels.fmri import write_density_panels, write_zeta_panels
 from nn_neuroimaging_lightning.taps import LayerSelector, LayerTaps, select_layers
 
 #: Anomaly kinds NN-fMRI can raise; ``stop_on`` takes any of them.
@@ -584,46 +585,14 @@ class NNfMRICallback(MonitorCallback):
     # ------------------------------------------------------------------ panels
     def _write_density_panels(self, trainer: Trainer) -> None:
         sink = self._panels(trainer)
-        if sink is None:
-            return
-        from nn_neuroimaging_lightning.panels import figures as PF
-        from nn_neuroimaging_lightning.panels.worker import Drawing
-        from nn_neuroimaging_lightning.panels import tensorboard as P
-
-        step = trainer.global_step
-        for name, phi in self.density.items():
-            sink.figure(P.safe_tag("nn_fmri", name, "density"),
-                           Drawing.of(PF.heatmap_figure, phi.detach().cpu().numpy(), f"{name}: density phi", colorbar_label="phi"), step)
-        sink.flush()
+        if sink is not None:
+            write_density_panels(sink, self.density, trainer.global_step)
 
     def _write_zeta_panels(self, trainer: Trainer) -> None:
         sink = self._panels(trainer)
         if sink is None:
             return
-        from nn_neuroimaging_lightning.panels import figures as PF
-        from nn_neuroimaging_lightning.panels.worker import Drawing
-        from nn_neuroimaging_lightning.panels import tensorboard as P
-
-        step = trainer.global_step
-        for name, res in self.zeta.items():
-            scores = res.scores.numpy()
-            sig = res.significant.numpy()
-            sink.figure(P.safe_tag("nn_fmri", name, "zeta"),
-                           Drawing.of(PF.heatmap_figure, scores, f"{name}: zeta (impact of each region)", "RdBu_r", sig, symmetric=True, colorbar_label="zeta"), step)
-            header, rows = self.zeta_rows(name)
-            sink.table(P.safe_tag("nn_fmri", name, "zeta_top"), header, rows, step)
-        for (a, b), t in self.tracts.items():
-            tag = P.safe_tag("nn_fmri", "tract", f"{a}__{b}")
-            if t.traced:
-                title = f"C({a} -> {b})" + (" [proportional grid across pooling]" if t.mapping == "proportional" else "")
-                sink.figure(tag, Drawing.of(PF.matrix_figure, t.matrix.numpy(), f"{a} region (source)", f"{b} region (target)", title), step)
-                sink.table(tag + "/pathways", ("source region", "target region", "strength"), [(s, d, v) for s, d, v in t.pathways], step,
-                           note=f"mapping: {t.mapping}; sigma: {t.activation}; efficiency: {t.efficiency:.4g}")
-            else:
-                sink.text(tag + "/pathways", f"not traced: {t.reason}", step)
-        if self.path_strength:
-            rows = [(" -> ".join(k), v[0], str(v[1])) for k, v in self.path_strength.items()]
-            sink.table("nn_fmri/path_strength", ("layers", "strength", "regions"), rows, step)
+        write_zeta_panels(sink, trainer.global_step, self.zeta, self.zeta_rows, self.tracts, self.path_strength)
         if trainer.state.fn != "fit":  # in a fit, on_train_epoch_end draws them (once per epoch, same step)
             self._write_density_panels(trainer)
 
