@@ -9,6 +9,8 @@ at random per round, so machine-load drift hits every arm alike. Arms:
   (figures drawn by the renderer process, ``panels/worker.py``);
 - ``all_inline``: the same with ``NN_NEUROIMAGING_RENDER=inline`` (figures drawn in the training
   thread, as before the renderer process): what the renderer saves;
+- ``all_nopanels``: the three with ``panels=False`` (no figure, table or spectrum): what the
+  panels cost, against ``all``;
 - ``eeg``, ``fmri``: one callback alone; ``eeg+fmri``: both (``CrossModalCallback`` needs them,
   so its share is ``all`` against ``eeg+fmri``);
 - ``floor``: bare forward hooks on the same layers computing only ``abs().sum()``
@@ -70,7 +72,7 @@ import torch  # noqa: E402
 
 from _clientfit import fit_client, median_ci, quiet, set_threads  # noqa: E402
 
-ARMS = ("plain", "all", "all_inline", "eeg", "fmri", "eeg+fmri", "floor")
+ARMS = ("plain", "all", "all_inline", "all_nopanels", "eeg", "fmri", "eeg+fmri", "floor")
 CLIENTS = ("cnn", "resnet", "gpt2", "bert", "lstm")
 RENDER_ENV = "NN_NEUROIMAGING_RENDER"
 #: epoch hooks whose time counts as per-epoch fixed cost
@@ -166,16 +168,18 @@ def _timed_callbacks(arm: str, clock: Clock) -> List[Any]:
     if arm == "floor":
         return [_floor()]
     cbs: List[Any] = []
-    if arm in ("all", "all_inline", "eeg", "eeg+fmri"):
-        cbs.append(NNEEGCallback())
-    if arm in ("all", "all_inline", "fmri", "eeg+fmri"):
-        fmri = NNfMRICallback()
+    three = ("all", "all_inline", "all_nopanels")
+    kw = {"panels": False} if arm == "all_nopanels" else {}
+    if arm in three + ("eeg", "eeg+fmri"):
+        cbs.append(NNEEGCallback(**kw))
+    if arm in three + ("fmri", "eeg+fmri"):
+        fmri = NNfMRICallback(**kw)
         for name, key in (("compute_zeta", "zeta"), ("compute_tractography", "tract")):
             if hasattr(fmri, name):  # instance attributes: the callback's own calls go through them
                 setattr(fmri, name, clock.wrap(key, getattr(fmri, name)))
         cbs.append(fmri)
-    if arm in ("all", "all_inline"):
-        cbs.append(CrossModalCallback())
+    if arm in three:
+        cbs.append(CrossModalCallback(**kw))
     for cb in cbs:  # Lightning calls hooks as getattr(callback, name): instance wrappers are seen
         for hook in EPOCH_HOOKS:
             setattr(cb, hook, clock.wrap("epoch_hooks", getattr(cb, hook)))
@@ -262,16 +266,17 @@ def _ci(t: Any) -> str:
 
 def table(results: Sequence[Dict[str, Any]], command: str) -> str:
     lines = [f"`{command}`", "",
-             "| client | steps × epochs | plain step (ms) | all three | all three, figures inline | EEG | fMRI | "
+             "| client | steps × epochs | plain step (ms) | all three | all three, figures inline | all three, no panels | EEG | fMRI | "
              "cross-modal (vs EEG+fMRI) | EEG floor `abs().sum()` | zeta | tract | figures (n/epoch) | analysis | "
              "per fit (ms) | of which figure wait | per step (µs) |",
-             "|---|---|---:|---|---|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+             "|---|---|---:|---|---|---|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     for r in results:
         pe = r.get("per_epoch_ms", {})
         ms = lambda k: f"{pe[k]:.0f}" if k in pe else "—"  # noqa: E731
         lines.append(
             f"| {r['client']} | {r['steps_per_epoch']} × {r['epochs']} | {r.get('plain_step_ms', float('nan')):.1f} | "
-            f"{_ci(r['ratio'].get('all'))} | {_ci(r['ratio'].get('all_inline'))} | {_ci(r['ratio'].get('eeg'))} | "
+            f"{_ci(r['ratio'].get('all'))} | {_ci(r['ratio'].get('all_inline'))} | {_ci(r['ratio'].get('all_nopanels'))} | "
+            f"{_ci(r['ratio'].get('eeg'))} | "
             f"{_ci(r['ratio'].get('fmri'))} | {_ci(r['ratio'].get('cross'))} | {_ci(r['ratio'].get('floor'))} | "
             f"{ms('zeta')} | {ms('tract')} | {ms('figures')} ({r.get('figures_per_epoch', 0):.0f}) | "
             f"{ms('analysis')} | {r.get('per_fit_ms', float('nan')):.0f} | {r.get('figure_wait_ms', float('nan')):.0f} | "
