@@ -115,6 +115,19 @@ class MonitorCallback(Callback):
         """
         return C.build(cls, config, **overrides)
 
+    def _state_key_fields(self) -> Dict[str, Any]:
+        """The constructor arguments that tell two instances apart in a checkpoint (``state_key``)."""
+        return {}
+
+    @property
+    def state_key(self) -> str:
+        """Lightning's key of this callback's checkpoint state, made once: Lightning reads it on
+        every hook call (its profiler's action name), 3 callbacks x ~20 hooks per step."""
+        key = self.__dict__.get("_state_key")
+        if key is None:
+            key = self.__dict__["_state_key"] = self._generate_state_key(**self._state_key_fields())
+        return key
+
     @property
     def events(self) -> List[AnomalyEvent]:
         """The most recent anomaly events (bounded by ``max_events``), oldest first."""
@@ -259,6 +272,23 @@ class MonitorCallback(Callback):
             where = f" in `{hit.layer}`" if hit is not None else ""
             step = hit.step if hit is not None else self._event_step(trainer)
             rank_zero_warn(f"{type(self).__name__} stopped the run at step {step}: {self._stopped_by}{where}.")
+
+    @staticmethod
+    def _log_due(trainer: Trainer, epoch_batches: int) -> bool:
+        """Whether a per-step flag folded into a running max is logged and reset on this training batch.
+
+        On the trainer's logging steps (every ``log_every_n_steps``, the steps Lightning writes to
+        the loggers) and on the epoch's last batch (``epoch_batches``: training batches of this
+        epoch so far). The callers also log, without resetting the max, on a flagged step (so that
+        ``trainer.callback_metrics`` has it at once); the max is reset only here, so the next written
+        point holds a flag raised between logging steps. The logged curve misses no flagged step
+        (except one on an epoch's last batch that is not a logging step: it is in the epoch value
+        only), and the epoch's max, which ``EarlyStopping`` reads, is the same as with a
+        ``pl_module.log`` on every step, which costs Lightning ~0.15-0.3 ms per call on CPU.
+        """
+        n_batches = trainer.num_training_batches
+        last = n_batches != float("inf") and epoch_batches >= n_batches
+        return last or (trainer.global_step + 1) % max(trainer.log_every_n_steps, 1) == 0
 
     @staticmethod
     def _log(pl_module: LightningModule, name: str, value: Any, **kwargs: Any) -> None:

@@ -84,8 +84,12 @@ class CrossModalCallback(MonitorCallback):
 
     A *joint anomaly* is a layer flagged by both modalities within ``joint_window`` training steps
     of each other; it is checked after every training batch (host-side set operations only), gives
-    an event of kind ``joint``, logs ``cross_modal/anomaly`` and, with ``stop_on=("joint",)``,
-    stops the run in that step.
+    an event of kind ``joint`` and, with ``stop_on=("joint",)``, stops the run in that step.
+    ``cross_modal/anomaly`` (0/1, epoch-reduced by max) is the flag's running max since the last
+    logging step, logged on the trainer's logging steps, at once on a step with a joint anomaly, and on the
+    epoch's last batch: the curve misses no joint step, ``EarlyStopping`` reads the same epoch value
+    as with a log on every step, and Lightning's ~0.15-0.3 ms per ``pl_module.log`` call on CPU is
+    saved on the other steps.
 
     Args:
         band: the EEG band correlated with max zeta.
@@ -135,11 +139,11 @@ class CrossModalCallback(MonitorCallback):
         self._eeg: Any = None
         self._fmri: Any = None
         self._joint_seen: set = set()
+        self._anomaly_max = 0.0  # the joint flag's running max since the last log
         self._noticed: set = set()
 
-    @property
-    def state_key(self) -> str:
-        return self._generate_state_key(band=self.band)
+    def _state_key_fields(self) -> Dict[str, Any]:
+        return {"band": self.band}
 
     # ------------------------------------------------------------------ set-up
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
@@ -170,7 +174,12 @@ class CrossModalCallback(MonitorCallback):
         if not joint:
             self._joint_seen.clear()
         self._record(events)
-        self._log(pl_module, "cross_modal/anomaly", float(bool(joint)), on_epoch=True, reduce_fx="max")
+        self._anomaly_max = max(self._anomaly_max, float(bool(joint)))
+        due = self._log_due(trainer, batch_idx + 1)
+        if due or joint:
+            self._log(pl_module, "cross_modal/anomaly", self._anomaly_max, on_epoch=True, reduce_fx="max")
+        if due:
+            self._anomaly_max = 0.0
         self._maybe_stop(trainer, events)
 
     # ------------------------------------------------------------------ at each zeta evaluation

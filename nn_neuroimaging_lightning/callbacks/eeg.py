@@ -203,9 +203,8 @@ class NNEEGCallback(MonitorCallback):
         self._self_time_steps = 0
 
     # ------------------------------------------------------------------ public read-only surface
-    @property
-    def state_key(self) -> str:
-        return self._generate_state_key(layers=repr(self.layer_selection), window=self.window)
+    def _state_key_fields(self) -> Dict[str, Any]:
+        return {"layers": repr(self.layer_selection), "window": self.window}
 
     def signal(self, name: str) -> Tensor:
         """The layer's recent activity series, oldest sample first (1-D, at most ``window`` long).
@@ -518,8 +517,9 @@ class NNEEGCallback(MonitorCallback):
     def _log_anomaly(self, trainer: Trainer, pl_module: LightningModule, score: Any, flagged: bool) -> None:
         """``nn_eeg/anomaly`` (0/1) and ``nn_eeg/anomaly_score``, epoch-reduced by max.
 
-        By default the running max since the last log is logged on the trainer's logging steps, on
-        steps with an anomaly event and on the epoch's last batch: the epoch value that
+        By default the running max since the last logging step is logged on the trainer's logging
+        steps, on steps with an anomaly event and on the epoch's last batch
+        (:meth:`~nn_neuroimaging_lightning.callbacks._base.MonitorCallback._log_due`): the epoch value that
         ``EarlyStopping`` reads is the same as with per-step logging, for 2 instead of
         ``2 * log_every_n_steps`` ``pl_module.log`` calls. With ``log_anomaly_every_step`` both are
         logged on every training step.
@@ -531,11 +531,12 @@ class NNEEGCallback(MonitorCallback):
                 self._score_max = max(self._score_max, score)
             else:
                 self._score_max = torch.maximum(self._score_max, score)
-            n_batches = trainer.num_training_batches
-            last = n_batches != float("inf") and self._epoch_batches >= n_batches
-            if not (flagged or last or (trainer.global_step + 1) % max(trainer.log_every_n_steps, 1) == 0):
+            due = self._log_due(trainer, self._epoch_batches)
+            if not (due or flagged):
                 return
-            score, self._score_max = self._score_max, None
+            score = self._score_max
+            if due:  # not on a flagged step between logging steps: the next written point holds it
+                self._score_max = None
         anomaly = float(score >= 1.0) if isinstance(score, float) else (score >= 1.0).float()
         self._log(pl_module, "nn_eeg/anomaly", anomaly, on_epoch=True, reduce_fx="max")
         self._log(pl_module, "nn_eeg/anomaly_score", score, on_epoch=True, reduce_fx="max")

@@ -293,9 +293,8 @@ class NNfMRICallback(MonitorCallback):
     _zeta_stats, _row_cost, _rows_per_sample, _sample_cost = (
         _engine_view("_scheduler", a) for a in ("stats", "row_cost", "rows_per_sample", "sample_cost"))
 
-    @property
-    def state_key(self) -> str:
-        return self._generate_state_key(layers=repr(self.layer_selection), grid=self.grid)
+    def _state_key_fields(self) -> Dict[str, Any]:
+        return {"layers": repr(self.layer_selection), "grid": self.grid}
 
     def _layer_taps(self) -> Optional[LayerTaps]:
         return self._taps

@@ -136,6 +136,42 @@ def test_joint_anomaly_names_the_layer_and_stops_the_run(tmp_path):
     assert any(l["kind"] == "joint" and l["layer"] == "fc2" and l["source"] == "cross_modal" for l in lines)
 
 
+class _CountedLogs(Net):
+    """Net that records the global step of every ``log`` call of ``cross_modal/anomaly``."""
+
+    def __init__(self, **kw):
+        super().__init__(**kw)
+        self.anomaly_logs = []
+
+    def log(self, name, value, *args, **kwargs):
+        if name == "cross_modal/anomaly":
+            self.anomaly_logs.append((self.trainer.global_step, float(value)))
+        return super().log(name, value, *args, **kwargs)
+
+
+def test_joint_flag_logged_on_logging_and_joint_steps_only_and_the_curve_holds_it(tmp_path):
+    """``cross_modal/anomaly`` is a running max: ``pl_module.log`` on the trainer's logging steps,
+    the epoch's last batch and joint steps, not on every step; the written curve and the epoch
+    value have the joint flag."""
+    train, val = _loaders()
+    eeg, fmri, xm = _callbacks()
+    trainer = _trainer(tmp_path, [eeg, fmri, xm], max_epochs=2)
+    model = _CountedLogs(kill_fc2_at=40)
+    trainer.fit(model, train, val)
+    joint = [e for e in xm.events if e.kind == "joint"]
+    assert joint
+    healthy = [s for s, _ in model.anomaly_logs if s < joint[0].step]
+    assert healthy == [s for s in range(joint[0].step) if (s + 1) % 8 == 0]  # log_every_n_steps=8
+    assert all(v == 0.0 for s, v in model.anomaly_logs if s < joint[0].step)
+    # the first joint step itself (a log call sees trainer.global_step after the batch's update, an event the forward's step)
+    assert (joint[0].step + 1, 1.0) in model.anomaly_logs
+    ea = EventAccumulator(trainer.logger.log_dir, size_guidance={"scalars": 0})
+    ea.Reload()
+    points = {e.step: e.value for e in ea.Scalars("cross_modal/anomaly_step")}
+    assert any(v == 1.0 for s, v in points.items() if s >= joint[0].step)
+    assert float(trainer.callback_metrics["cross_modal/anomaly"]) == 1.0  # the last epoch's max
+
+
 # ---------------------------------------------------------------------------------- undefined is NaN
 def _scalars(trainer):
     ea = EventAccumulator(trainer.logger.log_dir, size_guidance={"scalars": 0, "tensors": 0})

@@ -220,6 +220,45 @@ def test_default_logs_every_step_with_log_every_n_steps_1_and_misses_no_anomaly(
     assert steps[20] == 1.0 and max(v for k, v in steps.items() if k < 20) == 0.0
 
 
+class _Probed(MLPModule):
+    """An MLP with a side ``probe`` (its output unused): an anomaly there does not change training."""
+
+    def __init__(self, spike_at: int, **kw):
+        super().__init__(**kw)
+        self.probe = nn.Linear(32, 8)
+        self.spike_at = spike_at
+        self.probe.register_forward_hook(self._spike)  # before the callback's tap: the tap sees the spike
+
+    def _spike(self, module, inputs, output):
+        if self.training and self.global_step == self.spike_at:
+            return output * 1e6  # this one step only
+        return None
+
+    def forward(self, x):
+        h = self.net[1](self.net[0](x))
+        self.probe(h)  # unused
+        return self.net[4](self.net[3](self.net[2](h)))
+
+
+@pytest.mark.parametrize("spike_at", [22, 24, 26, 27])
+def test_a_one_step_anomaly_between_logging_steps_reaches_the_logged_curve(tmp_path, spike_at):
+    """A flag raised on a step that is not a logging step is logged at the next logging step (the
+    running max is not reset by logging the flagged step at once, which Lightning does not write)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    model = _Probed(spike_at=spike_at, n=8 * 30)
+    logger = TensorBoardLogger(str(tmp_path), name="tb")
+    eeg = NNEEGCallback(layers=["net.0", "probe"], panels=False)
+    trainer = fast_trainer(tmp_path, [eeg], logger=logger, max_epochs=1, log_every_n_steps=7)
+    trainer.fit(model)
+    assert {e.step for e in eeg.events} == {spike_at}  # one anomalous step; the logging steps are 6, 13, 20, 27
+    acc = EventAccumulator(logger.log_dir, size_guidance={"scalars": 0})
+    acc.Reload()
+    steps = {e.step: e.value for e in acc.Scalars("nn_eeg/anomaly_step")}
+    assert steps[20] == 0.0 and steps[27] == 1.0
+    assert float(trainer.callback_metrics["nn_eeg/anomaly"]) == 1.0
+
+
 # ---------------------------------------------------------------------------------------- mode mismatch
 class _LeftInTrainMode(MLPModule):
     def on_validation_epoch_start(self):
