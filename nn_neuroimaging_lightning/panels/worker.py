@@ -6,9 +6,10 @@ thread of the training process it slowed a 100-step ResNet fit 2.6x (measured wh
 a thread is no way out). So the callbacks describe a figure as a :class:`Drawing` (the name of a
 :mod:`~nn_neuroimaging_lightning.panels.figures` builder and its numpy arguments) and the
 :class:`~nn_neuroimaging_lightning.panels.sink.PanelSink` hands it to one renderer process per
-training process, which builds, draws and encodes it and sends the pixels back; a reader thread
-gives them to the loggers under the figure's own step. The training thread's share is pickling
-the arguments (well under a millisecond for the panels' arrays).
+training process, which builds, draws and encodes it and sends the pixels back; a sender thread
+writes the drawings to the renderer's stdin and a reader thread gives the pixels to the loggers
+under the figure's own step. The training thread's share is pickling the arguments (well under a
+millisecond for the panels' arrays).
 
 Decisions:
 
@@ -31,6 +32,7 @@ from __future__ import annotations
 import inspect
 import os
 import pickle
+import queue
 import struct
 import subprocess
 import sys
@@ -144,7 +146,9 @@ class FigureWorker:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()  # the process, the jobs, the failure
-        self._send_lock = threading.Lock()  # one frame at a time on the renderer's stdin
+        # frames for the renderer's stdin, written by one sender thread in job order
+        self._outbox: "queue.SimpleQueue[Optional[Tuple[subprocess.Popen, bytes]]]" = queue.SimpleQueue()
+        self._sender: Optional[threading.Thread] = None
         self._proc: Optional[subprocess.Popen] = None
         self._jobs: Dict[int, Callable[[Any, Optional[str]], None]] = {}
         self._next = 0
@@ -174,38 +178,51 @@ class FigureWorker:
             self._failed = f"the renderer process did not start ({type(err).__name__}: {err})"
             return False
         threading.Thread(target=self._read, args=(self._proc,), name="nn-neuroimaging-figures", daemon=True).start()
+        self._sender = threading.Thread(target=self._write, args=(self._proc,), name="nn-neuroimaging-figures-out", daemon=True)
+        self._sender.start()
         return True
 
     def submit(self, drawing: Drawing, done: Callable[[Any, Optional[str]], None]) -> bool:
         """Queue ``drawing``; ``False`` if there is no renderer (the caller draws it inline).
 
-        The pipe is written outside ``self._lock``: the reader thread takes that lock for every
-        result, and the renderer stops reading drawings while its result waits in a full pipe, so
-        a writer holding it would deadlock all three (seen on a ResNet fit's zeta panels).
+        The training thread only pickles the drawing: a sender thread writes the frames to the
+        renderer's stdin. Written here, a frame larger than the pipe's buffer (a tract matrix of
+        256 x 256 regions is 512 KiB) waited until the renderer had drawn every figure before it:
+        ~250 ms per validation epoch of the reference CNN (``benchmarks/overhead_clients.py``). No
+        lock is held while the pipe is written: the reader thread takes ``self._lock`` for every
+        result, and the renderer stops reading drawings while its result waits in a full pipe, so a
+        writer holding it would deadlock all three (seen on a ResNet fit's zeta panels).
         """
         try:
             frame = _frame((0, drawing))  # pickled before anything is queued or written
         except Exception:  # not picklable (PicklingError, TypeError, AttributeError ...): drawn inline
             return False
-        with self._send_lock:
-            with self._lock:
-                if not self._start():
-                    return False
-                proc, job = self._proc, self._next
-                self._next += 1
-                self._jobs[job] = done
+        with self._lock:
+            if not self._start():
+                return False
+            proc, job = self._proc, self._next
+            self._next += 1
+            self._jobs[job] = done
+            self._outbox.put((proc, struct.pack(">Q", job) + frame))  # in job order: under the lock
+        return True
+
+    def _write(self, proc: subprocess.Popen) -> None:
+        # the sender thread of `proc`: frames to its stdin until the sentinel, or until the pipe breaks
+        while True:
+            item = self._outbox.get()
+            if item is None:
+                return
+            target, data = item
+            if target is not proc:  # queued for a process that is gone: its job was answered by _die
+                continue
             try:
-                proc.stdin.write(struct.pack(">Q", job) + frame)
+                proc.stdin.write(data)
                 proc.stdin.flush()
-            except BaseException as err:  # a broken pipe, or an interrupt mid-frame: the stream is lost
+            except Exception as err:  # a broken pipe: the process is gone
                 with self._lock:
-                    mine = self._jobs.pop(job, None)
                     if self._proc is proc:
                         self._die(f"the renderer process stopped ({type(err).__name__}: {err})")
-                if not isinstance(err, Exception):
-                    raise
-                return mine is None  # answered by _die meanwhile: the sink already drew it
-        return True
+                return
 
     def _die(self, why: str) -> None:
         # under self._lock: every pending figure is answered "not drawn, no error": its sink draws it inline
@@ -235,8 +252,12 @@ class FigureWorker:
         """End the renderer process (its stdin closes; it exits after the drawing in hand)."""
         with self._lock:
             proc, self._proc = self._proc, None
+            sender, self._sender = self._sender, None
         if proc is None:
             return
+        self._outbox.put(None)  # the sender writes what is queued, then ends
+        if sender is not None:
+            sender.join(timeout)
         try:
             proc.stdin.close()
             proc.wait(timeout)

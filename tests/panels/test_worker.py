@@ -134,3 +134,28 @@ def test_inline_asked_for_after_the_renderer_started_is_honoured(tmp_path, monke
     sink.figure("a/x", _zeta(1), 2)
     assert len(drawn) == 1 and sink.pending == 0  # drawn in this process, at once
     worker.close()
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.skipif(not hasattr(__import__("signal"), "SIGSTOP"), reason="needs SIGSTOP/SIGCONT")
+def test_the_training_thread_does_not_wait_for_a_busy_renderer(tmp_path):
+    # a renderer that reads nothing (stopped) with drawings larger than the pipe's buffer queued:
+    # `figure` returns at once (a sender thread writes the pipe); the figures come once it reads again
+    import os
+    import signal
+
+    worker, tb = FigureWorker(), TensorBoardLogger(str(tmp_path), name="tb")
+    sink = PanelSink([tb], worker=worker)
+    sink.figure("a/big", _zeta(0), 0)
+    assert sink.wait(timeout=100)
+    grid = np.random.default_rng(0).normal(size=(400, 400))  # 1.3 MB of arguments per drawing
+    os.kill(worker._proc.pid, signal.SIGSTOP)
+    try:
+        for step in range(1, 4):
+            sink.figure("a/big", Drawing.of(PF.heatmap_figure, grid + step, f"big {step}"), step)  # would block here
+        assert sink.pending == 3
+    finally:
+        os.kill(worker._proc.pid, signal.SIGCONT)
+    assert sink.wait(timeout=100) and worker.failed is None
+    assert [s for s, _ in _images(tb.log_dir)["a/big"]] == [0, 1, 2, 3]
+    worker.close()
