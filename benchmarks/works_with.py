@@ -84,12 +84,15 @@ def run_row(name: str, seed: int, steps: int) -> Dict[str, Any]:
             "seconds": time.perf_counter() - t0}
 
 
-def _overhead(path: Optional[str]) -> Dict[str, str]:
-    """Client -> "ratio [low, high] (N-step epochs); ..." from overhead_clients.py's ``--out`` JSON."""
-    if not path or not Path(path).exists():
-        return {}
+def _overhead(paths: Optional[str]) -> Dict[str, str]:
+    """Client -> "ratio [low, high] (N-step epochs); ..." from overhead_clients.py's ``--out`` JSON
+    files (comma-separated, in that order; a missing file is skipped)."""
+    results: List[Dict[str, Any]] = []
+    for path in (p.strip() for p in (paths or "").split(",")):
+        if path and Path(path).exists():
+            results += json.loads(Path(path).read_text()).get("results", [])
     out: Dict[str, str] = {}
-    for res in json.loads(Path(path).read_text()).get("results", []):
+    for res in results:
         ratio = res.get("ratio", {}).get("all")
         if not ratio or not all(math.isfinite(v) for v in ratio):
             continue
@@ -121,7 +124,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--rows", default=",".join(ROWS), help="comma-separated row names (see ROWS)")
     parser.add_argument("--steps", type=int, default=25, help="training batches of the one epoch")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--overhead", default="build/overhead_clients.json", help="overhead_clients.py --out JSON")
+    parser.add_argument("--overhead", default="build/overhead_clients.json", help="overhead_clients.py --out JSON file(s), comma-separated")
     parser.add_argument("--out", default=None, help="write the rows as JSON here")
     parser.add_argument("--rows-from", default=None, help="reuse the rows of an earlier --out JSON (no fits; only the table)")
     args = parser.parse_args(argv)

@@ -325,9 +325,11 @@ def test_html_report_of_a_demo_run_holds_the_figures_and_the_events_table(demo_r
 
 
 def _chromium():
+    import os
     import shutil
 
-    return next((p for p in ("/usr/bin/chromium", shutil.which("chromium"), shutil.which("chromium-browser")) if p), None)
+    return next((p for p in ("/usr/bin/chromium", shutil.which("chromium"), shutil.which("chromium-browser"))
+                 if p and os.path.isfile(p)), None)
 
 
 @pytest.mark.skipif(_chromium() is None, reason="headless Chromium not installed (apt-get install -y chromium); "
