@@ -324,15 +324,23 @@ def run_task(task: Dict[str, Any]) -> Dict[str, Any]:
 
 # ------------------------------------------------------------------ across runs
 def _cross_run(runs: List[Dict[str, Any]], cadence: bool) -> List[float]:
-    """Per run: a classifier calibrated on all its windows predicts the other seeds' runs (same arch)."""
+    """Per run: a classifier calibrated on all its windows predicts the other seeds' runs (same arch).
+
+    Each run's figure is also kept in its record (``cross_cadence`` / ``cross_no_cadence``), so the
+    table re-made from ``--out`` JSON (``--from-json``, which has no windows) has these rows too.
+    """
     import torch
 
     from nn_neuroimaging_lightning import NNEEGCallback
     from nn_neuroimaging_lightning.functional import states as FST
 
+    key = "cross_cadence" if cadence else "cross_no_cadence"
     out = []
     for arch in sorted({r["arch"] for r in runs}):
         rs = [r for r in runs if r["arch"] == arch and "_features" in r]
+        if not rs:  # records read back from JSON: the figures computed when the windows were there
+            out += _vals([r for r in runs if r["arch"] == arch], key)
+            continue
         for r in rs:
             others = [o for o in rs if o is not r]
             if not others:
@@ -345,7 +353,8 @@ def _cross_run(runs: List[Dict[str, Any]], cadence: bool) -> List[float]:
             for o in others:
                 fo = o["_features"] if cadence else _zeroed([(o["_features"], None)])[0][0]
                 conf += FST.state_confusion_matrix(clf.predict(fo), o["_labels"])
-            out.append(_ba(conf))
+            r[key] = _ba(conf)
+            out.append(r[key])
     return out
 
 
@@ -455,8 +464,14 @@ def _external(results: Path) -> Dict[str, Tuple[str, str]]:
     return out
 
 
-def table(records: List[Dict[str, Any]], results: Path = RESULTS_DIR) -> Tuple[str, List[Dict[str, str]]]:
-    """The Markdown table and its rows (``claim``, ``seed``, ``measured``, ``reading``)."""
+def table(records: List[Dict[str, Any]], results: Path = RESULTS_DIR,
+          saved: Optional[Dict[str, Dict[str, str]]] = None) -> Tuple[str, List[Dict[str, str]]]:
+    """The Markdown table and its rows (``claim``, ``seed``, ``measured``, ``reading``).
+
+    ``saved``: the rows of an earlier ``--out`` JSON by claim; a row these records cannot make
+    (0 runs: e.g. the other-seeds rows of a JSON written before their figures were kept per run)
+    is taken from there.
+    """
     import numpy as np
 
     plain = [r for r in records if r["kind"] == "plain"]
@@ -465,6 +480,10 @@ def table(records: List[Dict[str, Any]], results: Path = RESULTS_DIR) -> Tuple[s
     rows: List[Dict[str, str]] = []
 
     def row(claim: str, seed: str, measured: str, reading: str, n: Any = "") -> None:
+        old = (saved or {}).get(claim)
+        if str(n) == "0" and old is not None and old.get("runs") not in (None, "", "0"):
+            rows.append(dict(old))
+            return
         rows.append({"claim": claim, "seed": seed, "measured": measured, "runs": str(n), "reading": reading})
 
     def archs(rs: List[Dict[str, Any]]) -> str:
@@ -614,8 +633,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     except ValueError:
         parser.error(f"--seeds must be comma-separated integers, got {args.seeds!r}")
     if args.from_json:  # re-make the table from an earlier run's records (e.g. with new JSON from the other benchmarks)
-        records = json.loads(Path(args.from_json).read_text())["runs"]
-        md, _ = table(records, Path(args.results))
+        data = json.loads(Path(args.from_json).read_text())
+        records = data["runs"]
+        md, _ = table(records, Path(args.results), saved={r["claim"]: r for r in data.get("rows", []) if "claim" in r})
         print(md)
         if args.markdown:
             Path(args.markdown).parent.mkdir(parents=True, exist_ok=True)

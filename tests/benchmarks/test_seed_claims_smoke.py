@@ -72,6 +72,10 @@ def test_seed_claims_smoke(tmp_path):
         assert rows[claim]["measured"].startswith("not measured: run benchmarks/")
     run = next(r for r in data["runs"] if r["kind"] == "plain")
     assert run["spectral"]["analyses"] >= 2 and sum(run["windows"]) > 0
+    # the table re-made from the JSON (no fits) is the same table
+    again = tmp_path / "again.md"
+    assert sc.main(["--from-json", str(out), "--markdown", str(again), "--results", str(tmp_path / "none")]) == 0
+    assert again.read_text() == table
     zeta = next(r for r in data["runs"] if r["kind"] == "zeta")
     assert zeta["zeta_layers"] and 0.0 <= zeta["critical_share"] <= 1.0 and zeta["zeta_min"] <= zeta["zeta_max"]
 
