@@ -73,7 +73,13 @@ import torch  # noqa: E402
 from _clientfit import fit_client, median_ci, quiet, set_threads  # noqa: E402
 
 ARMS = ("plain", "all", "all_inline", "all_nopanels", "eeg", "fmri", "eeg+fmri", "floor")
-CLIENTS = ("cnn", "resnet", "gpt2", "bert", "lstm")
+CLIENTS = ("cnn", "resnet", "gpt2", "bert", "lstm")  # the default set
+#: more rows of the README's "Works with" table: name -> (client of demo.clients, its kwargs, Trainer kwargs)
+VARIANTS: Dict[str, tuple] = {
+    "resnet_bf16": ("resnet", {}, {"precision": "bf16-mixed"}),
+    "kwargs": ("kwargs", {}, {}),
+    "mlp_dropout": ("mlp_dropout", {}, {}),
+}
 RENDER_ENV = "NN_NEUROIMAGING_RENDER"
 #: epoch hooks whose time counts as per-epoch fixed cost
 EPOCH_HOOKS = ("on_train_epoch_start", "on_train_epoch_end", "on_validation_start", "on_validation_end",
@@ -208,7 +214,9 @@ def fit_arm(client: str, arm: str, steps: int, epochs: int, seed: int) -> Dict[s
         os.environ[RENDER_ENV] = "inline"
     try:
         with _Patched(clock):
-            trainer, _, seconds = fit_client(client, seed, _timed_callbacks(arm, clock), steps_per_epoch=steps, epochs=epochs)
+            name, client_kwargs, trainer_kwargs = VARIANTS.get(client, (client, {}, {}))
+            trainer, _, seconds = fit_client(name, seed, _timed_callbacks(arm, clock), steps_per_epoch=steps, epochs=epochs,
+                                             client_kwargs=client_kwargs, trainer_kwargs=trainer_kwargs)
     finally:
         if inline:
             os.environ.pop(RENDER_ENV) if before is None else os.environ.__setitem__(RENDER_ENV, before)
@@ -411,7 +419,7 @@ def figure_table(costs: Dict[str, Dict[str, Any]], command: str) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--clients", default=",".join(CLIENTS), help=f"comma-separated, of {', '.join(CLIENTS)}")
+    p.add_argument("--clients", default=",".join(CLIENTS), help=f"comma-separated, of {', '.join(CLIENTS + tuple(VARIANTS))}")
     p.add_argument("--repeats", type=int, default=3, help="rounds of interleaved arms (figures: repeats per kind)")
     p.add_argument("--steps", default="100,25", help="steps per epoch, comma-separated (>= 100 and 25 by default)")
     p.add_argument("--epochs", type=int, default=2, help="epochs per fit")
@@ -438,9 +446,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     epochs, repeats = args.epochs, args.repeats
     if args.smoke:
         clients, steps, epochs, repeats, arms = ["cnn"], [8], 1, 1, ["plain", "all", "floor"]
-    bad = [c for c in clients if c not in CLIENTS] + [a for a in arms if a not in ARMS]
+    bad = [c for c in clients if c not in CLIENTS and c not in VARIANTS] + [a for a in arms if a not in ARMS]
     if bad:
-        p.error(f"unknown client(s) / arm(s) {bad}; clients: {list(CLIENTS)}, arms: {list(ARMS)}")
+        p.error(f"unknown client(s) / arm(s) {bad}; clients: {list(CLIENTS) + list(VARIANTS)}, arms: {list(ARMS)}")
     if "plain" not in arms:
         arms.insert(0, "plain")
     results = []
