@@ -40,7 +40,8 @@ BENCHMARKS: Dict[str, tuple] = {
     "alarms": (["--jobs", "2", "--out", "build/benchmarks/alarms.json"], ["--smoke", "--out", "build/benchmarks/alarms.json"]),
     "overhead_clients": (["--clients", "cnn,resnet,lstm,gpt2,bert", "--arms", "plain,all,all_inline,all_nopanels,eeg,fmri,floor",
                           "--repeats", "3", "--epochs", "2", "--steps", "100,25", "--out", "build/benchmarks/overhead_clients.json"], ["--smoke", "--out", "build/benchmarks/overhead_clients.json"]),
-    "works_with": (["--overhead", "build/benchmarks/overhead_clients.json", "--out", "build/benchmarks/works_with.json"],
+    "works_with": (["--overhead", "build/benchmarks/overhead_clients.json,build/benchmarks/overhead_variants.json",
+                    "--out", "build/benchmarks/works_with.json"],
                    ["--rows", "cnn", "--steps", "5", "--overhead", "build/benchmarks/overhead_clients.json"]),
     # last: its table reads the JSON outputs of the benchmarks above (build/benchmarks/*.json)
     "seed_claims": (["--jobs", "2", "--out", "build/seed_claims.json", "--markdown", "build/seed_claims.md"],
