@@ -229,7 +229,7 @@ def fit_arm(client: str, arm: str, steps: int, epochs: int, seed: int) -> Dict[s
 def run_case(client: str, steps: int, epochs: int, repeats: int, arms: Sequence[str], seed: int) -> Dict[str, Any]:
     rng = random.Random(f"{client}-{steps}-{seed}")
     fit_arm(client, "plain", steps, 1, seed)  # warm-up (imports, allocator, first-use costs), discarded
-    if "all" in arms or "fmri" in arms or "eeg" in arms:
+    if set(arms) - {"plain", "floor", "all_nopanels", "all_inline"}:  # an arm that draws in the renderer
         _start_renderer()  # the process lives as long as this one: no arm pays its start
     rounds: List[Dict[str, Dict[str, Any]]] = []
     for r in range(repeats):

@@ -139,7 +139,6 @@ class CrossModalCallback(MonitorCallback):
         self._eeg: Any = None
         self._fmri: Any = None
         self._joint_seen: set = set()
-        self._anomaly_max = 0.0  # the joint flag's running max since the last log
         self._noticed: set = set()
 
     def _state_key_fields(self) -> Dict[str, Any]:
@@ -174,12 +173,9 @@ class CrossModalCallback(MonitorCallback):
         if not joint:
             self._joint_seen.clear()
         self._record(events)
-        self._anomaly_max = max(self._anomaly_max, float(bool(joint)))
-        due = self._log_due(trainer, batch_idx + 1)
-        if due or joint:
-            self._log(pl_module, "cross_modal/anomaly", self._anomaly_max, on_epoch=True, reduce_fx="max")
-        if due:
-            self._anomaly_max = 0.0
+        anomaly = self._running_max("cross_modal/anomaly", float(bool(joint)), bool(joint), trainer, batch_idx + 1)
+        if anomaly is not None:
+            self._log(pl_module, "cross_modal/anomaly", anomaly, on_epoch=True, reduce_fx="max")
         self._maybe_stop(trainer, events)
 
     # ------------------------------------------------------------------ at each zeta evaluation

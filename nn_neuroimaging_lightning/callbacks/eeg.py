@@ -189,7 +189,6 @@ class NNEEGCallback(MonitorCallback):
         self._recorder: Optional[SampleRecorder] = None  # the ring buffer of samples, runs of one phase, idle gaps
         self._judge_args = dict(explosion_z=self.explosion_z, collapse_ratio=self.collapse_ratio, min_history=self.min_history)
         self._detector: Optional[StepDetector] = None  # the per-step judgement and its training baseline
-        self._score_max: Any = None  # running max of the anomaly score between logs
         self._epoch_batches = 0
         self._judged: Optional[Tuple[Any, bool]] = None  # (score, flagged) of a step judged in on_before_backward
         self._spectra: Optional[Spectra] = None  # Welch analysis, band powers and the spectral-shift baseline
@@ -519,24 +518,15 @@ class NNEEGCallback(MonitorCallback):
 
         By default the running max since the last logging step is logged on the trainer's logging
         steps, on steps with an anomaly event and on the epoch's last batch
-        (:meth:`~nn_neuroimaging_lightning.callbacks._base.MonitorCallback._log_due`): the epoch value that
+        (:meth:`~nn_neuroimaging_lightning.callbacks._base.MonitorCallback._running_max`): the epoch value that
         ``EarlyStopping`` reads is the same as with per-step logging, for 2 instead of
         ``2 * log_every_n_steps`` ``pl_module.log`` calls. With ``log_anomaly_every_step`` both are
         logged on every training step.
         """
         if not self.log_anomaly_every_step:
-            if self._score_max is None:
-                self._score_max = score
-            elif isinstance(score, float):
-                self._score_max = max(self._score_max, score)
-            else:
-                self._score_max = torch.maximum(self._score_max, score)
-            due = self._log_due(trainer, self._epoch_batches)
-            if not (due or flagged):
+            score = self._running_max("nn_eeg/anomaly_score", score, flagged, trainer, self._epoch_batches)
+            if score is None:
                 return
-            score = self._score_max
-            if due:  # not on a flagged step between logging steps: the next written point holds it
-                self._score_max = None
         anomaly = float(score >= 1.0) if isinstance(score, float) else (score >= 1.0).float()
         self._log(pl_module, "nn_eeg/anomaly", anomaly, on_epoch=True, reduce_fx="max")
         self._log(pl_module, "nn_eeg/anomaly_score", score, on_epoch=True, reduce_fx="max")
