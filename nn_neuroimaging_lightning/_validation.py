@@ -84,6 +84,13 @@ def check_bool(name: str, value: Any) -> bool:
     return value
 
 
+def check_callable(name: str, value: Any, what: str = "callable") -> Any:
+    """Return ``value`` if it is ``None`` or callable, else raise a TypeError saying ``what`` is expected."""
+    if value is not None and not callable(value):
+        raise TypeError(f"`{name}` must be {what} or None, got {value!r}.")
+    return value
+
+
 def check_layer_selector(name: str, value: Any) -> Any:
     """Check the *form* of a layer selection (the model is needed to check that it matches something).
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 from collections import deque
 from dataclasses import asdict
-from typing import Any, Deque, Dict, List, Optional, Sequence
+from typing import Any, Deque, Dict, FrozenSet, List, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor
@@ -89,9 +89,13 @@ class MonitorCallback(Callback):
             if fn is not None and not getattr(fn, "_monitor_wrapped", False):
                 setattr(cls, name, _wrap_end_hook(fn))
 
-    def __init__(self, max_events: int = 1000) -> None:
+    def __init__(self, max_events: int = 1000, flag_history: Optional[int] = None) -> None:
         super().__init__()
         self._events: Deque[AnomalyEvent] = deque(maxlen=max_events)
+        if flag_history is not None:
+            #: ``(step, flagged layers)`` entries, oldest first (NN-EEG and NN-fMRI; the cross-modal callback reads them).
+            self.flag_history: Deque[Tuple[int, FrozenSet[str]]] = deque(maxlen=flag_history)
+        self._warned: set = set()  # keys of the one-time warnings (`_warn_once`)
         self._noticed_no_panels = False
         self._log_dir: Optional[str] = None
         self._is_global_zero = True
@@ -351,8 +355,19 @@ class MonitorCallback(Callback):
             return bool(trainer.strategy.reduce_boolean_decision(decision, all=False))
         return decision
 
+    def _warn_once(self, key: Any, message: str) -> bool:
+        """``rank_zero_warn(message)`` the first time ``key`` is seen; whether it warned."""
+        if key in self._warned:
+            return False
+        self._warned.add(key)
+        rank_zero_warn(message)
+        return True
+
     def state_dict(self) -> Dict[str, Any]:
-        return {"events": [asdict(e) for e in self._events]}
+        state: Dict[str, Any] = {"events": [asdict(e) for e in self._events]}
+        if hasattr(self, "flag_history"):
+            state["flag_history"] = [(step, sorted(layers)) for step, layers in self.flag_history]
+        return state
 
     def load_state_dict(self, state_dict: Dict[str, Any]) -> None:
         """Restore the events; the rest of the state when the layers are known, else in ``setup``.
@@ -365,6 +380,9 @@ class MonitorCallback(Callback):
         self._events.clear()
         for e in state_dict.get("events", []):
             self._events.append(AnomalyEvent(**e))
+        if hasattr(self, "flag_history") and "flag_history" in state_dict:
+            self.flag_history.clear()
+            self.flag_history.extend((int(step), frozenset(layers)) for step, layers in state_dict["flag_history"])
         if type(self)._apply_state is MonitorCallback._apply_state:
             return
         if self._layers_ready():
