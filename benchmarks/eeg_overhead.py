@@ -48,6 +48,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from nn_neuroimaging_lightning.callbacks.eeg import NNEEGCallback
 from nn_neuroimaging_lightning.demo.data import DemoDataModule
+from nn_neuroimaging_lightning.eeg import StepDetector
 from nn_neuroimaging_lightning.demo.model import DemoClassifier, ReferenceCNN
 from nn_neuroimaging_lightning.functional import anomalies as FA
 from nn_neuroimaging_lightning.functional import spectral as FS
@@ -418,6 +419,7 @@ def analysis_latency(layers: int = 10, n: int = 128, reps: int = 50) -> Dict[str
     eeg = NNEEGCallback()
     x = torch.rand(layers, n) + 0.5
     clf = FST.StateClassifier(num_bands=len(eeg.bands))
+    judge = StepDetector([""] * layers, **eeg._judge_args)  # the callback's per-step judge
     feats = FST.window_features(torch.rand(32, layers, 16), fs=eeg.fs, nperseg=eeg.nperseg, bands=eeg.bands)
     clf.update(feats, torch.arange(32) % 2)
     base = torch.full((layers, len(eeg.bands)), 0.2)
@@ -430,7 +432,7 @@ def analysis_latency(layers: int = 10, n: int = 128, reps: int = 50) -> Dict[str
         f = FST.window_features(windows, fs=eeg.fs, nperseg=eeg.nperseg, bands=eeg.bands)
         clf.predict_proba(f)
         clf.update(f, torch.zeros(8, dtype=torch.long))
-        eeg._baseline_stats(x[:, :32])
+        judge.baseline(x[:, :32])
 
     for _ in range(5):
         once()

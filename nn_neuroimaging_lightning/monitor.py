@@ -34,6 +34,7 @@ from torch import Tensor, nn
 
 from nn_neuroimaging_lightning import _validation as V
 from nn_neuroimaging_lightning.eeg.detector import Baseline, StepDetector, Verdict
+from nn_neuroimaging_lightning.eeg.engine import check_signal_args
 from nn_neuroimaging_lightning.events import AnomalyEvent
 from nn_neuroimaging_lightning.phases import Phase
 from nn_neuroimaging_lightning.functional import anomalies as FA
@@ -133,33 +134,19 @@ class Monitor:
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"`model` must be a torch.nn.Module, got {model!r} ({type(model).__name__}).")
-        self.window = V.check_int("window", window, 2)
-        self.fs = V.check_float("fs", fs, 0.0, strict_min=True)
-        self.nperseg = V.check_int("nperseg", nperseg, 2)
-        if self.nperseg > self.window:
-            raise ValueError(f"`nperseg` must be at most `window`={window}, got {nperseg!r}: a Welch segment must fit in the window.")
-        self.bands: Dict[str, Tuple[float, float]] = dict(
-            FS.DEFAULT_BANDS if bands is None else {k: tuple(v) for k, v in dict(bands).items()}
-        )
-        FS.check_bands(self.bands, fs=self.fs, nperseg=self.nperseg)
-        self.explosion_z = V.check_float("explosion_z", explosion_z, 0.0, strict_min=True)
-        self.collapse_ratio = V.check_float("collapse_ratio", collapse_ratio, 0.0, 1.0)
-        self.spectral_shift_threshold = V.check_float(
-            "spectral_shift_threshold", spectral_shift_threshold, 0.0, 1.0, strict_min=True
-        )
-        self.min_history = V.check_int("min_history", min_history, 2)
+        for name, value in check_signal_args(window, fs, nperseg, bands, explosion_z, collapse_ratio, spectral_shift_threshold,
+                                             min_history, history_below_window=False).items():
+            setattr(self, name, value)  # window, fs, nperseg, bands, explosion_z, collapse_ratio, spectral_shift_threshold, min_history
         self.calibrate = V.check_int("calibrate", calibrate, 2)
         if self.calibrate < max(self.min_history, self.nperseg):
             raise ValueError(
                 f"`calibrate` must be at least `min_history`={min_history} and `nperseg`={nperseg} "
                 f"(the baseline needs one Welch segment), got {calibrate!r}."
             )
-        if on_anomaly is not None and not callable(on_anomaly):
-            raise TypeError(f"`on_anomaly` must be callable or None, got {on_anomaly!r}.")
+        V.check_callable("on_anomaly", on_anomaly)
         if check_every is not None:
             V.check_int("check_every", check_every, 1)
-        if output_selector is not None and not callable(output_selector):
-            raise TypeError(f"`output_selector` must be callable or None, got {output_selector!r}.")
+        V.check_callable("output_selector", output_selector)
         self.model = model
         self.on_anomaly = on_anomaly
         self.check_every = check_every

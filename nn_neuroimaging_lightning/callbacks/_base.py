@@ -258,11 +258,21 @@ class MonitorCallback(Callback):
 
     @_wrap_end_hook
     def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
-        pass
+        self._finish(trainer)
 
     @_wrap_end_hook
     def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
-        pass
+        self._finish(trainer)
+
+    def _finish(self, trainer: Trainer) -> None:
+        """The end of a run (``teardown``, ``on_exception``): the taps come off, the panels are written out."""
+        taps = self._layer_taps()
+        if taps is not None:
+            taps.detach()
+            taps.discard()
+        sink = self._panels(trainer)
+        if sink is not None:
+            sink.flush()
 
     def _maybe_stop(self, trainer: Trainer, events: List[AnomalyEvent]) -> None:
         """Set ``trainer.should_stop`` when an event's kind is in ``stop_on`` (on any rank: a collective)."""

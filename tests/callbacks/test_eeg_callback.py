@@ -28,6 +28,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from torch import nn
 
 from nn_neuroimaging_lightning.callbacks.eeg import NNEEGCallback
+from nn_neuroimaging_lightning.eeg import StepDetector
 from nn_neuroimaging_lightning.phases import Phase
 from nn_neuroimaging_lightning.functional import anomalies as FA
 from nn_neuroimaging_lightning.taps import LayerTaps
@@ -59,7 +60,7 @@ def test_phases_from_fit_validate_test_predict_and_idle(tmp_path):
     assert float(eeg.signal("net.0")[idle_at:idle_at + n_idle].abs().sum()) == 0.0
     assert eeg.tracker.durations[Phase.IDLE] >= 0.3
     # complete single-phase windows were learned: training, inference (12 >= 8) and idle ones
-    assert eeg._label_counts[0] >= 1 and eeg._label_counts[1] >= 1 and eeg._label_counts[2] >= n_idle // 8
+    assert eeg._states.label_counts[0] >= 1 and eeg._states.label_counts[1] >= 1 and eeg._states.label_counts[2] >= n_idle // 8
     trainer.test(model, verbose=False)
     assert eeg.phases[-12:] == [Phase.TEST] * 12
     trainer.predict(model)
@@ -146,7 +147,7 @@ def test_step_judgement_equals_functional_robust_zscore():
     history = torch.rand(3, 20) + 0.5
     history[1, 3] = float("nan")
     x = torch.tensor([0.7, 1000.0, 1e-7])
-    neg_med, inv, floor = eeg._baseline_stats(history)
+    neg_med, inv, floor = StepDetector([""] * 3, **eeg._judge_args).baseline(history).coefficients  # the callback's judge
     e = torch.log(x) * inv + neg_med
     _MIN_SCALE = FA.MIN_SCALE
 
@@ -394,8 +395,8 @@ def test_checkpoint_round_trip_continues_the_signal(tmp_path):
     trainer = fast_trainer(tmp_path, [eeg, ckpt], max_epochs=1, enable_checkpointing=True, limit_val_batches=0)
     trainer.fit(model)
     old_signal = eeg.signal("net.2").clone()
-    old_hist = eeg._history.view(torch.device("cpu")).clone()
-    old_counts = eeg._label_counts.copy()
+    old_hist = eeg._engine.detector.history.view(torch.device("cpu")).clone()
+    old_counts = eeg._states.label_counts.copy()
     assert old_counts.sum() >= 4
     eeg2 = NNEEGCallback(state_window=4, min_history=4)
     trainer2 = fast_trainer(tmp_path, [eeg2, ModelCheckpoint(dirpath=str(tmp_path / "ckpt2"))], max_epochs=2,
@@ -404,9 +405,9 @@ def test_checkpoint_round_trip_continues_the_signal(tmp_path):
     new_signal = eeg2.signal("net.2")
     assert len(new_signal) == 40
     torch.testing.assert_close(new_signal[:20], old_signal)
-    assert (eeg2._label_counts >= old_counts).all() and eeg2._label_counts.sum() > old_counts.sum()
-    assert eeg2.classifier.count is not None and float(eeg2.classifier.count.sum()) == eeg2._label_counts.sum()
-    assert eeg2._history.count == min(old_hist.shape[1] + 20, eeg2._history.size)
+    assert (eeg2._states.label_counts >= old_counts).all() and eeg2._states.label_counts.sum() > old_counts.sum()
+    assert eeg2.classifier.count is not None and float(eeg2.classifier.count.sum()) == eeg2._states.label_counts.sum()
+    assert eeg2._engine.detector.history.count == min(old_hist.shape[1] + 20, eeg2._engine.detector.history.size)
     assert eeg2.steps[:20].tolist() == list(range(20)) and eeg2.steps[20:].tolist() == list(range(20, 40))
 
 
@@ -596,7 +597,7 @@ def test_queued_windows_never_outlive_the_ring(tmp_path, state_window):
     trainer = fast_trainer(tmp_path, [eeg])
     model = MLPModule(n=256, batch_size=1)
     trainer.validate(model, model.val_dataloader(), verbose=False)
-    assert int(eeg._label_counts.sum()) == 256 // state_window  # every complete window was learned
+    assert int(eeg._states.label_counts.sum()) == 256 // state_window  # every complete window was learned
 
 
 def test_a_copied_callback_writes_its_own_buffers(tmp_path):
@@ -607,5 +608,5 @@ def test_a_copied_callback_writes_its_own_buffers(tmp_path):
     eeg = NNEEGCallback()
     fast_trainer(tmp_path, [eeg], max_epochs=1).fit(MLPModule(n=8 * 40))
     for clone in (copy.deepcopy(eeg), pickle.loads(pickle.dumps(eeg))):
-        for buf in (clone._ring, clone._history):
+        for buf in (clone._ring, clone._engine.detector.history):
             assert np.shares_memory(buf._np, buf.values.numpy())

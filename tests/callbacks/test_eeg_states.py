@@ -43,12 +43,12 @@ def test_cadence_column_reference_and_checkpoint_round_trip(tmp_path):
     # measured on real models in benchmarks/eeg_states.py). Training windows of the first epoch are
     # their own reference until a reference exists: exactly 0.
     assert train[:4].tolist() == [0.0, 0.0, 0.0, 0.0] and torch.isfinite(cadence).all()
-    assert eeg._cadence_ref and all(v > 0 for v in eeg._cadence_ref)
+    assert eeg._states.cadence_ref and all(v > 0 for v in eeg._states.cadence_ref)
     assert [e for e in eeg.events if e.kind == "state_mismatch"] == []  # a healthy run: none
 
     state = eeg.state_dict()
     saved_count = float(state["classifier"]["count"].sum())
-    assert state["cadence_ref"] == list(eeg._cadence_ref) and state["classifier"]["window_features"] == 1
+    assert state["cadence_ref"] == list(eeg._states.cadence_ref) and state["classifier"]["window_features"] == 1
     eeg2 = NNEEGCallback()
     eeg2.load_state_dict(state)  # applied at setup, once the layers are known
     seen2 = _recording(eeg2)
@@ -56,7 +56,7 @@ def test_cadence_column_reference_and_checkpoint_round_trip(tmp_path):
 
     class Capture(Callback):
         def on_train_start(self, trainer, pl_module):  # noqa: ANN001
-            restored.append((list(eeg2._cadence_ref), eeg2._cpu_time.copy()))
+            restored.append((list(eeg2._states.cadence_ref), eeg2._states.cpu_time.copy()))
 
     fast_trainer(tmp_path, [eeg2, Capture()], max_epochs=1).fit(model)
     assert restored[0][0] == state["cadence_ref"]

@@ -123,7 +123,7 @@ def test_state_bytes_are_equal_after_100_and_1000_steps(tmp_path) -> None:
     # shrink them so that they are full by step 100.
     xm.scores = deque(maxlen=1)
     eeg.tracker.segments = deque(maxlen=2)
-    eeg._cadence_ref = deque(maxlen=2)
+    eeg._states.cadence_ref = deque(maxlen=2)
     monitors = [eeg, fmri, xm]
     for cb in monitors:
         assert unbounded_deques(cb) == [], f"{type(cb).__name__} holds unbounded deques"
