@@ -34,7 +34,7 @@ import os
 import re
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 from nn_neuroimaging_lightning.panels.tensorboard import CROSS_MODAL_KEYS, format_cell, table_text
 

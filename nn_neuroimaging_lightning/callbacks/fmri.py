@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import time
-from collections import deque
-from typing import Any, Callable, Deque, Dict, FrozenSet, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, FrozenSet, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 from lightning.pytorch import LightningModule, Trainer
@@ -16,77 +16,40 @@ from nn_neuroimaging_lightning.callbacks._base import AnomalyEvent, MonitorCallb
 from nn_neuroimaging_lightning.config import FMRIConfig
 from nn_neuroimaging_lightning.functional.grid import DEFAULT_EPS, DEFAULT_LAMBDA, _as_grid_tuple, _check_lam_eps
 from nn_neuroimaging_lightning.functional.shapley import ZetaResult
-from nn_neuroimaging_lightning.batches import Batch, BatchSplit, split_batch
-from nn_neuroimaging_lightning.fmri.density import _ROWS_MAX_BYTES, _ROWS_MAX_CALLS, RegionDensities  # noqa: F401 (tests read _ROWS_MAX_*)
-from nn_neuroimaging_lightning.fmri.tracts import TractInfo, Tractography
-from nn_neuroimaging_lightning.fmri.zeta import (  # noqa: F401 (importable from here, as before the engines)
-    MAX_SAMPLES_PER_EVALUATION,
-    MIN_CONCENTRATION_REGIONS,
-    MIN_SAMPLES_FOR_INTERVAL,
-    DEFAULT_PROBE_SIZE,
-    DEFAULT_ZETA_BUDGET,
-    DEFAULT_ZETA_GRID,
-    Collectives,
-    ZetaScheduler,
-    batch_samples,
-    zeta_top_rows,
-)
+from nn_neuroimaging_lightning.batches import Batch, BatchSplit
+from nn_neuroimaging_lightning.fmri import Collectives, ProbeBatch, RegionDensities, TractInfo, Tractography, ZetaScheduler
+from nn_neuroimaging_lightning.fmri.zeta import DEFAULT_PROBE_SIZE, DEFAULT_ZETA_GRID, batch_samples, zeta_top_rows
 from nn_neuroimaging_lightning.lesion import BASELINES, METRICS
 from nn_neuroimaging_lightning.panels.fmri import write_density_panels, write_zeta_panels
+from nn_neuroimaging_lightning.panels.tensorboard import safe_tag, table_text
 from nn_neuroimaging_lightning.taps import LayerSelector, LayerTaps, select_layers
 
 #: Anomaly kinds NN-fMRI can raise; ``stop_on`` takes any of them.
 FMRI_ANOMALY_KINDS: Tuple[str, ...] = ("dead_region", "saturated_region", "zeta_concentration")
 
 
-def _engine_view(engine: str, attr: str) -> property:
-    """Read-only view of an engine's attribute under the callback's pre-engine private name (tests, benchmarks)."""
-    return property(lambda self: getattr(getattr(self, engine), attr))
+def _engine_view(engine: str, attr: str, doc: Optional[str] = None, empty: Optional[Callable[[], Any]] = None) -> property:
+    """Read-only view of an engine's attribute (``empty()`` while the engine is not built, when given)."""
+
+    def get(self: "NNfMRICallback") -> Any:
+        obj = getattr(self, engine)
+        return empty() if obj is None and empty is not None else getattr(obj, attr)
+
+    return property(get, doc=doc)
 
 
 class NNfMRICallback(MonitorCallback):
     r"""Watch where in each layer activity and impact live, like fMRI voxels in a brain.
 
-    Thin Lightning glue over three plain-PyTorch engines (:mod:`nn_neuroimaging_lightning.fmri`),
-    whose docstrings hold the measures, the decisions and their measured costs:
-
-    **Densities (every training step)**, :class:`~nn_neuroimaging_lightning.fmri.density.RegionDensities`.
-    Each tapped layer's output is split into micro-regions (grid ``(g_h, g_w, g_c)`` over
-    ``(H, W, C)``, ``(g_t, g_d)`` over tokens × hidden, ``(g_c,)`` over features); a forward hook
-    copies the first ``density_samples`` samples of each training batch and the window sums of
-    ``|a|``, ``a``, ``a^2`` stay on the device. Every ``check_every_n_steps`` steps (default: the
-    trainer's ``log_every_n_steps``) the window's density
-    :math:`\phi(g) = \overline{|a|}_g + \lambda \log(\sigma^2_g + \epsilon)` is available as
-    :attr:`density`, and a region that falls below ``dead_ratio`` × its running baseline is a
-    ``dead_region``, one above ``saturation_ratio`` × baseline a ``saturated_region``.
-
-    **Zeta (on a schedule)**, :class:`~nn_neuroimaging_lightning.fmri.zeta.ZetaScheduler`. At the
-    end of every ``zeta_every_n_epochs``-th validation epoch of a fit (never in the sanity check;
-    and at the end of ``trainer.validate``), or, when the trainer has no validation loop, at the end
-    of every ``zeta_every_n_epochs``-th training epoch, the Shapley value of every region of each
-    ``zeta_layers`` layer is estimated on a fixed probe batch (the first ``probe_size`` samples of
-    the first validation batch seen, else of the first training batch; cloned once to CPU,
-    re-taken after a resume; under DDP rank 0's): the value of a coalition is the model's
-    performance with every other region lesioned (:class:`~nn_neuroimaging_lightning.lesion.LesionGame`;
-    the batch split by :func:`~nn_neuroimaging_lightning.batches.split_batch`). The budget is
-    **counted** by default (``zeta_fraction`` of the training sample-forwards since the previous
-    evaluation, with a floor of two samples per layer; no clock, bitwise reproducible on CPU),
-    **fixed** with ``zeta_budget`` or **timed** with ``zeta_time_fraction``; :attr:`zeta` pools the
-    last ``zeta_window`` evaluations with a Student-t interval. Under DDP every rank evaluates its
-    share and the sufficient statistics are summed across ranks (``trainer.strategy`` injected as
-    :class:`~nn_neuroimaging_lightning.fmri.zeta.Collectives`). A map whose ``max|zeta| / sum|zeta|``
-    exceeds ``zeta_concentration`` raises ``zeta_concentration``.
-
-    **Tractography (same schedule)**, :class:`~nn_neuroimaging_lightning.fmri.tracts.Tractography`:
-    connection strengths between the regions of consecutive tapped layers (``nn.Linear`` /
-    ``nn.Conv2d`` targets) from one forward on the probe, with the critical pathways and chains.
-
-    *Failures.* A layer whose game fails (an output without the batch axis, a target that fits no
-    metric, ...) is skipped with one warning naming the layer, the cause and the argument that
-    fixes it; the other layers and the fit go on. The same for tractography (per pair) and for a
-    batch the rule cannot split. ``strict=True`` raises instead. Every evaluation runs in eval
-    mode under ``no_grad`` with silenced taps and forked RNG streams, and restores the modules'
-    modes and buffers: a run's losses and weights are the same with and without this callback.
+    Thin Lightning glue over the plain-PyTorch engines of :mod:`nn_neuroimaging_lightning.fmri` (their
+    docstrings hold the measures, decisions and costs). Every training step: the **densities** of each tapped
+    layer's micro-regions (:class:`~nn_neuroimaging_lightning.fmri.density.RegionDensities`; ``dead_region`` /
+    ``saturated_region``). At the end of every ``zeta_every_n_epochs``-th validation epoch of a fit (training
+    epoch without a validation loop) and of ``trainer.validate``, never in the sanity check: the **zeta** of the
+    ``zeta_layers``' regions (:class:`~nn_neuroimaging_lightning.fmri.zeta.ZetaScheduler`) and **tractography**
+    (:class:`~nn_neuroimaging_lightning.fmri.tracts.Tractography`) on the probe batch
+    (:class:`~nn_neuroimaging_lightning.fmri.probe.ProbeBatch`). A failure warns once and is skipped
+    (``strict=True`` raises); evaluations leave the run's losses and weights unchanged.
 
     Args:
         layers: modules to tap (see :func:`~nn_neuroimaging_lightning.taps.select_layers`).
@@ -126,15 +89,9 @@ class NNfMRICallback(MonitorCallback):
         zeta_max_batch: most samples in one lesion forward (memory cap), and
             ``zeta_max_batch // probe_size`` the coalitions per value call of the estimator.
         zeta_max_bytes: most bytes of the largest activation of one lesion forward (``None``: no
-            cap): the coalitions per forward are capped so that their expanded activations
-            (coalitions x ``probe_size`` x the largest activation bytes per sample downstream of
-            the layer) stay within it, at least one coalition per forward (see
-            :attr:`~nn_neuroimaging_lightning.lesion.LesionGame.rows_per_forward`). Only the
-            grouping of coalitions into forwards changes, not the estimates. The default, 4 MiB,
-            keeps the lesion forwards below a demo training step's activations; on a time
-            budget, fewer coalitions per forward also means fewer samples in the budget on small
-            models (``benchmarks/fmri_localisation.py``: 17/20 at 4 MiB, 20/20 uncapped), so
-            raise it when memory allows.
+            cap): it caps the coalitions per forward, not the estimates (see
+            :attr:`~nn_neuroimaging_lightning.lesion.LesionGame.rows_per_forward`). Raise it when
+            memory allows: on a time budget, fewer coalitions per forward mean fewer samples.
         tractography: compute tractography at each zeta evaluation.
         top_k: critical pathways and top regions reported.
         dead_ratio: a region below this fraction of its baseline mean ``|a|`` is dead.
@@ -171,53 +128,26 @@ class NNfMRICallback(MonitorCallback):
         self,
         layers: LayerSelector = None,
         *,
-        grid: Optional[Sequence[int]] = None,
-        lam: float = DEFAULT_LAMBDA,
-        eps: float = DEFAULT_EPS,
-        check_every_n_steps: Optional[int] = None,
-        density_samples: Optional[int] = 4,
-        min_history: int = 2,
-        zeta_every_n_epochs: int = 1,
-        zeta_layers: LayerSelector = None,
-        zeta_grid: Optional[Sequence[int]] = None,
-        zeta_fraction: float = 0.05,
-        zeta_budget: Optional[int] = None,
-        zeta_time_fraction: Optional[float] = None,
-        zeta_window: int = 8,
-        probe_size: int = DEFAULT_PROBE_SIZE,
-        baseline: str = "zero",
-        metric: str = "auto",
-        value_fn: Optional[Callable[[nn.Module, Any], Tensor]] = None,
-        antithetic: bool = True,
-        truncation_tol: Optional[float] = None,
-        confidence: float = 0.95,
-        zeta_max_batch: int = 1024,
-        zeta_max_bytes: Optional[int] = 4 * 2**20,
-        tractography: bool = True,
-        top_k: int = 5,
-        dead_ratio: float = 0.05,
-        saturation_ratio: float = 20.0,
-        zeta_concentration: float = 0.9,
-        stop_on: Sequence[str] = (),
-        output_selector: Optional[Callable[[Any], Tensor]] = None,
-        label_selector: Optional[Callable[[Any], Tensor]] = None,
-        batch_split: Optional[BatchSplit] = None,
-        strict: bool = False,
-        panels: bool = True,
-        max_events: int = 1000,
-        flag_history: int = 128,
-        seed: int = 0,
-    ) -> None:
-        super().__init__(max_events=V.check_int("max_events", max_events, 1))
+        grid: Optional[Sequence[int]] = None, lam: float = DEFAULT_LAMBDA, eps: float = DEFAULT_EPS,
+        check_every_n_steps: Optional[int] = None, density_samples: Optional[int] = 4, min_history: int = 2,
+        zeta_every_n_epochs: int = 1, zeta_layers: LayerSelector = None, zeta_grid: Optional[Sequence[int]] = None,
+        zeta_fraction: float = 0.05, zeta_budget: Optional[int] = None, zeta_time_fraction: Optional[float] = None,
+        zeta_window: int = 8, probe_size: int = DEFAULT_PROBE_SIZE, baseline: str = "zero", metric: str = "auto",
+        value_fn: Optional[Callable[[nn.Module, Any], Tensor]] = None, antithetic: bool = True,
+        truncation_tol: Optional[float] = None, confidence: float = 0.95, zeta_max_batch: int = 1024,
+        zeta_max_bytes: Optional[int] = 4 * 2**20, tractography: bool = True, top_k: int = 5, dead_ratio: float = 0.05,
+        saturation_ratio: float = 20.0, zeta_concentration: float = 0.9, stop_on: Sequence[str] = (),
+        output_selector: Optional[Callable[[Any], Tensor]] = None, label_selector: Optional[Callable[[Any], Tensor]] = None,
+        batch_split: Optional[BatchSplit] = None, strict: bool = False, panels: bool = True,
+        max_events: int = 1000, flag_history: int = 128, seed: int = 0) -> None:
+        super().__init__(max_events=V.check_int("max_events", max_events, 1),
+                         flag_history=V.check_int("flag_history", flag_history, 1))
         self.layer_selection = V.check_layer_selector("layers", layers)
         self.grid = _as_grid_tuple(list(grid) if isinstance(grid, (list, tuple)) else grid)
-        if zeta_grid is not None:
-            try:
-                self.zeta_grid = _as_grid_tuple(list(zeta_grid) if isinstance(zeta_grid, (list, tuple)) else zeta_grid)
-            except ValueError as err:
-                raise ValueError(str(err).replace("`grid`", "`zeta_grid`", 1)) from None
-        else:
+        if zeta_grid is None:
             self.zeta_grid = self.grid if grid is not None else DEFAULT_ZETA_GRID
+        else:
+            self.zeta_grid = _as_grid_tuple(list(zeta_grid) if isinstance(zeta_grid, (list, tuple)) else zeta_grid, "zeta_grid")
         _check_lam_eps(lam, eps)
         self.lam, self.eps = float(lam), float(eps)
         self.check_every_n_steps = None if check_every_n_steps is None else V.check_int("check_every_n_steps", check_every_n_steps, 1)
@@ -225,24 +155,14 @@ class NNfMRICallback(MonitorCallback):
         self.min_history = V.check_int("min_history", min_history, 1)
         self.zeta_every_n_epochs = V.check_int("zeta_every_n_epochs", zeta_every_n_epochs, 1)
         self.zeta_selection = V.check_layer_selector("zeta_layers", zeta_layers)
-        self.zeta_fraction = V.check_float("zeta_fraction", zeta_fraction, 0.0, 1.0)
-        self.zeta_budget = None if zeta_budget is None else V.check_int("zeta_budget", zeta_budget, 4)
-        if zeta_time_fraction is not None:
-            V.check_float("zeta_time_fraction", zeta_time_fraction, 0.0, 1.0, strict_min=True)
-        self.zeta_time_fraction = zeta_time_fraction
-        if zeta_budget is not None and zeta_time_fraction is not None:
-            raise ValueError(f"`zeta_budget`={zeta_budget!r} (fixed rows per layer) and `zeta_time_fraction`={zeta_time_fraction!r}"
-                             " (a share of wall time) are two schedules: give at most one (neither: the counted default).")
+        self.zeta_fraction, self.zeta_budget, self.zeta_time_fraction = ZetaScheduler.check_schedule(zeta_fraction, zeta_budget,
+                                                                                                     zeta_time_fraction)
         self.zeta_window = V.check_int("zeta_window", zeta_window, 1)
         self.probe_size = V.check_int("probe_size", probe_size, 1)
         self.baseline = V.check_choice("baseline", baseline, BASELINES)
         self.metric = V.check_choice("metric", metric, METRICS)
-        if value_fn is not None and not callable(value_fn):
-            raise TypeError(f"`value_fn` must be callable(module, batch) -> per-sample values or None, got {value_fn!r}.")
-        self.value_fn = value_fn
-        if not isinstance(antithetic, bool):
-            raise TypeError(f"`antithetic` must be a bool, got {antithetic!r}.")
-        self.antithetic = antithetic
+        self.value_fn = V.check_callable("value_fn", value_fn, "callable(module, batch) -> per-sample values")
+        self.antithetic = V.check_bool("antithetic", antithetic)
         if truncation_tol is not None:
             V.check_float("truncation_tol", truncation_tol, 0.0)
         self.truncation_tol = truncation_tol
@@ -257,47 +177,35 @@ class NNfMRICallback(MonitorCallback):
         self.saturation_ratio = V.check_float("saturation_ratio", saturation_ratio, 1.0, strict_min=True)
         self.zeta_concentration = V.check_float("zeta_concentration", zeta_concentration, 0.0, 1.0, strict_min=True)
         self.stop_on = V.check_choices("stop_on", stop_on, FMRI_ANOMALY_KINDS)
-        for name, fn in (("output_selector", output_selector), ("label_selector", label_selector), ("batch_split", batch_split)):
-            if fn is not None and not callable(fn):
-                raise TypeError(f"`{name}` must be callable or None, got {fn!r}.")
-        self.output_selector = output_selector
-        self.label_selector = label_selector
-        self.batch_split = batch_split
+        self.output_selector = V.check_callable("output_selector", output_selector)
+        self.label_selector = V.check_callable("label_selector", label_selector)
+        self.batch_split = V.check_callable("batch_split", batch_split)
         self.strict = V.check_bool("strict", strict)
         self.panels = V.check_bool("panels", panels)
-        self.flag_history: Deque[Tuple[int, FrozenSet[str]]] = deque(maxlen=V.check_int("flag_history", flag_history, 1))
         self.seed = V.check_int("seed", seed, 0)
 
         self._taps: Optional[LayerTaps] = None
         self._modules: Dict[str, nn.Module] = {}
         self._density: Optional[RegionDensities] = None  # built in `setup`
-        self._warned_clamp: set = set()
         self._scheduler: Optional[ZetaScheduler] = None  # built in `setup`
-        self._train_t0: Optional[float] = None
-        self._zeta_flagged: FrozenSet[str] = frozenset()
         self._density_flagged: FrozenSet[str] = frozenset()
         self._tractography = Tractography(self.grid, self.top_k, self.output_selector, fail=self._fail)
-        self._probe: Optional[Batch] = None
-        self._warned_fail: set = set()
-        self._probe_from_val = False
+        self._probes = ProbeBatch(self.probe_size, self.label_selector, self.batch_split, self.strict,
+                                  warn=functools.partial(self._warn_once, "probe"), missing=rank_zero_warn)
         self._listeners: List[Callable[[Trainer, LightningModule], None]] = []
-        self._pending_state: Optional[Dict[str, Any]] = None
         self._train_batches = 0
         self._zeta_epoch: Optional[int] = None
         self.zeta_evaluations = 0
-        self._self_time_steps = 0
-        self._zeta_time_s = 0.0
+        self._self_time_steps, self._zeta_time_s = 0, 0.0  # training steps timed, seconds in evaluations (`self_time`)
 
     # ------------------------------------------------------------------ public read-only surface
     _acc_n, _rows, _base = (_engine_view("_density", a) for a in ("acc_n", "rows", "base"))
+    _probe = _engine_view("_probes", "batch")  # the probe batch (CPU), `None` until one is taken
     _zeta_stats, _row_cost, _rows_per_sample, _sample_cost = (
         _engine_view("_scheduler", a) for a in ("stats", "row_cost", "rows_per_sample", "sample_cost"))
 
     def _state_key_fields(self) -> Dict[str, Any]:
         return {"layers": repr(self.layer_selection), "grid": self.grid}
-
-    def _layer_taps(self) -> Optional[LayerTaps]:
-        return self._taps
 
     @property
     def zeta_layers(self) -> List[str]:
@@ -314,24 +222,17 @@ class NNfMRICallback(MonitorCallback):
         """Latest zeta per layer: ``.scores .ci_low .ci_high .significant`` grid-shaped (CPU)."""
         return {} if self._scheduler is None else dict(self._scheduler.zeta)
 
-    @property
-    def zeta_max(self) -> Dict[str, float]:
-        """Largest zeta of each layer's latest map (the cross-modal callback's ``zeta_max``)."""
-        return {} if self._scheduler is None else self._scheduler.zeta_max
-
-    @property
-    def last_zeta_plan(self) -> Dict[str, Dict[str, float]]:
-        """The latest evaluation's ledger per layer: samples, seconds / sample-forwards spent and allowed, savings."""
-        return {} if self._scheduler is None else self._scheduler.last_plan
+    zeta_max = _engine_view("_scheduler", "zeta_max", "Largest zeta of each layer's latest map (the cross-modal callback's"
+                                                      " ``zeta_max``; ``Dict[str, float]``).", dict)
+    last_zeta_plan = _engine_view("_scheduler", "last_plan", "The latest evaluation's ledger per layer: samples, seconds /"
+                                  " sample-forwards spent and allowed, savings (``Dict[str, Dict[str, float]]``).", dict)
 
     @property
     def flagged_layers(self) -> FrozenSet[str]:
         """Layers flagged by the latest check (spatial density anomalies or zeta concentration)."""
-        return self._density_flagged | self._zeta_flagged
+        return self._density_flagged | (self._scheduler.flagged if self._scheduler is not None else frozenset())
 
-    @property
-    def _self_time_ns(self) -> int:
-        return 0 if self._density is None else self._density.self_time_ns
+    _self_time_ns = _engine_view("_density", "self_time_ns", empty=int)
 
     @property
     def self_time(self) -> Dict[str, float]:
@@ -367,31 +268,19 @@ class NNfMRICallback(MonitorCallback):
         self._taps.enabled = False  # densities are taken on training batches only
         self._taps.attach()
 
-    def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
-        self._finish(trainer)
-
-    def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
-        self._finish(trainer)
-
-    def _finish(self, trainer: Trainer) -> None:
+    def _finish(self, trainer: Trainer) -> None:  # teardown, on_exception (the base's)
+        super()._finish(trainer)
         if self._taps is not None:
-            self._taps.detach()
-            self._taps.discard()
             self._taps.enabled = False
-        sink = self._panels(trainer)
-        if sink is not None:
-            sink.flush()
 
     # ------------------------------------------------------------------ per step
     def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int) -> None:
-        if self._probe is None:
-            self._take_probe(batch, from_val=False)
+        self._probes.offer(batch, from_val=False)
         if self._taps is not None:
             self._taps.enabled = True
 
     def on_validation_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
-        if not self._probe_from_val:
-            self._take_probe(batch, from_val=True)
+        self._probes.offer(batch, from_val=True)
 
     def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
         t0 = time.perf_counter_ns()
@@ -401,76 +290,34 @@ class NNfMRICallback(MonitorCallback):
         self._train_batches += 1
         self._scheduler.note_training(samples=batch_samples(batch, self.batch_split))
         self._density.add(self._taps.take())
-        every = self.check_every_n_steps or max(trainer.log_every_n_steps, 1)
-        if self._train_batches % every == 0:
+        if self._train_batches % (self.check_every_n_steps or max(trainer.log_every_n_steps, 1)) == 0:
             self._check(trainer, pl_module)
         self._density.self_time_ns += time.perf_counter_ns() - t0
         self._self_time_steps += 1
 
     def _warn_clamped(self, items: List[Tuple[str, Tuple[int, ...], Tuple[int, ...]]]) -> None:
-        items = [item for item in items if item[0] not in self._warned_clamp]
-        if not items:
-            return
-        for name, _, _ in items:
-            self._warned_clamp.add(name)
+        """One warning listing the layers the grid was clamped for that no earlier warning named."""
+        items = [item for item in items if ("clamped", item[0]) not in self._warned]
         listing = "; ".join(f"`{n}` output {s} -> grid {g}" for n, s, g in items)
-        rank_zero_warn(f"NNfMRICallback: `grid`={self.grid} is larger than some layers and was clamped: {listing}.")
+        if items and self._warn_once(("clamped", items[0][0]), f"NNfMRICallback: `grid`={self.grid} is larger than some layers"
+                                                               f" and was clamped: {listing}."):
+            self._warned.update(("clamped", n) for n, _, _ in items)
 
-    # ------------------------------------------------------------------ spatial anomalies
     def _check(self, trainer: Trainer, pl_module: LightningModule) -> None:
         """Close the density window: judge every region against its baseline (host sync here only)."""
-        step = trainer.global_step
-        events, self._density_flagged = self._density.check(step)
-        self._push_flags(step)
+        events, self._density_flagged = self._density.check(trainer.global_step)
+        self.flag_history.append((trainer.global_step, self.flagged_layers))
         self._log(pl_module, "nn_fmri/anomaly", float(bool(self.flagged_layers)))
         self._record(events)
         self._maybe_stop(trainer, events)
 
-    def _push_flags(self, step: int) -> None:
-        self.flag_history.append((step, self.flagged_layers))
-
-    # ------------------------------------------------------------------ probe batch
-    def _split(self, batch: Any) -> Optional[Batch]:
-        """The batch split by :func:`~nn_neuroimaging_lightning.batches.split_batch`; ``None`` (one warning) if it cannot be."""
-        try:
-            return split_batch(batch, self.label_selector, self.batch_split)
-        except (TypeError, ValueError) as err:
-            if self.strict:
-                raise
-            if "probe" not in self._warned_fail:
-                self._warned_fail.add("probe")
-                rank_zero_warn(f"NNfMRICallback: no probe for zeta and tractography: {err} (the argument that fixes it:"
-                               " `batch_split(batch) -> (args, kwargs, target)`).")
-            return None
-
-    def _take_probe(self, batch: Any, from_val: bool) -> None:
-        split = self._split(batch)
-        if split is None or split.size == 0:
-            return
-        self._probe = split.take(self.probe_size)
-        self._probe_from_val = from_val
-
-    def _shared_probe(self, trainer: Trainer, pl_module: LightningModule) -> Optional[Batch]:
-        probe = self._probe
-        if trainer.world_size > 1:
-            # Every rank must play the same game: rank 0's probe wins.
-            probe = trainer.strategy.broadcast(probe, src=0)
-        if probe is None:
-            return None
-        return probe.to(pl_module.device)
-
     # ------------------------------------------------------------------ zeta schedule
-    def _pause_train_clock(self) -> None:
-        if self._train_t0 is not None:
-            self._scheduler.note_training(seconds=time.perf_counter() - self._train_t0)
-            self._train_t0 = None
-
     def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        self._train_t0 = time.perf_counter()
+        self._scheduler.clock_start()
 
     def on_validation_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        if not trainer.sanity_checking:
-            self._pause_train_clock()
+        if not trainer.sanity_checking and self._scheduler is not None:
+            self._scheduler.clock_pause()
 
     def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if trainer.sanity_checking or self._taps is None:
@@ -478,41 +325,36 @@ class NNfMRICallback(MonitorCallback):
         if not (trainer.state.fn == "fit" and (trainer.current_epoch + 1) % self.zeta_every_n_epochs):
             self._evaluate(trainer, pl_module)
         if trainer.state.fn == "fit":
-            self._train_t0 = time.perf_counter()  # training may go on in this epoch (val_check_interval < 1)
+            self._scheduler.clock_start()  # training may go on in this epoch (val_check_interval < 1)
 
     def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        self._pause_train_clock()
         if self._taps is None:
             return
+        self._scheduler.clock_pause()
         has_val = bool(trainer.num_val_batches) and sum(trainer.num_val_batches) > 0
         if not has_val and self._zeta_epoch != trainer.current_epoch and (trainer.current_epoch + 1) % self.zeta_every_n_epochs == 0:
             self._evaluate(trainer, pl_module)
         self._write_density_panels(trainer)
 
     def _evaluate(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        t0 = time.perf_counter()
-        probe = self._shared_probe(trainer, pl_module)
+        t0, coll = time.perf_counter(), self._collectives(trainer, pl_module)
+        probe = self._probes.shared(pl_module.device, coll.broadcast)  # rank 0's
         if probe is None:
-            rank_zero_warn("NNfMRICallback: no probe batch has been seen yet (no training or validation batch could be split"
-                           " into inputs and target; see `batch_split`); zeta skipped.")
             return
         self._zeta_epoch = trainer.current_epoch
-        allowance, forwards = self._scheduler.plan(self._collectives(trainer, pl_module))
+        allowance, forwards = self._scheduler.plan(coll)
+        # through the public methods: a subclass (or a benchmark's timer) that wraps them is honoured
         events = self.compute_zeta(pl_module, probe, epoch=trainer.current_epoch, trainer=trainer, time_budget_s=allowance,
                                    forward_budget=forwards)
         if self.tractography:
             self.compute_tractography(pl_module, probe)
+        seconds = self._scheduler.settle(time.perf_counter() - t0)
         self.zeta_evaluations += 1
-        elapsed = time.perf_counter() - t0
-        self._zeta_time_s += elapsed
-        if allowance is not None:
-            self._scheduler.settle(elapsed)
-        from nn_neuroimaging_lightning.panels.tensorboard import safe_tag  # the layout's tags: no path-like keys
-
+        self._zeta_time_s += seconds
         for name in self.zeta_layers:
             if name in self.zeta_max:
                 self._log(pl_module, safe_tag("nn_fmri", name, "zeta_max"), self.zeta_max[name], on_step=False, on_epoch=True)
-        self._push_flags(trainer.global_step)
+        self.flag_history.append((trainer.global_step, self.flagged_layers))
         self._log(pl_module, "nn_fmri/anomaly", float(bool(self.flagged_layers)), on_step=False, on_epoch=True)
         self._record(events)
         self._write_zeta_panels(trainer)
@@ -524,31 +366,21 @@ class NNfMRICallback(MonitorCallback):
         """One warning per layer (or pair): what failed, the cause, the argument that fixes it; ``strict`` raises."""
         if self.strict:
             raise err
-        if what not in self._warned_fail:
-            self._warned_fail.add(what)
-            rank_zero_warn(f"NNfMRICallback: {what} skipped: {type(err).__name__}: {err} (the argument that fixes it: {fix});"
-                           " the other layers go on.")
+        self._warn_once(what, f"NNfMRICallback: {what} skipped: {type(err).__name__}: {err} (the argument that fixes it: {fix});"
+                              " the other layers go on.")
 
     def compute_zeta(self, pl_module: nn.Module, probe: Union[Batch, Tuple[Tensor, Optional[Tensor]]], epoch: int = 0,
                      trainer: Optional[Trainer] = None, time_budget_s: Optional[float] = None,
                      forward_budget: Optional[int] = None) -> List[AnomalyEvent]:
-        """Estimate zeta for every zeta layer on ``probe``; fills :attr:`zeta`.
+        """Estimate zeta for every zeta layer on ``probe`` (a split batch or ``(inputs, targets)``); fills :attr:`zeta`.
 
-        Three schedules (see the class docstring): ``forward_budget`` sample-forwards shared by the
-        layers (counted, the default in a fit); ``time_budget_s`` seconds (timed); neither:
-        ``zeta_budget`` value rows per layer (fixed; without ``zeta_budget`` the two samples that
-        give a finite interval). The new samples join each layer's window of the last
-        ``zeta_window`` evaluations. A layer whose game fails is skipped with one warning
-        (``strict=True`` raises). Returns the ``zeta_concentration`` events (not yet recorded).
+        On ``forward_budget`` sample-forwards (counted), ``time_budget_s`` seconds (timed) or neither
+        (fixed: ``zeta_budget``), see :meth:`~nn_neuroimaging_lightning.fmri.zeta.ZetaScheduler.compute`;
+        a failing layer warns once (``strict=True`` raises). Returns the ``zeta_concentration`` events (not recorded).
         """
-        if not isinstance(probe, Batch):
-            x, y = probe
-            probe = Batch((x,), {}, y, int(x.shape[0]))
         step = trainer.global_step if trainer is not None else 0
-        events = self._scheduler.compute(pl_module, probe, epoch, self.zeta_evaluations, step, self._collectives(trainer, pl_module),
-                                         time_budget_s, forward_budget)
-        self._zeta_flagged = self._scheduler.flagged
-        return events
+        return self._scheduler.compute(pl_module, probe, epoch, self.zeta_evaluations, step, self._collectives(trainer, pl_module),
+                                       time_budget_s, forward_budget)
 
     @staticmethod
     def _collectives(trainer: Optional[Trainer], pl_module: nn.Module) -> Collectives:
@@ -560,26 +392,19 @@ class NNfMRICallback(MonitorCallback):
                            lambda t: trainer.strategy.reduce(t.to(dev), reduce_op="sum").cpu())
 
     # ------------------------------------------------------------------ tractography
-    @property
-    def tracts(self) -> Dict[Tuple[str, str], TractInfo]:
-        """Latest tractography per consecutive tapped pair ``(source, target)`` (see :class:`~nn_neuroimaging_lightning.fmri.tracts.Tractography`)."""
-        return self._tractography.tracts
+    tracts = _engine_view("_tractography", "tracts", "Latest tractography per consecutive tapped pair ``(source, target)``,"
+                          " ``Dict[Tuple[str, str], TractInfo]`` (see :class:`~nn_neuroimaging_lightning.fmri.Tractography`).")
+    path_strength = _engine_view("_tractography", "path_strength", "Strongest path ``(strength, regions)`` along each chain of"
+                                 " exactly meeting pairs (``Dict[Tuple[str, ...], Tuple[float, List[int]]]``).")
 
-    @property
-    def path_strength(self) -> Dict[Tuple[str, ...], Tuple[float, List[int]]]:
-        """Strongest path ``(strength, regions)`` along each chain of exactly meeting pairs."""
-        return self._tractography.path_strength
+    _trace: Optional[Callable[..., TractInfo]] = None  # a stand-in for `Tractography.trace` (tests); None: the engine's
 
     def compute_tractography(self, pl_module: nn.Module, inputs: Union[Tensor, Batch]) -> Dict[Tuple[str, str], TractInfo]:
         """One isolated forward on ``inputs`` (a tensor or a split batch); connection matrices between consecutive tapped layers.
 
-        A failure of the forward skips tractography for this evaluation, one of a pair skips that
-        pair (``traced=False`` with the reason), each with one warning (``strict=True`` raises).
+        A failure skips this evaluation's (or a pair's: ``traced=False``) with one warning (``strict=True`` raises).
         """
         return self._tractography.compute(pl_module, inputs, {n: self._modules[n] for n in self._taps.names}, self._trace)
-
-    def _trace(self, *args: Any) -> TractInfo:
-        return self._tractography.trace(*args)
 
     # ------------------------------------------------------------------ panels
     def _write_density_panels(self, trainer: Trainer) -> None:
@@ -597,10 +422,8 @@ class NNfMRICallback(MonitorCallback):
 
     def zeta_table(self, name: str) -> str:
         """Markdown table of the ``top_k`` regions of a layer by zeta, with grid coordinates."""
-        from nn_neuroimaging_lightning.panels import tensorboard as P
-
         header, rows = self.zeta_rows(name)
-        return P.table_text(rows, header)
+        return table_text(rows, header)
 
     def zeta_rows(self, name: str) -> Tuple[Tuple[str, ...], List[Tuple[Any, ...]]]:
         """Header and rows of the ``top_k`` regions of a layer by zeta, with grid coordinates."""
@@ -608,15 +431,9 @@ class NNfMRICallback(MonitorCallback):
 
     # ------------------------------------------------------------------ checkpointing
     def state_dict(self) -> Dict[str, Any]:
-        state = super().state_dict()
-        state.update(self._density.state_dict() if self._density is not None else {"layers": None})
-        state.update(self._scheduler.state_dict() if self._scheduler is not None else {})
-        state.update({
-            "train_batches": self._train_batches,
-            "zeta_evaluations": self.zeta_evaluations,
-            "flag_history": [(s, sorted(f)) for s, f in self.flag_history],
-        })
-        return state
+        return {**super().state_dict(), **(self._density.state_dict() if self._density is not None else {"layers": None}),
+                **(self._scheduler.state_dict() if self._scheduler is not None else {}),
+                "train_batches": self._train_batches, "zeta_evaluations": self.zeta_evaluations}
 
     def _layers_ready(self) -> bool:
         return self._taps is not None
@@ -628,6 +445,3 @@ class NNfMRICallback(MonitorCallback):
         self._scheduler.load_state_dict(state)
         self._train_batches = int(state.get("train_batches", 0))
         self.zeta_evaluations = int(state.get("zeta_evaluations", 0))
-        self.flag_history.clear()
-        for s, f in state.get("flag_history", []):
-            self.flag_history.append((int(s), frozenset(f)))

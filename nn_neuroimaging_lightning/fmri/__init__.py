@@ -5,7 +5,8 @@ has a ``state_dict`` / ``load_state_dict``.
 """
 
 from nn_neuroimaging_lightning.fmri.density import RegionDensities, region_coords
+from nn_neuroimaging_lightning.fmri.probe import ProbeBatch
 from nn_neuroimaging_lightning.fmri.tracts import TractInfo, Tractography
 from nn_neuroimaging_lightning.fmri.zeta import Collectives, ZetaScheduler
 
-__all__ = ["Collectives", "RegionDensities", "TractInfo", "Tractography", "ZetaScheduler", "region_coords"]
+__all__ = ["Collectives", "ProbeBatch", "RegionDensities", "TractInfo", "Tractography", "ZetaScheduler", "region_coords"]

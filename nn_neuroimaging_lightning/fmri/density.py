@@ -57,7 +57,9 @@ def region_coords(grid: Tuple[int, ...], region: int) -> str:
 class RegionDensities:
     r"""Window sums of ``|a|``, ``a``, ``a^2`` per micro-region of each layer, and the dead / saturated check.
 
-    Per step, the forward hook (:meth:`reduce`) copies the first ``density_samples`` samples of the
+    A layer's output is split into micro-regions by the grid: ``(g_h, g_w, g_c)`` over ``(H, W, C)``
+    of a conv map, ``(g_t, g_d)`` over tokens x hidden, ``(g_c,)`` over features. The window sums
+    stay on the device. Per step, the forward hook (:meth:`reduce`) copies the first ``density_samples`` samples of the
     output (``None``: it reduces the whole batch itself) and :meth:`add` sums them per unit
     (``abs``, ``mul`` and three ``addmm_``, several steps at a time); the ``(3, units)`` sums are
     scattered into per-region sums once per window. The hook has no region index, no

@@ -12,11 +12,12 @@ import time
 import warnings
 from collections import deque
 from dataclasses import dataclass
-from typing import Any, Callable, Deque, Dict, FrozenSet, List, Mapping, Optional, Sequence, Set, Tuple
+from typing import Any, Callable, Deque, Dict, FrozenSet, List, Mapping, Optional, Sequence, Set, Tuple, Union
 
 import torch
 from torch import Tensor, nn
 
+from nn_neuroimaging_lightning import _validation as V
 from nn_neuroimaging_lightning.batches import Batch, BatchSplit, split_batch
 from nn_neuroimaging_lightning.events import AnomalyEvent
 from nn_neuroimaging_lightning.fmri.density import Clamped, _ignore, region_coords
@@ -162,8 +163,9 @@ class ZetaScheduler:
       Under DDP the count is rank 0's times the world size (broadcast) and the ranks split the samples.
     * **fixed** (``budget=N``): ``N`` value rows per layer and evaluation (at least two samples).
     * **timed** (``time_fraction=f``): ``f`` times the training wall time since the previous
-      evaluation (:meth:`note_training`; the callback counts ``on_train_epoch_start`` to the start of
-      validation / the end of the training epoch, ``perf_counter``), minus the overhead (probe
+      evaluation (:meth:`note_training`, or :meth:`clock_start` / :meth:`clock_pause`: the callback
+      counts from ``on_train_epoch_start``, and from the end of a validation inside the epoch, to the
+      start of validation / the end of the training epoch, ``perf_counter``), minus the overhead (probe
       transfer, tractography) the previous evaluation spent outside the layers (:meth:`settle`). The
       layers are served cheapest-sample-first; each gets an equal share of what is left, and draws
       as many whole samples as its cost estimate (seconds per row, measured on the previous
@@ -174,7 +176,10 @@ class ZetaScheduler:
       sample; a layer that overran carries the debt. Not reproducible run to run (it reads the
       clock). Under DDP rank 0's ledger decides (broadcast).
 
-    A layer left without a map after an evaluation is said once, with the reason.
+    A layer whose game fails (an output without the batch axis, a target that fits no metric, ...)
+    is skipped through ``fail`` (the callback: one warning naming the layer, the cause and the
+    argument that fixes it, or a raise with ``strict=True``); the other layers go on. A layer left
+    without a map after an evaluation is said once, with the reason.
 
     *Default grid and probe.* Decision: zeta has its own grid (the callback's ``zeta_grid``,
     default :data:`DEFAULT_ZETA_GRID` ``(2, 2, 2)``: 8 regions on a conv map, ``2 x 2`` over
@@ -248,6 +253,23 @@ class ZetaScheduler:
         ((2,), 3, 3)
     """
 
+    @staticmethod
+    def check_schedule(fraction: Any, budget: Any, time_fraction: Any) -> Tuple[float, Optional[int], Optional[float]]:
+        """The schedule's arguments checked, named as the callback's (``zeta_fraction``, ``zeta_budget``, ...).
+
+        Raises:
+            ValueError, TypeError: an argument out of range or of the wrong type, or both ``budget`` and ``time_fraction``.
+        """
+        fraction = V.check_float("zeta_fraction", fraction, 0.0, 1.0)
+        if budget is not None:
+            V.check_int("zeta_budget", budget, 4)
+        if time_fraction is not None:
+            V.check_float("zeta_time_fraction", time_fraction, 0.0, 1.0, strict_min=True)
+        if budget is not None and time_fraction is not None:
+            raise ValueError(f"`zeta_budget`={budget!r} (fixed rows per layer) and `zeta_time_fraction`={time_fraction!r}"
+                             " (a share of wall time) are two schedules: give at most one (neither: the counted default).")
+        return fraction, budget, time_fraction
+
     def __init__(self, modules: Mapping[str, nn.Module], grid: Sequence[int], *, fraction: float = 0.05,
                  budget: Optional[int] = None, time_fraction: Optional[float] = None, window: int = 8,
                  baseline: str = "zero", metric: str = "auto", value_fn: Optional[Callable[[nn.Module, Any], Tensor]] = None,
@@ -279,6 +301,8 @@ class ZetaScheduler:
         self.credit: Dict[str, int] = {}  # counted schedule: sample-forwards a layer has saved
         self.train_samples = 0  # training sample-forwards since the previous evaluation (counted schedule)
         self.train_elapsed = 0.0  # training wall time since the previous evaluation (timed schedule)
+        self._train_t0: Optional[float] = None  # `perf_counter` at the training clock's start (`clock_start`)
+        self._timed_plan = False  # the latest `plan` was a time allowance (`settle`)
         self.last_plan: Dict[str, Dict[str, float]] = {}
         self.flagged: FrozenSet[str] = frozenset()
         self.failed: Set[str] = set()
@@ -291,6 +315,16 @@ class ZetaScheduler:
         self.train_samples += samples
         self.train_elapsed += seconds
 
+    def clock_start(self) -> None:
+        """Training wall time starts being counted (a training epoch starts, or goes on after a validation)."""
+        self._train_t0 = time.perf_counter()
+
+    def clock_pause(self) -> None:
+        """Stop the training clock started by :meth:`clock_start` and note its time (:meth:`note_training`); once per start."""
+        if self._train_t0 is not None:
+            self.note_training(seconds=time.perf_counter() - self._train_t0)
+            self._train_t0 = None
+
     def plan(self, coll: Collectives = Collectives()) -> Tuple[Optional[float], Optional[int]]:
         """This evaluation's ``(time_budget_s, forward_budget)`` from the training noted since the previous one (and reset it)."""
         allowance = forwards = None
@@ -302,13 +336,19 @@ class ZetaScheduler:
                 forwards = int(coll.broadcast(forwards))  # every rank plays rank 0's plan
         self.train_elapsed = 0.0
         self.train_samples = 0
+        self._timed_plan = allowance is not None
         return allowance, forwards
 
-    def settle(self, elapsed: float) -> None:
-        """After a timed evaluation of ``elapsed`` seconds: what the layers' ledgers did not account for
-        (probe transfer, tractography, bookkeeping) is a debt of the next one."""
-        layer_spent = sum(p["spent_s"] for p in self.last_plan.values())
-        self.overhead_debt = max(elapsed - layer_spent, 0.0)
+    def settle(self, elapsed: float) -> float:
+        """After an evaluation of ``elapsed`` seconds planned by :meth:`plan`; returns ``elapsed``.
+
+        When the plan was a time allowance, what the layers' ledgers did not account for (probe
+        transfer, tractography, bookkeeping) is a debt of the next one.
+        """
+        if self._timed_plan:
+            layer_spent = sum(p["spent_s"] for p in self.last_plan.values())
+            self.overhead_debt = max(elapsed - layer_spent, 0.0)
+        return elapsed
 
     def _no_map(self, name: str, reason: str) -> None:
         """Say once per layer why it has no zeta map after an evaluation."""
@@ -325,16 +365,20 @@ class ZetaScheduler:
         return sum(e[2] for e in kept if e is not None)
 
     # ------------------------------------------------------------------ one evaluation
-    def compute(self, model: nn.Module, probe: Batch, epoch: int = 0, evaluation: int = 0, step: int = 0,
-                coll: Collectives = Collectives(), time_budget_s: Optional[float] = None,
+    def compute(self, model: nn.Module, probe: Union[Batch, Tuple[Tensor, Optional[Tensor]]], epoch: int = 0, evaluation: int = 0,
+                step: int = 0, coll: Collectives = Collectives(), time_budget_s: Optional[float] = None,
                 forward_budget: Optional[int] = None) -> List[AnomalyEvent]:
-        """Estimate zeta for every layer on ``probe``; fills :attr:`zeta`.
+        """Estimate zeta for every layer on ``probe`` (a split batch or ``(inputs, targets)``); fills :attr:`zeta`.
 
         ``forward_budget`` sample-forwards shared by the layers (counted); ``time_budget_s`` seconds
         (timed); neither: ``budget`` value rows per layer (fixed; without ``budget`` the two samples
         that give a finite interval). ``evaluation`` (with ``epoch`` and ``seed``) seeds the
-        permutations. Returns the ``zeta_concentration`` events.
+        permutations. The new samples join each layer's window of the last ``window`` evaluations.
+        Returns the ``zeta_concentration`` events.
         """
+        if not isinstance(probe, Batch):
+            x, y = probe
+            probe = Batch((x,), {}, y, int(x.shape[0]))
         world = coll.world_size
         p_size = probe.size
         events: List[AnomalyEvent] = []

@@ -64,23 +64,24 @@ _PARTITION_CACHE: OrderedDict[tuple, tuple[Tensor, Tensor]] = OrderedDict()
 _ONES_CACHE: dict = {}
 
 
-def _as_grid_tuple(grid: _GridLike) -> tuple[int, ...]:
+def _as_grid_tuple(grid: _GridLike, name: str = "grid") -> tuple[int, ...]:
+    """``grid`` as a tuple of 1-3 positive ints (``None``: :data:`DEFAULT_GRID`); errors name the argument ``name``."""
     if grid is None:
         return DEFAULT_GRID
     if isinstance(grid, bool):
-        raise ValueError(f"`grid` must be positive ints, got {grid!r}.")
+        raise ValueError(f"`{name}` must be positive ints, got {grid!r}.")
     if isinstance(grid, int):
         grid = (grid,)
     if isinstance(grid, Tensor) or not isinstance(grid, Sequence) or isinstance(grid, str):
         raise ValueError(
-            f"`grid` must be a tuple of 1, 2 or 3 positive ints such as (8, 8, 4), got {grid!r}."
+            f"`{name}` must be a tuple of 1, 2 or 3 positive ints such as (8, 8, 4), got {grid!r}."
         )
     out = []
     for g in grid:
-        out.append(check_index("grid", g, 1, shown=grid, must="contain positive ints"))  # every entry a positive int
+        out.append(check_index(name, g, 1, shown=grid, must="contain positive ints"))  # every entry a positive int
     if not 1 <= len(out) <= 3:
         raise ValueError(
-            f"`grid` must have 1, 2 or 3 entries ((g_c,), (g_t, g_d) or (g_h, g_w, g_c)), got {grid!r}."
+            f"`{name}` must have 1, 2 or 3 entries ((g_c,), (g_t, g_d) or (g_h, g_w, g_c)), got {grid!r}."
         )
     return tuple(out)
 

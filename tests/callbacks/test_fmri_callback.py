@@ -450,7 +450,7 @@ def test_density_copies_are_summed_in_bounded_groups_and_match_direct_computatio
     density over all 40 steps (summed in groups of 16, 16 and 8) equals a direct computation."""
     from lightning.pytorch import Callback
 
-    from nn_neuroimaging_lightning.callbacks import fmri as FM
+    from nn_neuroimaging_lightning.fmri import density as FM
     from nn_neuroimaging_lightning.functional.grid import region_density_from_activation
 
     seen = []
@@ -490,7 +490,7 @@ def test_density_of_the_whole_batch_matches_direct_computation(tmp_path):
 
 # ---------------------------------------------------------------------------------- time budget, window
 def test_time_budget_ledger_and_window(tmp_path):
-    from nn_neuroimaging_lightning.callbacks.fmri import MAX_SAMPLES_PER_EVALUATION
+    from nn_neuroimaging_lightning.fmri.zeta import MAX_SAMPLES_PER_EVALUATION
 
     model = TinyCNN()
     fmri = NNfMRICallback(grid=(2, 2, 2), zeta_budget=16, zeta_time_fraction=None, zeta_window=2, probe_size=8,
@@ -586,7 +586,7 @@ def _counted_fit(tmp_path, epochs=2):
 
 
 def test_counted_schedule_floor_share_and_same_seed_same_maps(tmp_path):
-    from nn_neuroimaging_lightning.callbacks.fmri import MAX_SAMPLES_PER_EVALUATION
+    from nn_neuroimaging_lightning.fmri.zeta import MAX_SAMPLES_PER_EVALUATION
 
     first, second = _counted_fit(tmp_path / "a"), _counted_fit(tmp_path / "b")
     assert sorted(first.zeta) == sorted(first.zeta_layers) and first.zeta_evaluations == 2
@@ -643,7 +643,7 @@ def test_sampled_density_agrees_with_the_full_batch_density(tmp_path):
 def test_zeta_concentration_is_not_judged_on_a_two_region_map(tmp_path):
     # the planted net's layer with 2 regions: one holds all the zeta mass, as a head's feature groups
     # ordinarily do; concentration needs MIN_CONCENTRATION_REGIONS (4) regions to mean a shortcut
-    from nn_neuroimaging_lightning.callbacks.fmri import MIN_CONCENTRATION_REGIONS
+    from nn_neuroimaging_lightning.fmri.zeta import MIN_CONCENTRATION_REGIONS
 
     assert MIN_CONCENTRATION_REGIONS == 4
     fmri = NNfMRICallback(layers=["lin"], grid=(2,), zeta_budget=64, probe_size=32, tractography=False)
