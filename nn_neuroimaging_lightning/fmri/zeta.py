@@ -3,7 +3,8 @@ r"""NN-fMRI zeta engine (plain PyTorch, no Lightning): the zeta schedule, its bu
 The estimator is :func:`~nn_neuroimaging_lightning.functional.shapley.shapley_zeta`, the game
 :class:`~nn_neuroimaging_lightning.lesion.LesionGame`; this engine decides how many samples each
 layer gets at an evaluation, keeps each layer's sufficient statistics over a sliding window of
-evaluations and merges them (across processes through an injected ``reduce_sum``).
+evaluations and merges them with :class:`~nn_neuroimaging_lightning.metrics.fmri.ZetaAggregate` (across
+processes by torchmetrics' state reduction over an injected ``reduce_sum``).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from nn_neuroimaging_lightning.batches import Batch, BatchSplit, split_batch
 from nn_neuroimaging_lightning.events import AnomalyEvent
 from nn_neuroimaging_lightning.fmri.density import Clamped, _ignore, region_coords
 from nn_neuroimaging_lightning.functional.shapley import ZetaResult, _zeta_from_stats, shapley_zeta
+from nn_neuroimaging_lightning.metrics.fmri import ZetaAggregate
 from nn_neuroimaging_lightning.lesion import LesionGame
 
 __all__ = ["Collectives", "ZetaScheduler", "batch_samples", "zeta_top_rows", "DEFAULT_PROBE_SIZE", "DEFAULT_ZETA_BUDGET", "DEFAULT_ZETA_GRID",
@@ -44,8 +46,6 @@ DEFAULT_ZETA_BUDGET: int = 256
 DEFAULT_ZETA_GRID: Tuple[int, int, int] = (2, 2, 2)
 #: Default probe: samples of the first validation batch on which every coalition is judged.
 DEFAULT_PROBE_SIZE: int = 8
-#: One layer's statistics of one evaluation: ``(sum, sum of squares, count, permutations, evaluations)``.
-Entry = Tuple[Tensor, Tensor, int, int, int]
 
 
 def _identity(x: Any) -> Any:
@@ -60,7 +60,8 @@ class Collectives:
         world_size: processes playing the game.
         rank: this process.
         broadcast: ``broadcast(obj) -> obj`` of rank 0 (every rank plays rank 0's plan).
-        reduce_sum: ``reduce_sum(tensor) -> tensor`` summed over the processes (a CPU tensor in and out).
+        reduce_sum: ``reduce_sum(tensor) -> tensor`` summed over the processes (a CPU tensor in and out);
+            torchmetrics' sync of :class:`~nn_neuroimaging_lightning.metrics.fmri.ZetaAggregate` calls it once per state.
     """
 
     world_size: int = 1
@@ -290,7 +291,7 @@ class ZetaScheduler:
         self.zeta: Dict[str, ZetaResult] = {}
         self.zeta_max: Dict[str, float] = {}
         # per layer: sufficient statistics of the last `window` evaluations (None = no samples)
-        self.stats: Dict[str, Deque[Optional[Entry]]] = {}
+        self.stats: Dict[str, Deque[Optional[ZetaResult]]] = {}  # per layer: each evaluation's samples, merged over the ranks
         self.grids: Dict[str, Tuple[int, ...]] = {}
         # time-budget ledger (seconds): per-layer savings, per-row and set-up costs, overhead debt
         self.bank: Dict[str, float] = {}
@@ -362,7 +363,7 @@ class ZetaScheduler:
         if not window:
             return 0
         kept = list(window)[-(self.window - 1):] if self.window > 1 else []
-        return sum(e[2] for e in kept if e is not None)
+        return sum(e.stat_count for e in kept if e is not None)
 
     # ------------------------------------------------------------------ one evaluation
     def compute(self, model: nn.Module, probe: Union[Batch, Tuple[Tensor, Optional[Tensor]]], epoch: int = 0, evaluation: int = 0,
@@ -524,10 +525,7 @@ class ZetaScheduler:
                     done += k
             n_samples = done
             if parts:
-                res = _zeta_from_stats(torch.stack([q.stat_sum for q in parts]).sum(0),
-                                       torch.stack([q.stat_sum_sq for q in parts]).sum(0),
-                                       sum(q.stat_count for q in parts), self.confidence,
-                                       sum(q.n_permutations for q in parts), sum(q.n_evaluations for q in parts))
+                res = self.merge(parts)
         elif n_samples > 0:
             t_run = time.perf_counter()
             with game.session():
@@ -553,17 +551,20 @@ class ZetaScheduler:
         if window is None or window.maxlen != self.window:
             window = deque(window or (), maxlen=self.window)
             self.stats[name] = window
-        entry = None
-        if res is not None:
-            r = res.stat_sum.numel()
-            stats = torch.cat([res.stat_sum, res.stat_sum_sq,
-                               torch.tensor([res.stat_count, res.n_permutations, res.n_evaluations], dtype=res.stat_sum.dtype)])
-            if coll.world_size > 1:
-                stats = coll.reduce_sum(stats)
-            count, n_perm, n_eval = (int(round(float(v))) for v in stats[2 * r:])
-            entry = (stats[:r].clone(), stats[r:2 * r].clone(), count, n_perm, n_eval)
-        window.append(entry)
+        window.append(None if res is None else self.merge([res], coll))
         self._refresh(name)
+
+    def merge(self, parts: Sequence[ZetaResult], coll: Optional[Collectives] = None) -> ZetaResult:
+        """``parts`` (of the same players) merged by :class:`~nn_neuroimaging_lightning.metrics.fmri.ZetaAggregate`;
+        with ``coll`` of more than one process, its statistics are also summed over the ranks (torchmetrics'
+        state reduction, through ``coll.reduce_sum``)."""
+        sync = coll is not None and coll.world_size > 1
+        agg = ZetaAggregate(parts[0].stat_sum.numel(), self.confidence, sync_on_compute=sync,
+                            dist_sync_fn=(lambda t, group=None: [coll.reduce_sum(t)]) if sync else None,
+                            distributed_available_fn=lambda: sync)
+        for part in parts:
+            agg.update(part)
+        return agg.compute()
 
     def _refresh(self, name: str) -> None:
         entries = [e for e in self.stats.get(name, ()) if e is not None]
@@ -571,10 +572,7 @@ class ZetaScheduler:
             self.zeta.pop(name, None)
             self.zeta_max.pop(name, None)
             return
-        stat_sum = torch.stack([e[0] for e in entries]).sum(0)
-        stat_sum_sq = torch.stack([e[1] for e in entries]).sum(0)
-        merged = _zeta_from_stats(stat_sum, stat_sum_sq, sum(e[2] for e in entries), self.confidence,
-                                  sum(e[3] for e in entries), sum(e[4] for e in entries))
+        merged = self.merge(entries)
         self.zeta[name] = merged.reshape(self.grids[name])
         self.zeta_max[name] = float(merged.scores.max())
 
@@ -588,7 +586,8 @@ class ZetaScheduler:
 
         return {
             "zeta_stats": {k: {"grid": tuple(self.grids[k]),
-                               "window": [None if e is None else (cpu(e[0]), cpu(e[1]), e[2], e[3], e[4]) for e in w]}
+                               "window": [None if e is None else (cpu(e.stat_sum), cpu(e.stat_sum_sq), e.stat_count, e.n_permutations,
+                                                                  e.n_evaluations) for e in w]}
                            for k, w in self.stats.items() if k in self.grids},
             "zeta_ledger": {"bank": dict(self.bank), "row_cost": dict(self.row_cost), "setup_cost": dict(self.setup_cost),
                             "rows_per_sample": dict(self.rows_per_sample), "overhead_debt": self.overhead_debt,
@@ -600,7 +599,8 @@ class ZetaScheduler:
         """Restore :meth:`state_dict`'s output (missing keys: the defaults)."""
         for name, z in dict(state.get("zeta_stats", {})).items():
             self.grids[name] = tuple(z["grid"])
-            self.stats[name] = deque([None if e is None else (e[0], e[1], int(e[2]), int(e[3]), int(e[4])) for e in z["window"]],
+            self.stats[name] = deque([None if e is None else _zeta_from_stats(e[0], e[1], int(e[2]), self.confidence, int(e[3]), int(e[4]))
+                                      for e in z["window"]],
                                      maxlen=self.window)
             self._refresh(name)
         ledger = dict(state.get("zeta_ledger", {}))

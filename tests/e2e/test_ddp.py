@@ -108,6 +108,9 @@ class RankReport(Callback):
             "kinds": dict(kinds),
             "zeta_evaluations": fmri.zeta_evaluations,
             "zeta_layers": sorted(fmri.zeta),
+            # the merged zeta statistics (ZetaAggregate, summed over the ranks by torchmetrics)
+            "zeta_scores": {k: fmri.zeta[k].scores.tolist() for k in sorted(fmri.zeta)},
+            "zeta_counts": {k: [fmri.zeta[k].stat_count, fmri.zeta[k].n_permutations] for k in sorted(fmri.zeta)},
             "consistency": cross.consistency,
             "undefined": cross.scores[-1]["undefined"] if cross.scores else None,
             "samples": eeg._ring.total,
@@ -168,6 +171,9 @@ def test_ddp_spawn_completes_and_only_rank_zero_writes(tmp_path: Any) -> None:
         assert r["kinds"].get("nn_eeg/non_finite", 0) >= 1
         assert r["samples"] >= 2 * (STEPS_PER_EPOCH + 4)
     assert r0["zeta_layers"] == r1["zeta_layers"]
+    # every rank holds the same merged map: its own samples plus the other rank's
+    assert r0["zeta_scores"] == r1["zeta_scores"] and r0["zeta_counts"] == r1["zeta_counts"]
+    assert all(count >= 2 and perms >= count for count, perms in r0["zeta_counts"].values())
     assert r0["undefined"] == r1["undefined"]
 
     events_files = glob.glob(os.path.join(str(tmp_path), "**", EVENTS_FILENAME), recursive=True)
