@@ -392,6 +392,10 @@ class ZetaScheduler:
         # cheapest known sample first, so that unspent shares of satisfied layers flow to dearer ones
         order = sorted(self.names, key=lambda n: (self.rows_per_sample.get(n, 0), self.names.index(n)) if counted
                        else self.sample_cost(n))
+        if world > 1:
+            # Every rank must visit the layers in one order: each layer's statistics are summed over the
+            # ranks in its turn, and the costs behind the order are measured per rank (rank 0's wins).
+            order = list(coll.broadcast(order))
         base_seed = (self.seed * 1_000_003 + int(epoch) * 1009 + evaluation) % (2**62)
         self.last_plan = {}
         for pos, name in enumerate(order):
@@ -558,13 +562,14 @@ class ZetaScheduler:
         """``parts`` (of the same players) merged by :class:`~nn_neuroimaging_lightning.metrics.fmri.ZetaAggregate`;
         with ``coll`` of more than one process, its statistics are also summed over the ranks (torchmetrics'
         state reduction, through ``coll.reduce_sum``)."""
-        sync = coll is not None and coll.world_size > 1
-        agg = ZetaAggregate(parts[0].stat_sum.numel(), self.confidence, sync_on_compute=sync,
+        sync, r = coll is not None and coll.world_size > 1, parts[0].stat_sum.numel()
+        agg = ZetaAggregate(r, self.confidence, sync_on_compute=sync,
                             dist_sync_fn=(lambda t, group=None: [coll.reduce_sum(t)]) if sync else None,
                             distributed_available_fn=lambda: sync)
         for part in parts:
-            agg.update(part)
-        return agg.compute()
+            agg.update(part.reshape(r)._replace(stat_sum=part.stat_sum.reshape(r), stat_sum_sq=part.stat_sum_sq.reshape(r)))
+        out = agg.compute()  # torchmetrics squeezes one-element results (a one-region layer): back to (R,)
+        return out.reshape(r)._replace(stat_sum=out.stat_sum.reshape(r), stat_sum_sq=out.stat_sum_sq.reshape(r))
 
     def _refresh(self, name: str) -> None:
         entries = [e for e in self.stats.get(name, ()) if e is not None]

@@ -123,6 +123,9 @@ class ZetaAggregate(Metric):
 
     .. math:: \hat\zeta = \frac{\sum_r S_r}{\sum_r N_r}
 
+    Like every torchmetrics ``compute``, the result's one-element tensors come back squeezed to 0-d
+    (a one-player game): ``.reshape(n_players)`` restores the per-player shape.
+
     Args:
         n_players: number of players (regions).
         confidence: interval level in (0, 1).
