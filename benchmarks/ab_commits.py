@@ -122,10 +122,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             if trees[v] != ROOT:
                 subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(trees[v])], capture_output=True)
     rows = []
-    cmd = "python benchmarks/ab_commits.py " + " ".join(a for a in (argv if argv is not None else sys.argv[1:]))
+    cmd = "python benchmarks/ab_commits.py " + " ".join(argv if argv is not None else sys.argv[1:])
     print(f"\n`{cmd}` ({args.epochs} x {args.steps}-step epochs, {args.repeats} rounds)\n")
     print("| client | arm | old: ratio to plain | new: ratio to plain | new / old (the arm's fit time) |")
     print("|---|---|---|---|---|")
+
+    def fmt(t: tuple) -> str:
+        return f"{t[0]:.2f} [{t[1]:.2f}, {t[2]:.2f}]"
+
     for c in clients:
         for a in arms[1:]:
             cells = []
@@ -136,7 +140,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             plain_change = median_ci([x / y for x, y in zip(fits[("new", c, "plain")], fits[("old", c, "plain")])])
             rows.append({"client": c, "arm": a, "old": cells[0], "new": cells[1], "new_over_old": change,
                          "plain_new_over_old": plain_change})
-            fmt = lambda t: f"{t[0]:.2f} [{t[1]:.2f}, {t[2]:.2f}]"  # noqa: E731
             print(f"| {c} | {a} | {fmt(cells[0])} | {fmt(cells[1])} | {fmt(change)} (plain: {fmt(plain_change)}) |")
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 from collections import deque
 from dataclasses import asdict
-from typing import Any, Deque, Dict, FrozenSet, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Deque, Dict, FrozenSet, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor
@@ -365,12 +365,13 @@ class MonitorCallback(Callback):
             return bool(trainer.strategy.reduce_boolean_decision(decision, all=False))
         return decision
 
-    def _warn_once(self, key: Any, message: str) -> bool:
-        """``rank_zero_warn(message)`` the first time ``key`` is seen; whether it warned."""
+    def _warn_once(self, key: Any, message: Union[str, Callable[[], str]]) -> bool:
+        """``rank_zero_warn(message)`` the first time ``key`` is seen; whether it warned. ``message`` may be a
+        callable, called only then (a message that costs something to build)."""
         if key in self._warned:
             return False
         self._warned.add(key)
-        rank_zero_warn(message)
+        rank_zero_warn(message if isinstance(message, str) else message())
         return True
 
     def state_dict(self) -> Dict[str, Any]:

@@ -8,7 +8,6 @@ from typing import Any, Deque, Dict, FrozenSet, List, Optional, Sequence, Tuple
 
 import torch
 from lightning.pytorch import LightningModule, Trainer
-from lightning.pytorch.utilities import rank_zero_warn
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
 from nn_neuroimaging_lightning import _validation as V
@@ -139,7 +138,6 @@ class CrossModalCallback(MonitorCallback):
         self._eeg: Any = None
         self._fmri: Any = None
         self._joint_seen: set = set()
-        self._noticed: set = set()
 
     def _state_key_fields(self) -> Dict[str, Any]:
         return {"band": self.band}
@@ -246,11 +244,8 @@ class CrossModalCallback(MonitorCallback):
 
     def _notice(self, cause: str, what: str, why: str, fix: str) -> None:
         """Warn once per ``cause`` (rank zero) that ``what`` is undefined, why, and what would fix it."""
-        if cause in self._noticed:
-            return
-        self._noticed.add(cause)
-        rank_zero_warn(f"CrossModalCallback: {what} undefined (NaN): {why}. Until it is defined, "
-                       f"`cross_modal/consistency` is NaN too, and neither is logged. Fix: {fix}.")
+        self._warn_once(("undefined", cause), f"CrossModalCallback: {what} undefined (NaN): {why}. Until it is defined, "
+                        f"`cross_modal/consistency` is NaN too, and neither is logged. Fix: {fix}.")
 
     # ------------------------------------------------------------------ checkpointing
     def state_dict(self) -> Dict[str, Any]:

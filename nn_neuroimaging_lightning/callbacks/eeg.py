@@ -147,8 +147,7 @@ class NNEEGCallback(MonitorCallback):
         self._epoch_batches = 0
         self._judged: Optional[Tuple[Any, bool]] = None  # (score, flagged) of a step judged in on_before_backward
         self._band_tags: Optional[List[str]] = None  # (layers * bands,) sanitised scalar keys, row-major
-        self._self_time_ns = 0
-        self._self_time_steps = 0
+        self._self_time_ns, self._self_time_steps = 0, 0  # ns in the training hooks, training steps timed (`self_time`)
 
     # ------------------------------------------------------------------ public read-only surface
     def _state_key_fields(self) -> Dict[str, Any]:
@@ -311,8 +310,8 @@ class NNEEGCallback(MonitorCallback):
     def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._flush_windows(trainer)
         self._write_epoch_panels(trainer, pl_module)
-        if self.silent_layers:
-            self._warn_once("silent", f"NNEEGCallback: tapped module(s) {self.silent_layers} never ran a forward in a whole epoch (their"
+        if silent := self.silent_layers:
+            self._warn_once("silent", f"NNEEGCallback: tapped module(s) {silent} never ran a forward in a whole epoch (their"
                             " weights may be used without calling them, e.g. MultiheadAttention.out_proj); they are not judged."
                             " Pass `layers=` to leave them out.")
 
@@ -323,8 +322,8 @@ class NNEEGCallback(MonitorCallback):
         if self.state_accuracy.update_count:
             self._log(pl_module, "nn_eeg/state_accuracy", self.state_accuracy.compute(), on_step=False, on_epoch=True, sync_dist=False)
         else:  # one notice, the first time, saying why
-            why = self._states.why_no_accuracy(self._engine.recorder.val_samples)
-            self._warn_once("state_accuracy", f"NNEEGCallback: `nn_eeg/state_accuracy` not logged at this validation end (undefined): {why}.")
+            self._warn_once("state_accuracy", lambda: "NNEEGCallback: `nn_eeg/state_accuracy` not logged at this validation end"
+                            f" (undefined): {self._states.why_no_accuracy(self._engine.recorder.val_samples)}.")
 
     def on_test_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._flush_windows(trainer)
@@ -373,7 +372,9 @@ class NNEEGCallback(MonitorCallback):
         if self._engine is None:
             return
         judged, self._judged = self._judged, None
-        out = self._engine.end_batch(time.perf_counter(), loss, judged, self._event_step(trainer), trainer.global_step)
+        if self._taps.dirty:
+            self._commit(self._event_step(trainer))
+        out = self._engine.end_batch(time.perf_counter(), loss, judged, lambda: trainer.global_step)
         # Under DDP with `stop_on`, the stop decision is a collective: every rank must take part on
         # every batch, whether or not it found an event itself (else a NaN on one rank hangs the run).
         collective = bool(self.stop_on) and trainer.world_size > 1

@@ -298,10 +298,10 @@ class NNfMRICallback(MonitorCallback):
     def _warn_clamped(self, items: List[Tuple[str, Tuple[int, ...], Tuple[int, ...]]]) -> None:
         """One warning listing the layers the grid was clamped for that no earlier warning named."""
         items = [item for item in items if ("clamped", item[0]) not in self._warned]
-        listing = "; ".join(f"`{n}` output {s} -> grid {g}" for n, s, g in items)
-        if items and self._warn_once(("clamped", items[0][0]), f"NNfMRICallback: `grid`={self.grid} is larger than some layers"
-                                                               f" and was clamped: {listing}."):
+        if items:
             self._warned.update(("clamped", n) for n, _, _ in items)
+            listing = "; ".join(f"`{n}` output {s} -> grid {g}" for n, s, g in items)
+            rank_zero_warn(f"NNfMRICallback: `grid`={self.grid} is larger than some layers and was clamped: {listing}.")
 
     def _check(self, trainer: Trainer, pl_module: LightningModule) -> None:
         """Close the density window: judge every region against its baseline (host sync here only)."""

@@ -149,13 +149,12 @@ class EEGEngine:
         self.mode_modules = [root] + [m for m in root.modules() if m is not root]
         self.mode_names = {id(m): (n or "<model>") for n, m in root.named_modules()}
 
-    def end_batch(self, now: float, loss: Optional[Tensor], judged: Optional[Tuple[Any, bool]], commit_step: int,
-                  step: int) -> Optional[Tuple[Any, bool, List[AnomalyEvent]]]:
-        """A batch ended at ``now``: write a pending sample (of ``commit_step``), judge it unless it was
-        ``judged`` already (``(score, flagged)``), then the mode check of an inference loop and the
-        state windows that are due. Returns ``(score, flagged, events)``, ``None`` if the batch wrote no sample."""
-        if self.taps.dirty:
-            self.commit(commit_step)
+    def end_batch(self, now: float, loss: Optional[Tensor], judged: Optional[Tuple[Any, bool]],
+                  step: Callable[[], int]) -> Optional[Tuple[Any, bool, List[AnomalyEvent]]]:
+        """A batch ended at ``now`` (its pending sample committed by the caller): judge the sample unless it
+        was ``judged`` already (``(score, flagged)``), then the mode check of an inference loop and the state
+        windows that are due, dated ``step()`` (read only then). Returns ``(score, flagged, events)``, ``None``
+        if the batch wrote no sample."""
         self.recorder.batch_end(now)
         self.tracker.batch_end(now)
         phase, fresh = self.tracker.current, self.recorder.fresh
@@ -167,9 +166,9 @@ class EEGEngine:
         else:  # judged before the backward
             (score, flagged), events = judged, []
         if phase.is_inference and not self.states.reported:
-            events += self.states.mode_mismatch(self.mode_modules, self.mode_names, step, phase)
+            events += self.states.mode_mismatch(self.mode_modules, self.mode_names, step(), phase)
         if self.states.due():
-            events += self.classify(step)
+            events += self.classify(step())
         return score, flagged, events
 
     # ------------------------------------------------------------------ the per-step judgement
@@ -205,10 +204,6 @@ class EEGEngine:
         """The events of a lagged accelerator verdict still in flight (waits for it)."""
         verdict = self.detector.collect(wait=True)
         return [] if verdict is None else self.events(verdict)
-
-    def baseline_stats(self, history: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
-        """``(neg_med, inv, floor)``, each ``(layers,)``, of ``(layers, n)`` history samples: the judge's baseline."""
-        return self.detector.baseline(history, fired=self.taps.fire_counts).coefficients
 
     # ------------------------------------------------------------------ states and spectra
     def classify(self, step: int) -> List[AnomalyEvent]:

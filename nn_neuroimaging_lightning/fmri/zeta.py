@@ -567,7 +567,7 @@ class ZetaScheduler:
                             dist_sync_fn=(lambda t, group=None: [coll.reduce_sum(t)]) if sync else None,
                             distributed_available_fn=lambda: sync)
         for part in parts:
-            agg.update(part.reshape(r)._replace(stat_sum=part.stat_sum.reshape(r), stat_sum_sq=part.stat_sum_sq.reshape(r)))
+            agg.update(part)  # (R,) statistics: the estimator's, or an earlier merge's (reshaped below)
         out = agg.compute()  # torchmetrics squeezes one-element results (a one-region layer): back to (R,)
         return out.reshape(r)._replace(stat_sum=out.stat_sum.reshape(r), stat_sum_sq=out.stat_sum_sq.reshape(r))
 
