@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from typing import Any, Iterable, Sequence
 
 
@@ -96,8 +97,6 @@ def check_layer_selector(name: str, value: Any) -> Any:
 
     Allowed: ``None``, a name glob, a ``"re:"`` regex, a module type, or a non-empty list/tuple of these.
     """
-    import re
-
     patterns = [value] if value is None or isinstance(value, (str, type)) else value
     if (not isinstance(patterns, (list, tuple)) or not patterns
             or not all(p is None and value is None or isinstance(p, (str, type)) for p in patterns)):

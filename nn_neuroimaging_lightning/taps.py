@@ -32,6 +32,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from ._validation import check_layer_selector
+
 LayerSelector = Union[None, str, type, Sequence[Union[str, type]]]
 
 # Depth of `suspended()` blocks: while > 0 no tap of any owner records (our own evaluations, e.g.
@@ -318,17 +320,8 @@ def select_layers(model: nn.Module, layers: LayerSelector = None, *, argument: s
     """
     if layers is None:
         return _default_selection(model, argument)
+    check_layer_selector(argument, layers)
     patterns = [layers] if isinstance(layers, (str, type)) else layers
-    if not isinstance(patterns, (list, tuple)) or not all(isinstance(p, (str, type)) for p in patterns):
-        raise TypeError(
-            f"`{argument}` must be None, a name glob, a 're:' regex, a module type or a list of these, got {layers!r}."
-        )
-    for p in patterns:
-        if isinstance(p, str) and p.startswith("re:"):
-            try:
-                re.compile(p[3:])
-            except re.error as err:
-                raise ValueError(f"`{argument}` has an invalid regex {p!r}: {err}.") from None
     named = [(n, m) for n, m in user_modules(model) if n]
     chosen = {n: m for n, m in named if any(_matches(n, m, p) for p in patterns)}
     if not chosen:

@@ -10,7 +10,6 @@ from typing import Any, Callable, Deque, Dict, FrozenSet, List, Optional, Sequen
 import torch
 from torch import Tensor
 from lightning.pytorch import Callback, LightningModule, Trainer
-from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from nn_neuroimaging_lightning import config as C
@@ -339,24 +338,20 @@ class MonitorCallback(Callback):
         """Scalars to plot, ``values`` ``(n,)`` with one tag each, straight to the loggers (a logging step).
 
         One ``log_metrics`` call per logger (the host copy is allowed here): 20 ``pl_module.log``
-        calls cost Lightning ~6 ms on CPU, ``log_metrics`` ~2.4 ms in a training step. A
-        TensorBoardLogger without a prefix gets them as one event (``write_scalars``, ~8x cheaper),
-        the same tags. They are plots, not values to monitor; with no logger at all they go through
-        ``pl_module.log``, so ``trainer.callback_metrics`` is where they can be read.
+        calls cost Lightning ~6 ms on CPU, ``log_metrics`` ~2.4 ms in a training step, every
+        ``log_every_n_steps``. A logger's own ``log_metrics`` is the public way to honour its
+        settings (a TensorBoardLogger's ``prefix``, which has no public accessor). They are plots,
+        not values to monitor; with no logger at all they go through ``pl_module.log``, so
+        ``trainer.callback_metrics`` is where they can be read.
         """
         if not trainer.loggers:
             for tag, value in zip(tags, values):
                 self._log(pl_module, tag, value)
             return
-        from nn_neuroimaging_lightning.panels.tensorboard import write_scalars
-
         host = values.detach().float().cpu().numpy()
         metrics = {tag: float(v) for tag, v in zip(tags, host)}
         for logger in trainer.loggers:
-            if isinstance(logger, TensorBoardLogger) and not getattr(logger, "_prefix", "") and trainer.is_global_zero:
-                write_scalars(logger.experiment, metrics, trainer.global_step)
-            else:
-                logger.log_metrics(metrics, step=trainer.global_step)
+            logger.log_metrics(metrics, step=trainer.global_step)
 
     @staticmethod
     def _reduce_decision(trainer: Trainer, decision: bool) -> bool:

@@ -339,8 +339,7 @@ def coherence(eeg_layers: Tensor, fmri_layers: Tensor) -> Tensor:
         Scalar float tensor in ``[0, 1]`` (NaN over zero layers) on the inputs' device.
 
     Raises:
-        TypeError: If a flag tensor is not a bool tensor.
-        ValueError: If the shapes differ.
+        TypeError, ValueError: As :func:`agreement` (a flag tensor not bool, shapes that differ).
 
     Example::
 

@@ -182,6 +182,13 @@ def _check_tensor(name: str, value: object) -> None:
         raise TypeError(f"`{name}` must be a Tensor, got {type(value).__name__}.")
 
 
+def _check_inputs(n_source: int, n_target: int, **tensors: object) -> None:
+    """The checks every entry makes: each named input a tensor, both region counts positive."""
+    for name, t in tensors.items():
+        _check_tensor(name, t)
+    _check_regions(n_source, n_target)
+
+
 def _pair(name: str, value: object) -> Tuple[int, int]:
     if isinstance(value, int) and not isinstance(value, bool):
         return value, value
@@ -221,13 +228,8 @@ def _linear_mismatch(weight: Tensor, a: Tensor, z: Tensor, src: Tensor, tgt: Ten
 
 
 def linear_tractography(
-    weight: Tensor,
-    a: Tensor,
-    z: Tensor,
-    source_regions: Tensor,
-    target_regions: Tensor,
-    n_source: int,
-    n_target: int,
+    weight: Tensor, a: Tensor, z: Tensor,
+    source_regions: Tensor, target_regions: Tensor, n_source: int, n_target: int,
     activation: Activation = "relu",
 ) -> Tensor:
     """Exact region-to-region connection strength through a linear map ``z = a W^T (+ b)``.
@@ -269,10 +271,8 @@ def linear_tractography(
         tensor([[1.],
                 [2.]])
     """
-    for name, t in (("weight", weight), ("a", a), ("z", z), ("source_regions", source_regions),
-                    ("target_regions", target_regions)):
-        _check_tensor(name, t)
-    _check_regions(n_source, n_target)
+    _check_inputs(n_source, n_target, weight=weight, a=a, z=z, source_regions=source_regions,
+                  target_regions=target_regions)
     reason = _linear_mismatch(weight, a, z, source_regions, target_regions)
     if reason is not None:
         raise ValueError(reason)
@@ -352,13 +352,8 @@ def _conv_mismatch(weight, a, z, src, tgt, stride, pads, dilation, groups) -> Op
 
 
 def conv2d_tractography(
-    weight: Tensor,
-    a: Tensor,
-    z: Tensor,
-    source_regions: Tensor,
-    target_regions: Tensor,
-    n_source: int,
-    n_target: int,
+    weight: Tensor, a: Tensor, z: Tensor,
+    source_regions: Tensor, target_regions: Tensor, n_source: int, n_target: int,
     stride=1,
     padding=0,
     dilation=1,
@@ -396,13 +391,12 @@ def conv2d_tractography(
         z: ``(N, C_o, H_o, W_o)`` target pre-activation (the convolution's output).
         source_regions: ``(C_i, H, W)`` region id of every source unit.
         target_regions: ``(C_o, H_o, W_o)`` region id of every target unit.
-        n_source: number of source regions.
-        n_target: number of target regions.
+        n_source, n_target: the numbers of source and target regions.
         stride: int or pair.
         padding: int, pair, ``"valid"`` or ``"same"`` (zero padding).
         dilation: int or pair.
         groups: channel groups of the convolution.
-        activation: nonlinearity after the module, see :func:`activation_derivative`.
+        activation: as in :func:`linear_tractography`.
         chunk_elements: memory bound: elements of each per-chunk intermediate held at once.
 
     Returns:
@@ -423,10 +417,8 @@ def conv2d_tractography(
         tensor([[36.],
                 [28.]])
     """
-    for name, t in (("weight", weight), ("a", a), ("z", z), ("source_regions", source_regions),
-                    ("target_regions", target_regions)):
-        _check_tensor(name, t)
-    _check_regions(n_source, n_target)
+    _check_inputs(n_source, n_target, weight=weight, a=a, z=z, source_regions=source_regions,
+                  target_regions=target_regions)
     check_int("groups", groups, minimum=1)
     check_int("chunk_elements", chunk_elements, minimum=1)
     stride_, dilation_ = _pair("stride", stride), _pair("dilation", dilation)
@@ -523,20 +515,12 @@ def _conv2d_core(weight, a, z, src, tgt, n_source, n_target, stride, pads, dilat
 
 
 def tractography(
-    module: nn.Module,
-    a: Tensor,
-    z: Tensor,
-    source_regions: Tensor,
-    target_regions: Tensor,
-    n_source: int,
-    n_target: int,
+    module: nn.Module, a: Tensor, z: Tensor,
+    source_regions: Tensor, target_regions: Tensor, n_source: int, n_target: int,
     activation: Activation = "relu",
 ) -> TractResult:
-    """Connection strengths through ``module``, or an explicit "not traced" with the reason.
-
-    .. math::
-        C_{A \\to B} = \\frac{1}{N} \\sum_{n} \\sum_{i \\in A} \\sum_{j \\in B}
-            |W_{ji}| \\, \\mathrm{ReLU}(a_{n,i}) \\, \\sigma'(z_{n,j})
+    """Connection strengths through ``module`` (the formula of :func:`linear_tractography`), or an
+    explicit "not traced" with the reason.
 
     Dispatches to :func:`linear_tractography` for ``nn.Linear`` and to
     :func:`conv2d_tractography` for ``nn.Conv2d`` with zero padding (stride, padding, dilation,
@@ -546,14 +530,10 @@ def tractography(
     ``reason``: a matrix is never invented.
 
     Args:
-        module: the weighted module joining the two layers.
-        a: the module's input (source activation), batch first.
-        z: the module's output (target pre-activation), batch first.
-        source_regions: region id of every unit of one sample of ``a``.
-        target_regions: region id of every unit of one sample of ``z``.
-        n_source: number of source regions.
-        n_target: number of target regions.
-        activation: nonlinearity after the module, see :func:`activation_derivative`.
+        module: the weighted module joining the two layers; ``a`` is its input (source activation)
+            and ``z`` its output (target pre-activation), batch first; ``source_regions`` and
+            ``target_regions`` hold the region id of every unit of one sample of each. The other
+            arguments are those of :func:`linear_tractography`.
 
     Returns:
         :class:`TractResult`.
@@ -576,9 +556,7 @@ def tractography(
     """
     if not isinstance(module, nn.Module):
         raise TypeError(f"`module` must be an nn.Module, got {type(module).__name__}.")
-    for name, t in (("a", a), ("z", z), ("source_regions", source_regions), ("target_regions", target_regions)):
-        _check_tensor(name, t)
-    _check_regions(n_source, n_target)
+    _check_inputs(n_source, n_target, a=a, z=z, source_regions=source_regions, target_regions=target_regions)
     if isinstance(activation, str) and activation not in ACTIVATIONS:
         raise ValueError(f"`activation` must be one of {ACTIVATIONS!r} or a callable, got {activation!r}.")
     kind = type(module).__name__

@@ -29,8 +29,10 @@ __all__ = ["Consistency", "FlagAgreement", "LayerCoherence", "SpearmanRho"]
 
 
 class _SumStates(Metric):
-    """A metric whose state is the sums that ``_update_fn`` returns (named and typed by ``_states``)
-    and whose value is ``_compute_fn`` of them: each class below only names its functional pair."""
+    """A metric whose state is the sums that ``update`` returns (named and typed by ``states``) and
+    whose value is ``compute`` of them: each class below names them in its class statement,
+    ``class X(_SumStates, states=..., update=..., compute=...)``. Constructor keyword arguments
+    are passed to :class:`torchmetrics.Metric`."""
 
     is_differentiable = False
     higher_is_better = True
@@ -39,6 +41,15 @@ class _SumStates(Metric):
     _states: ClassVar[Tuple[Tuple[str, torch.dtype], ...]] = ()
     _update_fn: ClassVar[Callable[..., Tuple[Tensor, ...]]]
     _compute_fn: ClassVar[Callable[..., Tensor]]
+
+    def __init_subclass__(cls, states: Tuple[Tuple[str, torch.dtype], ...] = (), update: Any = None,
+                          compute: Any = None, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if update is not None:  # a further subclass without the keywords keeps its parent's
+            cls._states = states
+            cls._update_fn = staticmethod(update)
+        if compute is not None:
+            cls._compute_fn = staticmethod(compute)
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -64,7 +75,7 @@ _AGREEMENT = (("n_agree", torch.int64), ("n_windows", torch.int64))
 _COHERENCE = (("intersection", torch.int64), ("union", torch.int64), ("n_layers", torch.int64))
 
 
-class SpearmanRho(_SumStates):
+class SpearmanRho(_SumStates, states=_RHO, update=_spearman_update, compute=_spearman_compute):
     r"""Spearman rank correlation across layers, averaged over updates.
 
     .. math:: \bar\rho = \frac{1}{|D|} \sum_{k \in D} \rho_k
@@ -76,9 +87,6 @@ class SpearmanRho(_SumStates):
     returns NaN when none was defined. This is the mean of per-evaluation correlations, not one
     correlation over pooled values, which would mix layers across time.
 
-    Args:
-        kwargs: Passed to :class:`torchmetrics.Metric`.
-
     Example::
 
         >>> metric = SpearmanRho()
@@ -88,21 +96,15 @@ class SpearmanRho(_SumStates):
         tensor(0.7500)
     """
 
-    _states = _RHO
-    _update_fn = staticmethod(_spearman_update)
-    _compute_fn = staticmethod(_spearman_compute)
 
 
-class FlagAgreement(_SumStates):
+class FlagAgreement(_SumStates, states=_AGREEMENT, update=_agreement_update, compute=_agreement_compute):
     r"""Share of windows in which EEG and fMRI anomaly flags agree.
 
     .. math:: \mathrm{agreement} = \frac{\sum_n [e_n = f_n]}{N}
 
     ``update(eeg_flags, fmri_flags)`` adds windows (bool tensors of the same shape, True =
     flagged). NaN while no window has been seen (undefined).
-
-    Args:
-        kwargs: Passed to :class:`torchmetrics.Metric`.
 
     Example::
 
@@ -113,12 +115,9 @@ class FlagAgreement(_SumStates):
         tensor(0.7500)
     """
 
-    _states = _AGREEMENT
-    _update_fn = staticmethod(_agreement_update)
-    _compute_fn = staticmethod(_agreement_compute)
 
 
-class LayerCoherence(_SumStates):
+class LayerCoherence(_SumStates, states=_COHERENCE, update=_coherence_update, compute=_coherence_compute):
     r"""Jaccard overlap of the layers flagged by each modality, pooled over updates.
 
     .. math:: \mathrm{coherence} = \frac{\sum_k |E_k \cap F_k|}{\sum_k |E_k \cup F_k|}
@@ -126,9 +125,6 @@ class LayerCoherence(_SumStates):
     ``update(eeg_layers, fmri_layers)`` adds one set of flags per modality (bool tensors of the
     same shape, e.g. ``(L,)``, True = flagged). 1.0 when layers were compared and neither modality
     flagged one; NaN while no layer has been compared. Pooling (micro-average) keeps the state three integers, reduced by ``sum`` across ranks.
-
-    Args:
-        kwargs: Passed to :class:`torchmetrics.Metric`.
 
     Example::
 
@@ -138,12 +134,9 @@ class LayerCoherence(_SumStates):
         tensor(0.3333)
     """
 
-    _states = _COHERENCE
-    _update_fn = staticmethod(_coherence_update)
-    _compute_fn = staticmethod(_coherence_compute)
 
 
-class Consistency(_SumStates):
+class Consistency(_SumStates, states=_RHO + _AGREEMENT + _COHERENCE, update=_consistency_update):
     r"""Cross-modal consistency score in ``[0, 1]`` from the three measures above; NaN while a term is undefined.
 
     .. math:: \mathrm{consistency} = \frac{1}{3}\left(\frac{\bar\rho + 1}{2} + \mathrm{agreement}
@@ -159,9 +152,6 @@ class Consistency(_SumStates):
     evaluation: ``(L,)`` EEG gamma power and fMRI max zeta per layer (same order); ``(N,)`` bool
     EEG and fMRI flags per compared window; ``(L',)`` bool layers flagged by each modality over
     the layers compared.
-
-    Args:
-        kwargs: Passed to :class:`torchmetrics.Metric`.
 
     Example::
 
@@ -185,9 +175,6 @@ class Consistency(_SumStates):
         >>> metric.compute()  # no defined rho at all
         tensor(nan)
     """
-
-    _states = _RHO + _AGREEMENT + _COHERENCE
-    _update_fn = staticmethod(_consistency_update)
 
     def compute_components(self) -> Dict[str, Tensor]:
         """``{"consistency", "rho", "agreement", "coherence"}`` as scalar tensors (NaN where undefined).

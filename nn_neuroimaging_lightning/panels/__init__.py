@@ -19,7 +19,6 @@ from nn_neuroimaging_lightning.panels.tensorboard import (
     table_text,
     write_custom_scalars,
     write_figure,
-    write_scalars,
     write_stacked_spectrum,
 )
 
@@ -43,6 +42,5 @@ __all__ = [
     "table_text",
     "write_custom_scalars",
     "write_figure",
-    "write_scalars",
     "write_stacked_spectrum",
 ]

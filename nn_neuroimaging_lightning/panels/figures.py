@@ -1,7 +1,9 @@
 """Panel figures: matplotlib's object-oriented API on the Agg backend (presentation only).
 
 Every function takes plain arrays (numpy, torch tensors, lists) that were computed elsewhere and
-returns a :class:`matplotlib.figure.Figure`; nothing is measured here. No ``pyplot``: a figure is
+returns a :class:`matplotlib.figure.Figure`; nothing is measured here. Each takes keyword-only
+``title``, ``figsize`` (inches; times ``dpi`` the image size in pixels) and ``dpi`` (pixels per
+inch), and returns its figure unrendered. No ``pyplot``: a figure is
 not registered anywhere, so it is released as soon as the caller drops it (:class:`PanelSink`
 renders it once on a ``FigureCanvasAgg`` and clears it). Render one yourself with
 :func:`nn_neuroimaging_lightning.panels.rendering.render`.
@@ -355,9 +357,7 @@ def spectrum_figure(
         freqs: ``(F,)`` bin centre frequencies in Hz.
         psd_by_layer: ``{layer: (F,) power}``.
         bands: ``{band: (low_hz, high_hz)}`` to shade, e.g. the EEG bands; ``None`` for none.
-        title: Figure title.
-        figsize: Size in inches (times ``dpi``: the image size in pixels).
-        dpi: Pixels per inch.
+        title, figsize, dpi: The title, the size in inches and the pixels per inch (module docstring).
 
     Returns:
         The figure (not rendered).
@@ -446,8 +446,7 @@ def spectrogram_figure(
         title: Figure title.
         time_label: x-axis label.
         cmap: Colour map name (perceptually uniform: ``magma``, ``viridis``, ...).
-        figsize: Size in inches (times ``dpi``: the image size in pixels).
-        dpi: Pixels per inch.
+        figsize, dpi: The size in inches and the pixels per inch (module docstring).
 
     Returns:
         The figure (not rendered).
@@ -531,9 +530,7 @@ def phase_timeline_figure(
             default: the sample index. Each sample spans until the next one's time; idle gaps
             therefore show at their real length when wall-clock times are given.
         durations: ``{phase: seconds}`` total time per phase; adds a bar chart when given.
-        title: Figure title.
-        figsize: Size in inches (times ``dpi``: the image size in pixels).
-        dpi: Pixels per inch.
+        title, figsize, dpi: The title, the size in inches and the pixels per inch (module docstring).
 
     Returns:
         The figure (not rendered).
@@ -833,8 +830,7 @@ def matrix_figure(
         cmap: Colour map name (perceptually uniform by default).
         log: Log colour scale (non-positive values shown at the smallest positive value's colour).
         colorbar_label: Label of the colour bar.
-        figsize: Size in inches (times ``dpi``: the image size in pixels).
-        dpi: Pixels per inch.
+        figsize, dpi: The size in inches and the pixels per inch (module docstring).
 
     Returns:
         The figure (not rendered).
@@ -916,9 +912,7 @@ def consistency_figure(
     Args:
         history: ``{"consistency": [...], "rho": [...], "agreement": [...], "coherence": [...]}``.
         steps: Optional x values, one per entry.
-        title: Figure title.
-        figsize: Size in inches (times ``dpi``: the image size in pixels).
-        dpi: Pixels per inch.
+        title, figsize, dpi: The title, the size in inches and the pixels per inch (module docstring).
 
     Returns:
         The figure (not rendered).

@@ -25,7 +25,6 @@ __all__ = [
     "table_text",
     "write_custom_scalars",
     "write_figure",
-    "write_scalars",
     "write_stacked_spectrum",
 ]
 
@@ -327,39 +326,6 @@ def write_figure(writer: Any, tag: str, fig: Any, step: int, *, png: bytes | Non
 
     image = Summary.Image(height=rgb.shape[0], width=rgb.shape[1], colorspace=3, encoded_image_string=png)
     file_writer.add_summary(Summary(value=[Summary.Value(tag=tag, image=image)]), int(step))
-
-
-def write_scalars(writer: Any, scalars: Mapping[str, float], step: int) -> None:
-    """Write many scalars at one step as one event (one summary holding every value).
-
-    What ``TensorBoardLogger.log_metrics`` writes, one ``add_scalar`` per key, read back the same
-    way (``EventAccumulator.Scalars(tag)``), but one event instead of ``len(scalars)``: 20 band
-    powers cost ~0.1 ms instead of ~0.9 ms (micro-benchmark; ~2.4 ms inside a training step). Goes
-    through the writer's public ``file_writer``; a writer without an open one gets ``add_scalar``
-    per key.
-
-    Example::
-
-        >>> import tempfile
-        >>> from torch.utils.tensorboard import SummaryWriter
-        >>> from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-        >>> d = tempfile.mkdtemp()
-        >>> w = SummaryWriter(d)
-        >>> write_scalars(w, {"a/x": 1.0, "a/y": 2.5}, step=3)
-        >>> w.close()
-        >>> acc = EventAccumulator(d); _ = acc.Reload()
-        >>> [(e.step, e.value) for e in acc.Scalars("a/y")]
-        [(3, 2.5)]
-    """
-    file_writer = _file_writer(writer)
-    if file_writer is None:
-        for tag, value in scalars.items():
-            writer.add_scalar(tag, float(value), int(step))
-        return
-    from tensorboard.compat.proto.summary_pb2 import Summary
-
-    values = [Summary.Value(tag=tag, simple_value=float(value)) for tag, value in scalars.items()]
-    file_writer.add_summary(Summary(value=values), int(step))
 
 
 def format_cell(value: Any) -> str:
