@@ -7,8 +7,11 @@ import re
 from typing import Any, Iterable, Sequence
 
 
-def check_int(name: str, value: Any, minimum: int | None = None, maximum: int | None = None) -> int:
-    """Return ``value`` if it is an int within ``[minimum, maximum]``, else raise naming ``name``."""
+def check_int(name: str, value: Any, minimum: int | None = None, maximum: int | None = None, *,
+              optional: bool = False) -> int | None:
+    """Return ``value`` if it is an int within ``[minimum, maximum]`` (or ``None`` with ``optional``), else raise naming ``name``."""
+    if optional and value is None:
+        return None
     if isinstance(value, bool) or not isinstance(value, int):
         raise TypeError(f"`{name}` must be an int, got {value!r} ({type(value).__name__}).")
     if (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
@@ -46,8 +49,11 @@ def check_float(
     maximum: float | None = None,
     *,
     strict_min: bool = False,
-) -> float:
-    """Return ``float(value)`` if it is a finite real within range, else raise naming ``name``."""
+    optional: bool = False,
+) -> float | None:
+    """Return ``float(value)`` if it is a finite real within range (or ``None`` with ``optional``), else raise naming ``name``."""
+    if optional and value is None:
+        return None
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError(f"`{name}` must be a number, got {value!r} ({type(value).__name__}).")
     value = float(value)

@@ -144,8 +144,7 @@ class Monitor:
                 f"(the baseline needs one Welch segment), got {calibrate!r}."
             )
         V.check_callable("on_anomaly", on_anomaly)
-        if check_every is not None:
-            V.check_int("check_every", check_every, 1)
+        V.check_int("check_every", check_every, 1, optional=True)
         V.check_callable("output_selector", output_selector)
         self.model = model
         self.on_anomaly = on_anomaly

@@ -291,8 +291,8 @@ class MonitorCallback(Callback):
         """Fold a per-step value (a float or a tensor) into its running max; the max to log now, or ``None``.
 
         Logged on the trainer's logging steps (every ``log_every_n_steps``, the steps Lightning
-        writes to the loggers), on the epoch's last batch (``epoch_batches``: training batches of
-        this epoch so far), and at once on a ``flagged`` step (so that ``trainer.callback_metrics``
+        writes to the loggers), on the epoch's last batch (``epoch_batches``: the batch's index in
+        the epoch plus one, also right after a mid-epoch resume), and at once on a ``flagged`` step (so that ``trainer.callback_metrics``
         has it). The max is reset on logging steps and the last batch only, so the next written point
         holds a flag raised between logging steps. The logged curve misses no flagged step (except
         one on an epoch's last batch that is not a logging step: it is in the epoch value only), and
@@ -334,8 +334,10 @@ class MonitorCallback(Callback):
             value = value.float()
         pl_module.log(name, value, **kwargs)
 
-    def _log_plot_scalars(self, trainer: Trainer, pl_module: LightningModule, tags: Sequence[str], values: Tensor) -> None:
-        """Scalars to plot, ``values`` ``(n,)`` with one tag each, straight to the loggers (a logging step).
+    def _log_plot_scalars(self, trainer: Trainer, pl_module: LightningModule, tags: Sequence[str], values: Tensor,
+                          **kwargs: Any) -> None:
+        """Scalars to plot, ``values`` ``(n,)`` with one tag each, straight to the loggers (a logging step;
+        ``kwargs`` go to :meth:`_log` when there is no logger, e.g. ``on_step=False, on_epoch=True`` in an epoch hook).
 
         One ``log_metrics`` call per logger (the host copy is allowed here): 20 ``pl_module.log``
         calls cost Lightning ~6 ms on CPU, ``log_metrics`` ~2.4 ms in a training step, every
@@ -346,7 +348,7 @@ class MonitorCallback(Callback):
         """
         if not trainer.loggers:
             for tag, value in zip(tags, values):
-                self._log(pl_module, tag, value)
+                self._log(pl_module, tag, value, **kwargs)
             return
         host = values.detach().float().cpu().numpy()
         metrics = {tag: float(v) for tag, v in zip(tags, host)}

@@ -34,7 +34,8 @@ class NNEEGCallback(MonitorCallback):
     One sample per model forward and layer, :math:`s_t = \frac{1}{N}\sum_i |a_{i,t}|`, kept on the device. Every
     training step is judged (non-finite, explosion, collapse; before its optimizer update, so
     ``stop_on`` stops the run in that step); every ``analysis_every_n_steps`` steps the window's Welch
-    spectrum and band powers are logged and checked for a spectral shift; windows of ``state_window``
+    spectrum and band powers are logged and checked for a spectral shift (their mean over a training epoch at its end,
+    ``nn_eeg/<layer>/band_epoch/<band>``, a :class:`~nn_neuroimaging_lightning.metrics.eeg.BandPower`); windows of ``state_window``
     samples are classified into training / inference / idle / error from the signal alone and the
     accuracy against the Lightning lifecycle is logged as ``nn_eeg/state_accuracy``. :attr:`flag_history`
     and :meth:`band_power` feed the cross-modal callback. The measuring is done by the plain-PyTorch
@@ -122,17 +123,13 @@ class NNEEGCallback(MonitorCallback):
         for name, value in check_signal_args(window, fs, nperseg, bands, explosion_z, collapse_ratio, spectral_shift_threshold,
                                              min_history).items():
             setattr(self, name, value)  # window, fs, nperseg, bands, explosion_z, collapse_ratio, spectral_shift_threshold, min_history
-        if noverlap is not None:
-            V.check_int("noverlap", noverlap, 0, self.nperseg - 1)
-        self.noverlap = noverlap
+        self.noverlap = V.check_int("noverlap", noverlap, 0, self.nperseg - 1, optional=True)
         self.state_window = V.check_int("state_window", state_window, 4, self.window)
         self.stop_on = V.check_choices("stop_on", stop_on, EEG_ANOMALY_KINDS)
         self.state_confidence = V.check_float("state_confidence", state_confidence, 0.0, 1.0)
         self.idle_threshold = V.check_float("idle_threshold", idle_threshold, 0.0, strict_min=True)
         self.idle_max_samples = V.check_int("idle_max_samples", idle_max_samples, 0, self.window)
-        if analysis_every_n_steps is not None:
-            V.check_int("analysis_every_n_steps", analysis_every_n_steps, 1)
-        self.analysis_every_n_steps = analysis_every_n_steps
+        self.analysis_every_n_steps = V.check_int("analysis_every_n_steps", analysis_every_n_steps, 1, optional=True)
         self.output_selector = V.check_callable("output_selector", output_selector)
         self.panels = V.check_bool("panels", panels)
         self.log_anomaly_every_step = V.check_bool("log_anomaly_every_step", log_anomaly_every_step)
@@ -144,9 +141,8 @@ class NNEEGCallback(MonitorCallback):
         self._judge_args = dict(explosion_z=self.explosion_z, collapse_ratio=self.collapse_ratio, min_history=self.min_history)
         self._engine: Optional[EEGEngine] = None  # taps, samples, judge, spectra: built in `setup`
         self._trainer_ref: Optional[Trainer] = None
-        self._epoch_batches = 0
         self._judged: Optional[Tuple[Any, bool]] = None  # (score, flagged) of a step judged in on_before_backward
-        self._band_tags: Optional[List[str]] = None  # (layers * bands,) sanitised scalar keys, row-major
+        self._band_tags: Dict[str, List[str]] = {}  # kind -> (layers * bands,) scalar keys (`_tags`)
         self._self_time_ns, self._self_time_steps = 0, 0  # ns in the training hooks, training steps timed (`self_time`)
 
     # ------------------------------------------------------------------ public read-only surface
@@ -291,9 +287,8 @@ class NNEEGCallback(MonitorCallback):
 
     def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
         t0 = time.perf_counter_ns()
-        self._epoch_batches += 1
         loss = outputs.get("loss") if isinstance(outputs, Mapping) else outputs
-        self._batch_end(trainer, pl_module, loss if isinstance(loss, Tensor) else None, log=True)
+        self._batch_end(trainer, pl_module, loss if isinstance(loss, Tensor) else None, batch_idx)
         if self._engine is not None:
             self._engine.train_batches += 1
             if self._engine.train_batches % (self.analysis_every_n_steps or max(trainer.log_every_n_steps, 1)) == 0:
@@ -302,13 +297,12 @@ class NNEEGCallback(MonitorCallback):
         self._self_time_steps += 1
 
     on_validation_batch_end = on_test_batch_end = on_predict_batch_end = (
-        lambda self, trainer, pl_module, *args, **kwargs: self._batch_end(trainer, pl_module, None, log=False))
-
-    def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        self._epoch_batches = 0
+        lambda self, trainer, pl_module, *args, **kwargs: self._batch_end(trainer, pl_module, None, None))
 
     def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._flush_windows(trainer)
+        if self._engine is not None and (mean := self._engine.spectra.epoch_band_powers()) is not None:  # all ranks
+            self._log_plot_scalars(trainer, pl_module, self._tags("band_epoch"), mean.reshape(-1), on_step=False, on_epoch=True)
         self._write_epoch_panels(trainer, pl_module)
         if silent := self.silent_layers:
             self._warn_once("silent", f"NNEEGCallback: tapped module(s) {silent} never ran a forward in a whole epoch (their"
@@ -329,8 +323,7 @@ class NNEEGCallback(MonitorCallback):
         self._flush_windows(trainer)
         self._write_epoch_panels(trainer, pl_module)
 
-    def on_predict_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        self._flush_windows(trainer)
+    on_predict_epoch_end = lambda self, trainer, pl_module: self._flush_windows(trainer)
 
     def _flush_windows(self, trainer: Trainer) -> None:
         events = [] if self._engine is None else self._engine.classify(trainer.global_step)
@@ -368,7 +361,8 @@ class NNEEGCallback(MonitorCallback):
             self._maybe_stop(trainer, events)
         self._self_time_ns += time.perf_counter_ns() - t0
 
-    def _batch_end(self, trainer: Trainer, pl_module: LightningModule, loss: Optional[Tensor], log: bool) -> None:
+    def _batch_end(self, trainer: Trainer, pl_module: LightningModule, loss: Optional[Tensor], batch_idx: Optional[int]) -> None:
+        """A batch's end; a training batch (``batch_idx`` given) logs the anomaly keys."""
         if self._engine is None:
             return
         judged, self._judged = self._judged, None
@@ -379,18 +373,18 @@ class NNEEGCallback(MonitorCallback):
         # every batch, whether or not it found an event itself (else a NaN on one rank hangs the run).
         collective = bool(self.stop_on) and trainer.world_size > 1
         score, flagged, events = (None, False, []) if out is None else out
-        if log and out is not None:
-            self._log_anomaly(trainer, pl_module, score, flagged)
+        if batch_idx is not None and out is not None:
+            self._log_anomaly(trainer, pl_module, score, flagged, batch_idx + 1)
         if events:
             self._record(events)
         if events or collective:
             self._maybe_stop(trainer, events)
 
-    def _log_anomaly(self, trainer: Trainer, pl_module: LightningModule, score: Any, flagged: bool) -> None:
+    def _log_anomaly(self, trainer: Trainer, pl_module: LightningModule, score: Any, flagged: bool, epoch_batches: int) -> None:
         """``nn_eeg/anomaly`` (0/1) and ``nn_eeg/anomaly_score``, epoch-reduced by max: every step with
         ``log_anomaly_every_step``, else the running max (:meth:`MonitorCallback._running_max`)."""
         if not self.log_anomaly_every_step:
-            score = self._running_max("nn_eeg/anomaly_score", score, flagged, trainer, self._epoch_batches)
+            score = self._running_max("nn_eeg/anomaly_score", score, flagged, trainer, epoch_batches)
             if score is None:
                 return
         anomaly = float(score >= 1.0) if isinstance(score, float) else (score >= 1.0).float()
@@ -406,12 +400,8 @@ class NNEEGCallback(MonitorCallback):
         spectra = self._engine.spectra
         relative, (freqs, psd) = spectra.latest_bands, spectra.latest_psd  # (layers, bands); (F,), (layers, F)
         if log:
-            if self._band_tags is None:
-                # Module names may hold any character but "." (e.g. "/", spaces): the same safe tags
-                # as the custom-scalars layout, so no logger sees a path-like key.
-                self._band_tags = [safe_tag("nn_eeg", name, "band", band) for name in self._taps.names for band in self.bands]
             # `band_power()` / `band_powers` give them in Python
-            self._log_plot_scalars(trainer, pl_module, self._band_tags, relative.reshape(-1))  # (layers * bands,)
+            self._log_plot_scalars(trainer, pl_module, self._tags("band"), relative.reshape(-1))  # (layers * bands,)
             if self.state_accuracy.update_count:
                 self._log(pl_module, "nn_eeg/state_accuracy", self.state_accuracy.compute())
         sink = self._panels(trainer)
@@ -422,6 +412,13 @@ class NNEEGCallback(MonitorCallback):
         if self.tracker.loop is Phase.TRAIN:
             # One entry per training analysis window: every layer flagged since the previous one.
             self.flag_history.append((trainer.global_step, self._engine.take_window_flags()))
+
+    def _tags(self, kind: str) -> List[str]:
+        """``nn_eeg/<layer>/<kind>/<band>`` for every layer and band, row-major (built once per kind). Module names
+        may hold any character but "." (e.g. "/", spaces): the custom-scalars layout's safe tags, never a path."""
+        if kind not in self._band_tags:
+            self._band_tags[kind] = [safe_tag("nn_eeg", name, kind, band) for name in self._taps.names for band in self.bands]
+        return self._band_tags[kind]
 
     def _record(self, events: List[AnomalyEvent]) -> None:
         """Keep and write the events; layers they flag go to :attr:`flag_history`."""

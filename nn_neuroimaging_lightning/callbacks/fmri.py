@@ -163,9 +163,7 @@ class NNfMRICallback(MonitorCallback):
         self.metric = V.check_choice("metric", metric, METRICS)
         self.value_fn = V.check_callable("value_fn", value_fn, "callable(module, batch) -> per-sample values")
         self.antithetic = V.check_bool("antithetic", antithetic)
-        if truncation_tol is not None:
-            V.check_float("truncation_tol", truncation_tol, 0.0)
-        self.truncation_tol = truncation_tol
+        self.truncation_tol = V.check_float("truncation_tol", truncation_tol, 0.0, optional=True)
         self.confidence = V.check_float("confidence", confidence, 0.0, 1.0, strict_min=True)
         if self.confidence >= 1.0:
             raise ValueError(f"`confidence` must be a number in (0, 1), got {confidence!r}.")

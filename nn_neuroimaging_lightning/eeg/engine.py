@@ -88,8 +88,8 @@ class EEGEngine:
         >>> from nn_neuroimaging_lightning.functional.spectral import DEFAULT_BANDS
         >>> net = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 2))
         >>> tracker = PhaseTracker()
-        >>> states = StateWindows(64, 8, 1.0, 32, DEFAULT_BANDS)
-        >>> eng = EEGEngine({"0": net[0], "2": net[2]}, states, tracker, window=64, fs=1.0, nperseg=32,
+        >>> states = StateWindows(128, 8, 200.0, 64, DEFAULT_BANDS)
+        >>> eng = EEGEngine({"0": net[0], "2": net[2]}, states, tracker, window=128, fs=200.0, nperseg=64,
         ...                 noverlap=None, bands=DEFAULT_BANDS, shift_threshold=0.8, idle_threshold=0.25,
         ...                 idle_max_samples=0, judge_args={"min_history": 8})
         >>> eng.taps.attach(root=net, on_forward_end=lambda: eng.commit(step=0))
@@ -263,6 +263,6 @@ def empty_state(states: StateWindows, tracker: PhaseTracker) -> Dict[str, Any]:
     """The checkpoint of a callback that was never set up (same keys as :meth:`EEGEngine.state_dict`)."""
     from nn_neuroimaging_lightning.eeg.spectra import ShiftBaseline
 
-    return {"ring": None, "run": (-1, 0), **states.state_dict(), **ShiftBaseline().state_dict(),
+    return {"ring": None, "run": (-1, 0), **states.state_dict(), **ShiftBaseline().state_dict(), "band_epoch": None,
             "tracker": tracker.state_dict(), "train_batches": 0, "layers": None, "train_history": None}
 

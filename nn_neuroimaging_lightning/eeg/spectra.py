@@ -18,6 +18,7 @@ from torch import Tensor
 from nn_neuroimaging_lightning.events import AnomalyEvent
 from nn_neuroimaging_lightning.functional import anomalies as FA
 from nn_neuroimaging_lightning.functional import spectral as FS
+from nn_neuroimaging_lightning.metrics.eeg import BandPower
 from nn_neuroimaging_lightning.phases import Phase
 from nn_neuroimaging_lightning.taps import RingBuffer
 
@@ -85,6 +86,11 @@ class Spectra:
         shift_threshold: Hellinger distance from the baseline above which a training window shifted.
         source: the ``source`` of the events.
 
+    :attr:`epoch` is a :class:`~nn_neuroimaging_lightning.metrics.eeg.BandPower` of the relative
+    band powers of the training windows analysed since it was last reset (the mean over an epoch;
+    a window with a non-finite power is left out, it has no spectrum). Its state is torchmetrics'
+    (summed across processes by ``compute``) and goes into :meth:`state_dict`.
+
     Example::
 
         >>> ring = RingBuffer(1, 64)
@@ -106,6 +112,8 @@ class Spectra:
         self.shift = ShiftBaseline(shift_threshold)
         self.latest_bands: Optional[Tensor] = None  # (layers, bands) relative, newest analysis
         self.latest_psd: Optional[Tuple[Tensor, Tensor]] = None  # (F,), (layers, F)
+        self.epoch = BandPower(fs, nperseg, noverlap, self.bands, relative=True, num_layers=len(self.names))
+        self.epoch.persistent(True)  # its state goes into `state_dict`
 
     def phase_window(self, ring: RingBuffer) -> Optional[Tensor]:
         """The newest samples of the ring's current phase (up to ``window``), oldest first, or ``None`` (fewer than ``nperseg``)."""
@@ -134,6 +142,8 @@ class Spectra:
         freqs, psd = self.welch(window)
         relative = FS.band_powers(freqs, psd, self.bands, relative=True)  # (layers, bands)
         self.latest_bands, self.latest_psd = relative, (freqs, psd)
+        if judge and bool(torch.isfinite(relative).all()):  # a host read; `shift.update` makes one anyway
+            self.epoch.to(relative.device).update(powers=relative)
         host = self.shift.update(relative) if judge else None
         if host is None:
             return []
@@ -177,8 +187,20 @@ class Spectra:
         seg_t = steps[np.minimum(np.arange(seg_p.shape[1]) * hop + self.nperseg // 2, len(steps) - 1)]
         return seg_t, seg_f.cpu().numpy(), seg_p
 
+    def epoch_band_powers(self) -> Optional[Tensor]:
+        """The mean ``(layers, bands)`` relative powers of :attr:`epoch` (a collective under DDP: call on every
+        rank), or ``None`` while no process has analysed a training window; then :attr:`epoch` is reset."""
+        m = self.epoch
+        # torchmetrics' state sync, as in `compute`, without its warning for a rank with no update
+        with m.sync_context(dist_sync_fn=m.dist_sync_fn, process_group=m.process_group):
+            mean = FS._band_power_compute(m.sum_power, m.count)
+        m.reset()
+        return None if bool(mean.isnan().all()) else mean
+
     def state_dict(self) -> Dict[str, Any]:
-        return self.shift.state_dict()
+        return {**self.shift.state_dict(), "band_epoch": {k: v.detach().cpu() for k, v in self.epoch.state_dict().items()}}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         self.shift.load_state_dict(state)
+        if state.get("band_epoch"):
+            self.epoch.load_state_dict(state["band_epoch"])

@@ -1,7 +1,8 @@
 r"""NN-fMRI density engine (plain PyTorch, no Lightning): per-unit / per-region sums and the spatial anomaly check.
 
-The formula of the density is :func:`~nn_neuroimaging_lightning.functional.grid.region_density`;
-this engine only accumulates its sufficient statistics (sums of ``|a|``, ``a``, ``a^2`` per region)
+The formula of the density is :func:`~nn_neuroimaging_lightning.functional.grid.region_density`,
+computed by :class:`~nn_neuroimaging_lightning.metrics.fmri.RegionDensity`, which holds the window's
+statistics; this engine only accumulates them (sums of ``|a|``, ``a``, ``a^2`` per region)
 cheaply during training and judges each region's mean ``|a|`` against its running baseline.
 """
 
@@ -16,14 +17,8 @@ import torch
 from torch import Tensor
 
 from nn_neuroimaging_lightning.events import AnomalyEvent
-from nn_neuroimaging_lightning.functional.grid import (
-    _partition,
-    add_unit_sums_,
-    region_density,
-    resolve_grid,
-    scatter_unit_sums,
-    unit_sums,
-)
+from nn_neuroimaging_lightning.functional.grid import _partition, add_unit_sums_, resolve_grid, scatter_unit_sums, unit_sums
+from nn_neuroimaging_lightning.metrics.fmri import RegionDensity
 
 __all__ = ["RegionDensities", "region_coords"]
 
@@ -59,7 +54,9 @@ class RegionDensities:
 
     A layer's output is split into micro-regions by the grid: ``(g_h, g_w, g_c)`` over ``(H, W, C)``
     of a conv map, ``(g_t, g_d)`` over tokens x hidden, ``(g_c,)`` over features. The window sums
-    stay on the device. Per step, the forward hook (:meth:`reduce`) copies the first ``density_samples`` samples of the
+    stay on the device, as the state of one :class:`~nn_neuroimaging_lightning.metrics.fmri.RegionDensity`
+    per layer and window (the density formula is its ``compute``; its sums are each rank's own, judged on that
+    rank's batches: ``sync_on_compute=False``). Per step, the forward hook (:meth:`reduce`) copies the first ``density_samples`` samples of the
     output (``None``: it reduces the whole batch itself) and :meth:`add` sums them per unit
     (``abs``, ``mul`` and three ``addmm_``, several steps at a time); the ``(3, units)`` sums are
     scattered into per-region sums once per window. The hook has no region index, no
@@ -114,16 +111,17 @@ class RegionDensities:
         self.dead_ratio, self.saturation_ratio = dead_ratio, saturation_ratio
         self.on_clamped, self.source = on_clamped, source
         n = len(self.names)
-        self.acc: List[Optional[Tensor]] = [None] * n  # (R, 3) window sums of |a|, a, a^2
+        self.acc: List[Optional[RegionDensity]] = [None] * n  # the window's sums of |a|, a, a^2 per region
         # (3, U) per-unit sums added since the last scatter into `acc` (see `_flush_units`)
         self.units: List[Optional[Tensor]] = [None] * n
         # the hook's sample copies not yet summed into `units` (see `_sum_rows`), and their bytes
         self.rows: List[List[Tensor]] = [[] for _ in range(n)]
         self.rows_bytes: List[int] = [0] * n
         self.acc_n: List[int] = [0] * n  # samples in the window
+        self.pending_n: List[int] = [0] * n  # of which not yet in `acc` (in `units` or `rows`)
         self.shape: List[Optional[Tuple[int, ...]]] = [None] * n  # unit shape
         self.grid_of: List[Optional[Tuple[int, ...]]] = [None] * n  # resolved grid
-        self.last: List[Optional[Tuple[Tensor, int]]] = [None] * n  # latest completed window (sums, n)
+        self.last: List[Optional[Tuple[RegionDensity, int]]] = [None] * n  # latest completed window, its samples
         self.base: List[Optional[Tensor]] = [None] * n  # (R,) baseline mean |a|
         self.windows: List[int] = [0] * n
         self.flag_state: List[Optional[np.ndarray]] = [None] * n  # (2, R) bool host: dead, saturated
@@ -169,7 +167,7 @@ class RegionDensities:
                     if clamped:
                         new_clamped.append((self.names[i], shape, g))
                     self.shape[i], self.grid_of[i] = shape[1:], g
-                    self.acc[i], self.acc_n[i], self.units[i] = None, 0, None
+                    self.acc[i], self.acc_n[i], self.pending_n[i], self.units[i] = None, 0, 0, None
                     self.rows[i], self.rows_bytes[i] = [], 0
                     self.base[i], self.windows[i], self.flag_state[i] = None, 0, None
                 # The hook's copies of the first samples are summed per unit several steps at a time
@@ -184,6 +182,7 @@ class RegionDensities:
                     if len(self.rows[i]) >= _ROWS_MAX_CALLS or self.rows_bytes[i] >= _ROWS_MAX_BYTES:
                         self._sum_rows(i)
                 self.acc_n[i] += n_used
+                self.pending_n[i] += n_used
         if new_clamped:
             self.on_clamped(new_clamped)
 
@@ -213,8 +212,11 @@ class RegionDensities:
         self.rows[i], self.rows_bytes[i] = [], 0
         add_unit_sums_(self._unit_acc(i, x), x)
 
+    def _metric(self, device: torch.device) -> RegionDensity:
+        return RegionDensity(self.grid, self.lam, self.eps, sync_on_compute=False).to(device)
+
     def _flush_units(self, i: int) -> None:
-        """Scatter layer ``i``'s pending per-unit sums into its ``(R, 3)`` window sums (one op)."""
+        """Scatter layer ``i``'s pending per-unit sums into its window's region sums (one op)."""
         self._sum_rows(i)
         units = self.units[i] if i < len(self.units) else None
         if units is None:
@@ -222,31 +224,23 @@ class RegionDensities:
         self.units[i] = None
         index, n_regions = self._region_index(tuple(self.shape[i]), units.device)
         if self.acc[i] is None:
-            self.acc[i] = torch.zeros(n_regions, 3, dtype=torch.float32, device=units.device)
+            self.acc[i] = self._metric(units.device)
         elif self.acc[i].device != units.device:
             self.acc[i] = self.acc[i].to(units.device)  # e.g. restored on CPU, now on an accelerator
-        scatter_unit_sums(units, index, n_regions, out=self.acc[i])
-
-    def _window(self, i: int) -> Tuple[Optional[Tensor], int]:
-        self._flush_units(i)
-        if self.acc[i] is not None and self.acc_n[i] > 0:
-            return self.acc[i], self.acc_n[i]
-        if self.last[i] is not None:
-            return self.last[i]
-        return None, 0
-
-    def _sizes(self, i: int, device: torch.device) -> Tensor:
-        return _partition((1,) + tuple(self.shape[i]), self.grid_of[i], device)[1]
+        self.acc[i].update(sums=scatter_unit_sums(units, index, n_regions), samples=self.pending_n[i], unit_shape=self.shape[i])
+        self.pending_n[i] = 0
 
     def density(self) -> Dict[str, Tensor]:
         """Grid-shaped ``phi`` per layer over the current window (or the last one if it is empty)."""
         out: Dict[str, Tensor] = {}
         for i, name in enumerate(self.names):
-            sums, n = self._window(i)
-            if sums is None:
-                continue
-            sizes = self._sizes(i, sums.device)
-            out[name] = region_density(sums, sizes * n, self.lam, self.eps).reshape(self.grid_of[i])
+            self._flush_units(i)
+            if self.acc[i] is not None and self.acc_n[i] > 0:
+                window = self.acc[i]
+            else:
+                window = None if self.last[i] is None else self.last[i][0]
+            if window is not None:
+                out[name] = window.compute()
         return out
 
     # ------------------------------------------------------------------ spatial anomalies
@@ -263,8 +257,8 @@ class RegionDensities:
                 if self.flag_state[i] is not None and self.flag_state[i].any():
                     flagged.add(name)
                 continue
-            sums, n = self.acc[i], self.acc_n[i]
-            mean_abs = sums[:, 0] / (self._sizes(i, sums.device) * n)  # (R,)
+            window, r = self.acc[i], math.prod(self.grid_of[i])
+            mean_abs = window.sums[:r, 0] / window.counts[:r]  # (R,)
             base = self.base[i]
             if base is None:
                 self.base[i], self.windows[i] = mean_abs.clone(), 1
@@ -287,7 +281,7 @@ class RegionDensities:
                 else:
                     self.base[i] = 0.5 * base + 0.5 * mean_abs
                 self.windows[i] += 1
-            self.last[i] = (sums, n)
+            self.last[i] = (window, self.acc_n[i])
             self.acc[i], self.acc_n[i] = None, 0
         return events, frozenset(flagged)
 
@@ -314,17 +308,28 @@ class RegionDensities:
         def cpu(t: Optional[Tensor]) -> Optional[Tensor]:
             return None if t is None else t.detach().cpu().clone()
 
+        # the metrics' `sums` state over the layer's regions (their counts follow from the samples)
         return {
             "layers": list(self.names),
-            "acc": [cpu(t) for t in self.acc],
+            "acc": [None if m is None else cpu(self._sums_of(i, m)) for i, m in enumerate(self.acc)],
             "acc_n": list(self.acc_n),
             "shape": list(self.shape),
             "grid_of": list(self.grid_of),
-            "last": [None if w is None else (cpu(w[0]), w[1]) for w in self.last],
+            "last": [None if w is None else (cpu(self._sums_of(i, w[0])), w[1]) for i, w in enumerate(self.last)],
             "base": [cpu(t) for t in self.base],
             "windows": list(self.windows),
             "flag_state": [None if f is None else torch.from_numpy(f.copy()) for f in self.flag_state],
         }
+
+    def _sums_of(self, i: int, window: RegionDensity) -> Tensor:
+        return window.sums[:math.prod(self.grid_of[i])]
+
+    def _restored(self, i: int, sums: Optional[Tensor], samples: int) -> Optional[RegionDensity]:
+        if sums is None:
+            return None
+        window = self._metric(sums.device)
+        window.update(sums=sums.to(torch.float32), samples=samples, unit_shape=self.shape[i])
+        return window
 
     def load_state_dict(self, state: Mapping[str, Any]) -> bool:
         """Restore :meth:`state_dict`'s output; ``False`` (nothing restored) when its layers differ from :attr:`names`."""
@@ -332,13 +337,13 @@ class RegionDensities:
         if saved is None or list(saved) != self.names:
             return False
         n = len(saved)
-        self.acc = list(state.get("acc", [None] * n))
         self.units = [None] * n
         self.rows, self.rows_bytes = [[] for _ in range(n)], [0] * n
-        self.acc_n = list(state.get("acc_n", [0] * n))
+        self.acc_n, self.pending_n = list(state.get("acc_n", [0] * n)), [0] * n
         self.shape = [None if s is None else tuple(s) for s in state.get("shape", [None] * n)]
         self.grid_of = [None if g is None else tuple(g) for g in state.get("grid_of", [None] * n)]
-        self.last = [None if w is None else (w[0], int(w[1])) for w in state.get("last", [None] * n)]
+        self.acc = [self._restored(i, t, self.acc_n[i]) for i, t in enumerate(state.get("acc", [None] * n))]
+        self.last = [None if w is None else (self._restored(i, w[0], int(w[1])), int(w[1])) for i, w in enumerate(state.get("last", [None] * n))]
         self.base = list(state.get("base", [None] * n))
         self.windows = list(state.get("windows", [0] * n))
         self.flag_state = [None if f is None else f.numpy().astype(bool) for f in state.get("flag_state", [None] * n)]

@@ -441,7 +441,7 @@ def _band_power_update(
 
 
 def _band_power_compute(sum_powers: Tensor, count: Union[int, Tensor]) -> Tensor:
-    """Mean band powers over the windows seen: ``sum_powers / count`` (0 when nothing was seen).
+    """Mean band powers over the windows seen: ``sum_powers / count`` (NaN, undefined, when nothing was seen).
 
     Args:
         sum_powers: ``(layers, n_bands)`` summed band powers.
@@ -451,4 +451,4 @@ def _band_power_compute(sum_powers: Tensor, count: Union[int, Tensor]) -> Tensor
         ``(layers, n_bands)`` mean band powers.
     """
     count = torch.as_tensor(count, dtype=sum_powers.dtype, device=sum_powers.device)
-    return sum_powers / count.clamp_min(1)
+    return torch.where(count > 0, sum_powers / count.clamp_min(1), torch.nan)

@@ -95,16 +95,30 @@ class BandPower(Metric):
         self.add_state("sum_power", default=default, dist_reduce_fx="sum")
         self.add_state("count", default=torch.tensor(0), dist_reduce_fx="sum")
 
-    def update(self, signal: Tensor) -> None:
-        """Add a ``(layers, W)`` window (or a batch ``(N, layers, W)``)."""
-        powers, n = _band_power_update(
-            signal, self.fs, self.nperseg, self.noverlap, self.bands, self.relative
-        )
+    def update(self, signal: Optional[Tensor] = None, *, powers: Optional[Tensor] = None) -> None:
+        """Add a ``(layers, W)`` window (or a batch ``(N, layers, W)``).
+
+        ``powers`` instead of ``signal`` adds band powers already computed for a window, ``(layers,
+        n_bands)`` (or ``(N, layers, n_bands)``), by
+        :func:`~nn_neuroimaging_lightning.functional.spectral.band_powers` with this metric's
+        ``relative``: for a caller that needs the window's spectrum itself (the NN-EEG engine), so
+        that the Welch estimate is computed once.
+        """
+        if (signal is None) == (powers is None):
+            raise ValueError("`BandPower.update` takes one of `signal` or `powers`, got "
+                             f"{'neither' if signal is None else 'both'}.")
+        if signal is not None:
+            powers, n = _band_power_update(signal, self.fs, self.nperseg, self.noverlap, self.bands, self.relative)
+        else:
+            if not isinstance(powers, Tensor) or powers.ndim not in (2, 3) or powers.shape[-1] != len(self.bands):
+                raise ValueError(f"`powers` must be (layers, {len(self.bands)}) or (N, layers, {len(self.bands)}),"
+                                 f" got {getattr(powers, 'shape', powers)!r}.")
+            powers, n = (powers, 1) if powers.ndim == 2 else (powers.sum(dim=0), powers.shape[0])
         self.sum_power = self.sum_power + powers.to(self.sum_power.dtype)
         self.count = self.count + n
 
     def compute(self) -> Tensor:
-        """Mean band powers ``(layers, n_bands)``."""
+        """Mean band powers ``(layers, n_bands)`` (NaN before any window: undefined)."""
         return _band_power_compute(self.sum_power, self.count)
 
 

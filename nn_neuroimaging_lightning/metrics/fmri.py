@@ -7,19 +7,21 @@ and :mod:`nn_neuroimaging_lightning.functional.shapley`.
 from __future__ import annotations
 
 import math
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 import torch
 from torch import Tensor
 from torchmetrics import Metric
 from torchmetrics.utilities import rank_zero_warn
 
+from nn_neuroimaging_lightning._validation import check_int
 from nn_neuroimaging_lightning.functional.grid import (
     DEFAULT_EPS,
     DEFAULT_GRID,
     DEFAULT_LAMBDA,
     _as_grid_tuple,
     _check_lam_eps,
+    _partition,
     _region_density_compute,
     _region_density_update,
     resolve_grid,
@@ -84,15 +86,39 @@ class RegionDensity(Metric):
         self._grid_shape: Optional[tuple[int, ...]] = None
         self._warned = False
 
-    def update(self, activation: Tensor) -> None:
-        """Add one activation ``(B, ...)`` to the per-region sums."""
-        unit_shape = tuple(activation.shape[1:])
+    def update(self, activation: Optional[Tensor] = None, *, sums: Optional[Tensor] = None,
+               samples: int = 0, unit_shape: Optional[Sequence[int]] = None) -> None:
+        """Add one activation ``(B, ...)`` to the per-region sums.
+
+        Or, for a caller that reduced the activations itself (the NN-fMRI engine sums per unit in
+        its hook and scatters into regions once per window, :func:`~nn_neuroimaging_lightning.functional.grid.scatter_unit_sums`):
+        ``sums``, the ``(R, 3)`` sums of ``|a|``, ``a``, ``a^2`` per region of ``samples``
+        activations of non-batch shape ``unit_shape``, ``R`` the regions of the grid resolved for it.
+        """
+        if (activation is None) == (sums is None):
+            raise ValueError("`RegionDensity.update` takes one of `activation` or `sums`, got "
+                             f"{'neither' if activation is None else 'both'}.")
+        if activation is not None:
+            self._unit_shape_is(tuple(activation.shape[1:]), shown=tuple(activation.shape))
+            sums, counts, _ = _region_density_update(activation, self.grid)
+        else:
+            g = self._unit_shape_is(tuple(unit_shape))
+            if not isinstance(sums, Tensor) or tuple(sums.shape) != (math.prod(g), 3):
+                raise ValueError(f"`sums` must be ({math.prod(g)}, 3) for the grid {g} of unit shape {tuple(unit_shape)},"
+                                 f" got {getattr(sums, 'shape', sums)!r}.")
+            counts = _partition((1,) + tuple(unit_shape), self.grid, sums.device)[1] * check_int("samples", samples, 0)
+        r = sums.shape[0]
+        self.sums[:r] += sums
+        self.counts[:r] += counts
+
+    def _unit_shape_is(self, unit_shape: tuple[int, ...], shown: Optional[tuple[int, ...]] = None) -> tuple[int, ...]:
+        """Fix the unit shape at the first update (resolving the grid), check it at the next; the resolved grid.
+        A clamped grid warns once when the activation's shape is ``shown`` (a caller of ``sums`` says so itself)."""
         if self._unit_shape is None:
-            g, clamped = resolve_grid(tuple(activation.shape), self.grid)
-            if clamped and not self._warned:
+            g, clamped = resolve_grid((1,) + unit_shape, self.grid)
+            if clamped and shown is not None and not self._warned:
                 rank_zero_warn(
-                    f"RegionDensity: grid {self.grid} is larger than the activation {tuple(activation.shape)};"
-                    f" clamped to {g}."
+                    f"RegionDensity: grid {self.grid} is larger than the activation {shown}; clamped to {g}."
                 )
                 self._warned = True
             self._unit_shape, self._grid_shape = unit_shape, g
@@ -100,10 +126,7 @@ class RegionDensity(Metric):
             raise ValueError(
                 f"`activation` must keep the unit shape {self._unit_shape} between updates, got {unit_shape}."
             )
-        sums, counts, g = _region_density_update(activation, self.grid)
-        r = sums.shape[0]
-        self.sums[:r] += sums
-        self.counts[:r] += counts
+        return self._grid_shape
 
     def compute(self) -> Tensor:
         """Grid-shaped ``phi``."""

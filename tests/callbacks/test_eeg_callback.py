@@ -557,6 +557,45 @@ def test_band_powers_honour_a_tensorboard_logger_prefix(tmp_path):
     assert bands and all(t.startswith("run-nn_eeg/") for t in bands)
 
 
+def test_epoch_band_powers_are_the_mean_of_the_epoch_training_windows(tmp_path):
+    """``nn_eeg/<layer>/band_epoch/<band>`` at a training epoch's end is the mean of that epoch's analysed
+    training windows (``nn_eeg/<layer>/band/<band>``), read back with TensorBoard's own reader; the running
+    mean is in the checkpointed state and is reset after it is logged."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    logger = TensorBoardLogger(str(tmp_path), name="tb")
+    eeg = NNEEGCallback(analysis_every_n_steps=20)  # nperseg 64: the windows at 20, 40 and 60 are too short
+    trainer = fast_trainer(tmp_path, [eeg], logger=logger, max_epochs=2, log_every_n_steps=20, limit_val_batches=0)
+    trainer.fit(MLPModule(n=8 * 100))  # 100 batches an epoch: windows at 80, 100 | 120, ..., 200
+    acc = EventAccumulator(logger.log_dir, size_guidance={"scalars": 0})
+    acc.Reload()
+    tags = acc.Tags()["scalars"]
+    epoch_tags = sorted(t for t in tags if "/band_epoch/" in t)
+    assert len(epoch_tags) == len(LAYERS) * len(eeg.bands)
+    for tag in epoch_tags:
+        points = acc.Scalars(tag.replace("/band_epoch/", "/band/"))
+        epoch_values = acc.Scalars(tag)
+        assert [e.step for e in epoch_values] == [100, 200]
+        for e, (lo, hi) in zip(epoch_values, ((0, 100), (100, 200))):
+            window = [p.value for p in points if lo < p.step <= hi]
+            assert len(window) == (2 if lo == 0 else 5)
+            assert e.value == pytest.approx(float(np.mean(window)), rel=1e-5, abs=1e-7)
+    state = eeg.state_dict()["band_epoch"]
+    assert int(state["count"]) == 0 and state["sum_power"].shape == (len(LAYERS), len(eeg.bands))
+
+
+def test_epoch_band_powers_without_a_logger_are_in_callback_metrics(tmp_path):
+    eeg = NNEEGCallback(analysis_every_n_steps=20)
+    trainer = fast_trainer(tmp_path, [eeg], max_epochs=1, limit_val_batches=0)
+    trainer.fit(MLPModule(n=8 * 100))
+    got = {k: float(v) for k, v in trainer.callback_metrics.items() if "/band_epoch/" in k}
+    assert len(got) == len(LAYERS) * len(eeg.bands)
+    per_layer = {}
+    for key, value in got.items():
+        per_layer[key.split("/band_epoch/")[0]] = per_layer.get(key.split("/band_epoch/")[0], 0.0) + value
+    assert all(v == pytest.approx(1.0, abs=1e-5) for v in per_layer.values())  # relative powers: each layer sums to 1
+
+
 @pytest.mark.parametrize("k", [18, 29])  # right after the first judging baseline, and between refreshes
 def test_explosion_in_a_validation_loop_is_flagged_at_its_batch(tmp_path, k):
     """The inference baseline (this loop's earlier samples, refreshed every few) judges each batch."""

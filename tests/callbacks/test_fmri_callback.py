@@ -488,6 +488,29 @@ def test_density_of_the_whole_batch_matches_direct_computation(tmp_path):
     assert fmri._acc_n[0] == 48
 
 
+def test_density_windows_are_region_density_metrics_and_survive_a_checkpoint():
+    """The engine's windows are ``metrics.fmri.RegionDensity`` states; a state round trip keeps the open window
+    and the closed one (whose density is read while the new window is empty)."""
+    from nn_neuroimaging_lightning.fmri.density import RegionDensities
+    from nn_neuroimaging_lightning.metrics.fmri import RegionDensity
+
+    torch.manual_seed(3)
+    dens = RegionDensities(["conv", "fc"], grid=(2, 2, 2), lam=0.1, eps=1e-6, density_samples=2)
+    for _ in range(3):
+        dens.add([[dens.reduce(torch.randn(4, 3, 5, 5))], [dens.reduce(torch.randn(4, 6))]])
+    first = dens.density()
+    assert all(isinstance(m, RegionDensity) for m in dens.acc)
+    events, _ = dens.check(step=3)  # closes the window: its density is the last one's now
+    assert events == [] and all(m is None for m in dens.acc)
+    dens.add([[dens.reduce(torch.randn(4, 3, 5, 5) + 2)], []])  # a new window for "conv" only
+    restored = RegionDensities(["conv", "fc"], grid=(2, 2, 2), lam=0.1, eps=1e-6, density_samples=2)
+    assert restored.load_state_dict(dens.state_dict())
+    for name, phi in dens.density().items():
+        torch.testing.assert_close(restored.density()[name], phi)
+    torch.testing.assert_close(restored.density()["fc"], first["fc"])  # the closed window
+    assert not torch.allclose(restored.density()["conv"], first["conv"])  # the open one
+
+
 # ---------------------------------------------------------------------------------- time budget, window
 def test_time_budget_ledger_and_window(tmp_path):
     from nn_neuroimaging_lightning.fmri.zeta import MAX_SAMPLES_PER_EVALUATION

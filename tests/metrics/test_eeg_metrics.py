@@ -32,6 +32,30 @@ def test_band_power_matches_functional_and_scipy(relative, num_layers):
     assert m.count.item() == 0
 
 
+def test_band_power_from_precomputed_powers_equals_from_signal():
+    g = torch.Generator().manual_seed(1)
+    wins = torch.randn(3, 2, 128, dtype=torch.float64, generator=g)
+    from_signal, from_powers = BandPower(relative=True), BandPower(relative=True)
+    for m in (from_signal, from_powers):
+        m.set_dtype(torch.float64)
+    from_signal.update(wins)
+    from_powers.update(powers=band_powers(*welch_psd(wins[0]), relative=True))  # one (layers, bands) window
+    from_powers.update(powers=band_powers(*welch_psd(wins[1:]), relative=True))  # a batch of two
+    torch.testing.assert_close(from_powers.compute(), from_signal.compute())
+    assert from_powers.count.item() == 3
+    with pytest.raises(ValueError, match="one of `signal` or `powers`, got both"):
+        from_powers.update(wins[0], powers=torch.zeros(2, 5))
+    with pytest.raises(ValueError, match="one of `signal` or `powers`, got neither"):
+        from_powers.update()
+    with pytest.raises(ValueError, match=r"`powers` must be \(layers, 5\)"):
+        from_powers.update(powers=torch.zeros(2, 4))
+
+
+def test_band_power_before_any_window_is_undefined():
+    with pytest.warns(UserWarning, match="before the ``update``"):
+        assert BandPower(num_layers=2).compute().isnan().all()
+
+
 def test_band_power_bad_config():
     with pytest.raises(ValueError, match=r"band `delta` .* resolution 12.5 Hz"):
         BandPower(nperseg=16)

@@ -57,6 +57,28 @@ def test_region_density_errors():
         metric.update(torch.randn(2, 3, 5, 4))
 
 
+def test_region_density_from_precomputed_sums_equals_from_activations():
+    """The NN-fMRI engine's path: per-unit sums scattered into regions, added with the sample count."""
+    from nn_neuroimaging_lightning.functional.grid import _partition, scatter_unit_sums, unit_sums
+
+    torch.manual_seed(2)
+    batches = [torch.randn(3, 5, 6, 7) * (i + 1) for i in range(2)]
+    direct, reduced = RegionDensity(grid=(4, 2, 3), lam=0.1), RegionDensity(grid=(4, 2, 3), lam=0.1)
+    for b in batches:
+        direct.update(b)
+    index, _, g = _partition(tuple(batches[0].shape), (4, 2, 3), "cpu")
+    units = sum(unit_sums(b) for b in batches)  # (3, U)
+    reduced.update(sums=scatter_unit_sums(units, index.reshape(-1), 24), samples=6, unit_shape=(5, 6, 7))
+    torch.testing.assert_close(reduced.compute(), direct.compute(), rtol=1e-5, atol=1e-5)
+    assert reduced.counts.tolist() == direct.counts.tolist()
+    with pytest.raises(ValueError, match="one of `activation` or `sums`, got both"):
+        reduced.update(batches[0], sums=torch.zeros(24, 3))
+    with pytest.raises(ValueError, match=r"`sums` must be \(24, 3\)"):
+        reduced.update(sums=torch.zeros(4, 3), samples=1, unit_shape=(5, 6, 7))
+    with pytest.raises(ValueError, match="unit shape"):
+        reduced.update(sums=torch.zeros(24, 3), samples=1, unit_shape=(5, 6, 8))
+
+
 def test_zeta_aggregate_matches_merge_zeta():
     n = 6
     w = torch.arange(n, dtype=torch.float64)
