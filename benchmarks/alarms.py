@@ -38,12 +38,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import multiprocessing as mp
-import os
 import sys
 import time
-from collections import Counter, defaultdict
+from collections import Counter
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 

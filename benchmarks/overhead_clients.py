@@ -68,7 +68,6 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import numpy as np  # noqa: E402
-import torch  # noqa: E402
 
 from _clientfit import fit_client, median_ci, quiet, set_threads  # noqa: E402
 

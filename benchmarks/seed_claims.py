@@ -496,8 +496,6 @@ def table(records: List[Dict[str, Any]], results: Path = RESULTS_DIR,
         return "holds" if hold == len(values) else ("does not hold" if hold == 0 else f"holds in {hold}/{len(values)} {unit}")
 
     def states(rs: List[Dict[str, Any]]) -> str:
-        import numpy as np
-
         names = ("training", "inference", "idle", "error")
         total = np.sum([r["windows"] for r in rs], 0)
         return "windows " + ", ".join(f"{n} {int(c)}" for n, c in zip(names, total))

@@ -447,8 +447,8 @@ class LayerTaps:
         ...     _ = net(torch.ones(2, 3))
         >>> [len(calls) for calls in taps.take()]
         [1, 1]
-        >>> taps.hook_count(net)
-        0
+        >>> taps.attached_to  # the hooks are removed on leaving the block
+        False
     """
 
     def __init__(
@@ -473,6 +473,7 @@ class LayerTaps:
     # -- hook lifecycle -------------------------------------------------------------------------
     @property
     def attached_to(self) -> bool:
+        """Whether the hooks are registered."""
         return bool(self._handles)
 
     def attach(self, root: Optional[nn.Module] = None, on_forward_end: Optional[Callable[[], None]] = None) -> None:
@@ -509,11 +510,6 @@ class LayerTaps:
             yield
         finally:
             self.enabled = previous
-
-    @staticmethod
-    def hook_count(model: nn.Module) -> int:
-        """Forward hooks currently registered anywhere in ``model`` (for tests and diagnostics)."""
-        return sum(len(m._forward_hooks) for m in model.modules())
 
     def _make_hook(self, index: int) -> Callable[..., None]:
         def hook(module: nn.Module, inputs: Any, output: Any) -> None:

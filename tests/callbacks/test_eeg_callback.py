@@ -18,6 +18,7 @@ from helpers import (
     StallAt,
     SyncCounterCallback,
     fast_trainer,
+    forward_hook_count,
     nan_output_hook,
     zero_output_hook,
 )
@@ -31,7 +32,6 @@ from nn_neuroimaging_lightning.callbacks.eeg import NNEEGCallback
 from nn_neuroimaging_lightning.eeg import StepDetector
 from nn_neuroimaging_lightning.phases import Phase
 from nn_neuroimaging_lightning.functional import anomalies as FA
-from nn_neuroimaging_lightning.taps import LayerTaps
 
 CONFIG = os.path.join(os.path.dirname(__file__), "..", "..", "configs", "eeg.yaml")
 LAYERS = ["net.0", "net.2", "net.4"]
@@ -67,7 +67,7 @@ def test_phases_from_fit_validate_test_predict_and_idle(tmp_path):
     assert eeg.phases[-12:] == [Phase.PREDICT] * 12
     assert eeg.layers == LAYERS
     assert len(eeg.signal("net.2")) == len(eeg.phases) == len(eeg.steps)
-    assert LayerTaps.hook_count(model) == 0
+    assert forward_hook_count(model) == 0
 
 
 def test_error_phase_and_non_finite_event_from_a_nan(tmp_path):
@@ -296,7 +296,6 @@ def test_zero_host_syncs_in_non_logging_steps(tmp_path):
 
 def test_at_most_two_aten_ops_per_tapped_layer_in_the_hook():
     net = nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 2))
-    eeg = NNEEGCallback()
     from nn_neuroimaging_lightning.taps import ActivityTaps, select_layers
 
     taps = ActivityTaps(select_layers(net))
@@ -417,14 +416,14 @@ def test_no_hook_left_after_each_entry_point_and_after_an_exception(tmp_path):
     eeg = NNEEGCallback()
     trainer = fast_trainer(tmp_path, [eeg], max_epochs=1)
     trainer.fit(model)
-    assert LayerTaps.hook_count(model) == 0
+    assert forward_hook_count(model) == 0
     for run in (trainer.validate, trainer.test, trainer.predict):
         run(model)
-        assert LayerTaps.hook_count(model) == 0
+        assert forward_hook_count(model) == 0
     model.fail_at = 2
     with pytest.raises(RuntimeError, match="injected failure"):
         fast_trainer(tmp_path, [eeg], max_epochs=1).fit(model)
-    assert LayerTaps.hook_count(model) == 0
+    assert forward_hook_count(model) == 0
     exc = _events(eeg, "exception")
     assert len(exc) == 1 and exc[0].phase == "error" and "injected failure" in exc[0].detail
     lines = open(os.path.join(str(tmp_path), "events.jsonl"), encoding="utf-8").read().splitlines()

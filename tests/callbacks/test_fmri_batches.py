@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from nn_neuroimaging_lightning.batches import LABEL_KEYS, Batch, forward_module, output_tensor, split_batch
 from nn_neuroimaging_lightning.callbacks import NNfMRICallback
-from nn_neuroimaging_lightning.lesion import LesionGame, lesion_value_fn, per_sample_value
+from nn_neuroimaging_lightning.lesion import lesion_value_fn, per_sample_value
 
 transformers = pytest.importorskip("transformers")
 

@@ -11,11 +11,12 @@ import lightning.pytorch as pl
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import forward_hook_count
 from lightning.pytorch.loggers import TensorBoardLogger
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from nn_neuroimaging_lightning.callbacks.fmri import FMRI_ANOMALY_KINDS, NNfMRICallback
+from nn_neuroimaging_lightning.callbacks.fmri import NNfMRICallback
 from nn_neuroimaging_lightning.taps import LayerTaps
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -202,7 +203,7 @@ def test_tractography_across_pooling_is_proportional_or_untraced():
     tracts = fmri.compute_tractography(net, torch.randn(4, 1, 8, 8))
     assert tracts[("c1", "c2")].traced and tracts[("c1", "c2")].mapping == "proportional"
     assert not tracts[("c2", "fc")].traced and "no known unit mapping" in tracts[("c2", "fc")].reason
-    assert LayerTaps.hook_count(net) == 0
+    assert forward_hook_count(net) == 0
 
 
 # ---------------------------------------------------------------------------------- (e) panels
@@ -274,19 +275,19 @@ def test_hooks_removed_after_fit_validate_and_exception(tmp_path):
     train, val = loaders()
     fmri = NNfMRICallback(grid=(2, 2, 2), zeta_budget=16, zeta_time_fraction=None, probe_size=8)
     trainer(tmp_path / "a", [fmri], max_epochs=1).fit(model, train, val)
-    assert LayerTaps.hook_count(model) == 0
+    assert forward_hook_count(model) == 0
     trainer(tmp_path / "b", [fmri]).validate(model, val, verbose=False)
-    assert LayerTaps.hook_count(model) == 0
+    assert forward_hook_count(model) == 0
 
     class Boom(pl.Callback):
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
             if batch_idx == 1:
-                assert LayerTaps.hook_count(pl_module) > 0
+                assert forward_hook_count(pl_module) > 0
                 raise RuntimeError("boom")
 
     with pytest.raises(RuntimeError, match="boom"):
         trainer(tmp_path / "c", [fmri, Boom()], max_epochs=1).fit(model, train, val)
-    assert LayerTaps.hook_count(model) == 0
+    assert forward_hook_count(model) == 0
 
 
 # ---------------------------------------------------------------------------------- (h) bad arguments, clamping

@@ -7,13 +7,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 from lightning.pytorch.loggers import TensorBoardLogger
+from helpers import forward_hook_count
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from nn_neuroimaging_lightning.callbacks.fmri import NNfMRICallback
 from nn_neuroimaging_lightning.functional.shapley import exact_shapley
 from nn_neuroimaging_lightning.lesion import LesionGame, isolated_evaluation, lesion_value_fn
-from nn_neuroimaging_lightning.taps import LayerTaps
 
 
 def tiny():
@@ -95,14 +95,14 @@ def test_isolation_restores_modes_buffers_rng_and_hooks():
     assert torch.equal(torch.rand(3), expected_next)  # RNG stream untouched
     assert all(m.training for m in net.modules())
     assert all(torch.equal(a, b) for a, b in zip(buffers, net.buffers()))
-    assert LayerTaps.hook_count(net) == 0
+    assert forward_hook_count(net) == 0
     # eval mode inside: dropout off, so two calls agree exactly
     assert torch.equal(game(torch.ones(2, 2, dtype=torch.bool)), game(torch.ones(2, 2, dtype=torch.bool)))
     with pytest.raises(RuntimeError, match="inside"):
         with isolated_evaluation(net):
             net(x)
             raise RuntimeError("inside")
-    assert all(m.training for m in net.modules()) and LayerTaps.hook_count(net) == 0
+    assert all(m.training for m in net.modules()) and forward_hook_count(net) == 0
 
 
 @pytest.mark.parametrize(

@@ -5,6 +5,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from helpers import forward_hook_count
 from torch import nn
 
 from nn_neuroimaging_lightning.callbacks._base import AnomalyEvent
@@ -23,10 +24,6 @@ def _one_thread():
     torch.set_num_threads(previous)
 
 
-def _hooks(model):
-    return sum(len(m._forward_hooks) for m in model.modules())
-
-
 def _cnn():
     torch.manual_seed(0)
     return ReferenceCNN().eval()
@@ -40,26 +37,26 @@ def _batches(n, seed=0, batch=8):
 def test_hooks_removed_after_with_block_and_after_an_exception():
     model = _cnn()
     with Monitor(model, calibrate=64) as mon:
-        assert _hooks(model) == len(CNN_LAYERS) + 1  # one per layer plus the root hook
+        assert forward_hook_count(model) == len(CNN_LAYERS) + 1  # one per layer plus the root hook
         with torch.no_grad():
             model(torch.randn(2, 3, 32, 32))
-    assert _hooks(model) == 0 and not mon.attached
+    assert forward_hook_count(model) == 0 and not mon.attached
     with pytest.raises(RuntimeError, match="boom"):
         with Monitor(model) as mon:
             model(torch.randn(2, 3, 32, 32))
             raise RuntimeError("boom")
-    assert _hooks(model) == 0
+    assert forward_hook_count(model) == 0
     # an exception inside the model's forward (wrong input shape)
     with pytest.raises(RuntimeError):
         with Monitor(model):
             model(torch.randn(2, 5, 32, 32))
-    assert _hooks(model) == 0
+    assert forward_hook_count(model) == 0
     mon = Monitor(model).attach()
     mon.attach()  # idempotent
-    assert _hooks(model) == len(CNN_LAYERS) + 1
+    assert forward_hook_count(model) == len(CNN_LAYERS) + 1
     mon.detach()
     mon.detach()
-    assert _hooks(model) == 0
+    assert forward_hook_count(model) == 0
 
 
 def test_signal_equals_mean_abs_computed_independently():

@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 import torch
+from helpers import forward_hook_count
 from torch import nn
 
 from nn_neuroimaging_lightning.taps import ActivityTaps, LayerTaps, RingBuffer, first_tensor, select_layers
@@ -86,7 +87,7 @@ def test_activity_is_mean_abs_and_lstm_tuple_output_is_tapped():
         h.remove()
     expected = torch.stack([seen["conv"], seen["lstm"], seen["fc"]])
     torch.testing.assert_close(sample, expected)
-    assert LayerTaps.hook_count(net) == 0
+    assert forward_hook_count(net) == 0
 
 
 def test_module_called_several_times_gives_one_sample_mean_of_calls():
@@ -123,7 +124,7 @@ def test_root_forward_end_commits_one_sample_per_forward_and_pause():
             net(torch.randn(2, 3))
         with taps.paused():
             net(torch.randn(2, 3))
-    assert len(samples) == 3 and LayerTaps.hook_count(net) == 0
+    assert len(samples) == 3 and forward_hook_count(net) == 0
     assert not taps.dirty
 
 
@@ -133,7 +134,7 @@ def test_hooks_removed_when_forward_raises():
     with pytest.raises(RuntimeError):
         with taps.attached(root=net, on_forward_end=lambda: None):
             net(torch.randn(2, 7))  # wrong width
-    assert LayerTaps.hook_count(net) == 0
+    assert forward_hook_count(net) == 0
 
 
 def test_ring_buffer_order_and_wraparound():

@@ -9,10 +9,9 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import lightning.pytorch as pl
-import pytest
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 

@@ -14,7 +14,6 @@ import dataclasses
 import inspect
 import itertools
 import math
-import re
 import warnings
 from typing import Any, Dict, List, Tuple
 

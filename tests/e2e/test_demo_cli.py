@@ -1,7 +1,6 @@
 """The main job end to end: `nn-neuroimaging demo` with tiny settings, read back from disk."""
 
 import glob
-import json
 import os
 import subprocess
 import sys

@@ -11,7 +11,12 @@ import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from torch import Tensor, nn
 from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils.data import DataLoader, Dataset, TensorDataset
+from torch.utils.data import DataLoader, TensorDataset
+
+
+def forward_hook_count(model: nn.Module) -> int:
+    """Forward hooks registered anywhere in ``model`` (torch has no public count: tests only)."""
+    return sum(len(m._forward_hooks) for m in model.modules())
 
 
 class OpCounter(TorchDispatchMode):
