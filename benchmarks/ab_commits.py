@@ -43,8 +43,7 @@ def _callbacks(arm: str) -> list:
     if arm == "fmri":
         return [NNfMRICallback()]
     if arm == "all":
-        eeg, fmri = NNEEGCallback(), NNfMRICallback()
-        return [eeg, fmri, CrossModalCallback(eeg, fmri)]
+        return [NNEEGCallback(), NNfMRICallback(), CrossModalCallback()]  # it finds the other two in the trainer
     raise ValueError(f"`arm` must be one of {ARMS}, got {arm!r}.")
 
 

@@ -26,7 +26,8 @@ median over rounds and its percentile-bootstrap 95 % interval (``_clientfit.medi
   ``PanelSink`` does in the training thread (handing a drawing to the renderer, or rendering it
   inline; writing tables, texts, spectra; flush);
 - ``figure wait``: ms per fit that ``teardown`` waited for figures still in the renderer process
-  (the last validation's; earlier ones are drawn while training goes on);
+  (the last validation's; earlier ones are drawn while training goes on), drawing those not sent to
+  the renderer yet itself (``FigureWorker.help``: not counted under ``figures``);
 - ``analysis``: the rest of the callbacks' epoch hooks (``on_train_epoch_*``,
   ``on_validation_*``, ``on_validation_epoch_*``);
 
@@ -97,15 +98,21 @@ class Clock:
     def __init__(self) -> None:
         self.s: Dict[str, float] = defaultdict(float)
         self.n: Dict[str, int] = defaultdict(int)
+        self.depth: Dict[str, int] = defaultdict(int)  # calls of each key running now (any thread)
 
-    def wrap(self, key: str, fn: Callable[..., Any]) -> Callable[..., Any]:
+    def wrap(self, key: str, fn: Callable[..., Any], not_inside: str = "") -> Callable[..., Any]:
+        """``fn`` timed under ``key``; a call made while a ``not_inside`` one runs is not counted under ``key``."""
         def timed(*args: Any, **kwargs: Any) -> Any:
+            counted = not (not_inside and self.depth[not_inside])
             t0 = time.perf_counter()
+            self.depth[key] += 1
             try:
                 return fn(*args, **kwargs)
             finally:
-                self.s[key] += time.perf_counter() - t0
-                self.n[key] += 1
+                self.depth[key] -= 1
+                if counted:
+                    self.s[key] += time.perf_counter() - t0
+                    self.n[key] += 1
 
         timed.__wrapped__ = fn  # type: ignore[attr-defined]
         return timed
@@ -124,7 +131,8 @@ class _Patched:
 
         for name in FIGURE_BUILDERS:
             if hasattr(PF, name):
-                self._set(PF, name, self.clock.wrap("figures", getattr(PF, name)))
+                # the figures `PanelSink.wait` draws itself at teardown are its per-fit time, not an epoch's
+                self._set(PF, name, self.clock.wrap("figures", getattr(PF, name), not_inside="figure_wait"))
         for name in SINK_METHODS:
             if hasattr(PS.PanelSink, name):
                 fn = getattr(PS.PanelSink, name)

@@ -44,13 +44,14 @@ Example::
 
 from __future__ import annotations
 
+import collections
 import csv
 import enum
 import io
 import os
 import threading
 import time
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Set
+from typing import Any, Callable, Deque, Dict, List, Mapping, Optional, Sequence, Set
 
 import numpy as np
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
@@ -314,6 +315,9 @@ class PanelSink:
         self._lock = threading.RLock()  # writers are called from the training thread and the renderer's reader
         self._drawn = threading.Condition(self._lock)
         self._pending = 0
+        # tag -> [step, image, settled] of its figures not written yet, in the order they were handed in: a
+        # figure is written once those before it under its tag are (drawn by the renderer or by `wait`'s thread)
+        self._queued: Dict[str, Deque[List[Any]]] = {}
         self._failed_tags: Set[str] = set()
         self.writers: List[Any] = []
         self.skipped: List[str] = []
@@ -338,7 +342,7 @@ class PanelSink:
         state = self.__dict__.copy()
         for key in ("_lock", "_drawn", "_worker"):
             state.pop(key, None)
-        state["_pending"] = 0
+        state["_pending"], state["_queued"] = 0, {}
         return state
 
     def __setstate__(self, state: Dict[str, Any]) -> None:
@@ -386,11 +390,13 @@ class PanelSink:
             if not self.writers:
                 return
             worker = self._worker or shared_worker()
+            slot: List[Any] = [step, None, False, None]
             with self._lock:
                 self._pending += 1
+                self._queued.setdefault(tag, collections.deque()).append(slot)
             sent = False
             try:
-                sent = worker.submit(fig, lambda image, error: self._done(tag, step, fig, image, error))
+                sent = worker.submit(fig, lambda image, error: self._done(tag, slot, fig, image, error))
             finally:
                 if not sent:  # inline below, or an interrupt: not pending
                     with self._lock:
@@ -398,8 +404,12 @@ class PanelSink:
                         self._drawn.notify_all()
             if sent:
                 return
-            self._notice_inline(worker.failed or "the drawing's arguments cannot be sent to the renderer process")
-            self._write_image(tag, draw(fig), step)
+            image = None
+            try:
+                self._notice_inline(worker.failed or "the drawing's arguments cannot be sent to the renderer process")
+                image = draw(fig)
+            finally:
+                self._settle(tag, slot, image)
             return
         try:
             image = render(fig) if self.writers else None
@@ -417,22 +427,32 @@ class PanelSink:
             _noticed_inline.add(why)
             rank_zero_info(f"Panel figures are drawn in the training thread: {why}.")
 
-    def _done(self, tag: str, step: int, drawing: Drawing, image: Optional[Rendered], error: Optional[str]) -> None:
-        # the renderer's reader thread (or the training thread, when the renderer died meanwhile)
+    def _settle(self, tag: str, slot: List[Any], image: Optional[Rendered], error: Optional[str] = None) -> None:
+        """``slot``'s figure is drawn (``image``; ``None``: not drawn, because of ``error``): write it and the
+        drawn ones after it under ``tag``, in the order they were handed in (a failure's one warning too)."""
+        with self._lock:
+            slot[1], slot[2], slot[3] = image, True, error
+            queue = self._queued.get(tag)
+            while queue and queue[0][2]:
+                step, ready, _, why = queue.popleft()
+                if ready is not None:
+                    self._each_locked(lambda w: w.figure(tag, ready, step))
+                elif why is not None and tag not in self._failed_tags:
+                    self._failed_tags.add(tag)
+                    rank_zero_warn(f"Panel figure {tag!r} (step {step}) was not drawn: {why}. Later ones are still drawn.")
+            if queue is not None and not queue:
+                del self._queued[tag]
+
+    def _done(self, tag: str, slot: List[Any], drawing: Drawing, image: Optional[Rendered], error: Optional[str]) -> None:
+        # the renderer's reader thread (or the thread of `FigureWorker.help`, or the training thread when the renderer died)
         try:
             if image is None and error is None:  # the renderer ended before drawing it: draw it here
                 self._notice_inline((self._worker or shared_worker()).failed or "the renderer process ended")
                 image = draw(drawing)
-            if image is not None:
-                self._write_image(tag, image, step)
-            elif tag not in self._failed_tags:
-                self._failed_tags.add(tag)
-                rank_zero_warn(f"Panel figure {tag!r} (step {step}) was not drawn: {error}. Later ones are still drawn.")
         except Exception as err:  # a panel never ends the fit
-            if tag not in self._failed_tags:
-                self._failed_tags.add(tag)
-                rank_zero_warn(f"Panel figure {tag!r} (step {step}) was not drawn: {type(err).__name__}: {err}.")
+            image, error = None, f"{type(err).__name__}: {err}"
         finally:
+            self._settle(tag, slot, image, error)
             with self._lock:
                 self._pending -= 1
                 self._drawn.notify_all()
@@ -440,10 +460,14 @@ class PanelSink:
     def wait(self, timeout: float = WAIT_S) -> bool:
         """Wait until every figure handed to the renderer is written, then flush; ``False`` on timeout.
 
+        Meanwhile this thread draws the figures not sent to the renderer yet (:meth:`FigureWorker.help`).
+
         On a timeout the figures still being drawn are given up with one warning (they would be
         written later if the process still runs; nothing already written is affected).
         """
         deadline = time.monotonic() + timeout
+        if self._pending > 0:  # draw what the renderer has not been sent yet (outside the lock: `_done` takes it)
+            (self._worker or shared_worker()).help()
         with self._lock:
             while self._pending > 0:
                 left = deadline - time.monotonic()

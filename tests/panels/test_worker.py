@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
 import subprocess
 import sys
+import time
 import warnings
 
 import numpy as np
@@ -136,26 +140,56 @@ def test_inline_asked_for_after_the_renderer_started_is_honoured(tmp_path, monke
     worker.close()
 
 
-@pytest.mark.timeout(120)
-@pytest.mark.skipif(not hasattr(__import__("signal"), "SIGSTOP"), reason="needs SIGSTOP/SIGCONT")
-def test_the_training_thread_does_not_wait_for_a_busy_renderer(tmp_path):
-    # a renderer that reads nothing (stopped) with drawings larger than the pipe's buffer queued:
-    # `figure` returns at once (a sender thread writes the pipe); the figures come once it reads again
-    import os
-    import signal
-
+@contextlib.contextmanager
+def _stopped_renderer(tmp_path, tag):
+    """A sink whose renderer drew one figure (``tag``, step 0) and is then stopped (SIGSTOP) for the block."""
     worker, tb = FigureWorker(), TensorBoardLogger(str(tmp_path), name="tb")
     sink = PanelSink([tb], worker=worker)
-    sink.figure("a/big", _zeta(0), 0)
+    sink.figure(tag, _zeta(0), 0)
     assert sink.wait(timeout=100)
-    grid = np.random.default_rng(0).normal(size=(400, 400))  # 1.3 MB of arguments per drawing
-    os.kill(worker._proc.pid, signal.SIGSTOP)
+    os.kill(worker._proc.pid, signal.SIGSTOP)  # busy: it draws nothing until SIGCONT
     try:
-        for step in range(1, 4):
-            sink.figure("a/big", Drawing.of(PF.heatmap_figure, grid + step, f"big {step}"), step)  # would block here
-        assert sink.pending == 3
+        yield worker, tb, sink
     finally:
         os.kill(worker._proc.pid, signal.SIGCONT)
     assert sink.wait(timeout=100) and worker.failed is None
-    assert [s for s, _ in _images(tb.log_dir)["a/big"]] == [0, 1, 2, 3]
     worker.close()
+
+
+_NEEDS_SIGSTOP = pytest.mark.skipif(not hasattr(signal, "SIGSTOP"), reason="needs SIGSTOP/SIGCONT")
+
+
+@pytest.mark.timeout(120)
+@_NEEDS_SIGSTOP
+def test_the_training_thread_does_not_wait_for_a_busy_renderer(tmp_path):
+    # a renderer that reads nothing (stopped) with drawings larger than the pipe's buffer queued:
+    # `figure` returns at once (a sender thread writes the pipe); the figures come once it reads again
+    grid = np.random.default_rng(0).normal(size=(400, 400))  # 1.3 MB of arguments per drawing
+    with _stopped_renderer(tmp_path, "a/big") as (worker, tb, sink):
+        for step in range(1, 4):
+            sink.figure("a/big", Drawing.of(PF.heatmap_figure, grid + step, f"big {step}"), step)  # would block here
+        assert sink.pending == 3
+    assert [s for s, _ in _images(tb.log_dir)["a/big"]] == [0, 1, 2, 3]
+
+
+@pytest.mark.timeout(120)
+@_NEEDS_SIGSTOP
+def test_a_waiting_thread_draws_the_figures_not_sent_yet_and_each_tag_stays_in_order(tmp_path):
+    # the renderer gets at most IN_FLIGHT drawings at a time; `wait`'s thread draws the rest itself
+    # (two processes drain the last epoch's figures), and a tag's figures are written in the order given
+    from nn_neuroimaging_lightning.panels.worker import IN_FLIGHT
+
+    with _stopped_renderer(tmp_path, "a/x") as (worker, tb, sink):
+        for step in range(1, 7):
+            sink.figure("a/x", _zeta(step), step)
+        deadline = time.monotonic() + 30
+        while worker._in_flight < IN_FLIGHT and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert worker._in_flight == IN_FLIGHT  # the sender stops there
+        assert worker.help() == 6 - IN_FLIGHT  # drawn here, in this thread
+        assert sink.pending == IN_FLIGHT
+        # written only after steps 1 and 2, which the stopped renderer holds: nothing of the tag yet
+        assert [s for s, _ in _images(tb.log_dir).get("a/x", [])] == [0]
+    got = _images(tb.log_dir)["a/x"]
+    assert [s for s, _ in got] == list(range(7))
+    assert all(png == draw(_zeta(s)).png for s, png in got)  # the same pixels whoever drew them
