@@ -57,7 +57,7 @@ import numpy as np
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from nn_neuroimaging_lightning.panels.rendering import Rendered, release, render
-from nn_neuroimaging_lightning.panels.worker import WAIT_S, Drawing, FigureWorker, draw, shared_worker
+from nn_neuroimaging_lightning.panels.worker import WAIT_S, Drawing, FigureWorker, _drawn, draw, shared_worker
 from nn_neuroimaging_lightning.panels.tensorboard import (
     safe_tag,
     table_text,
@@ -448,9 +448,7 @@ class PanelSink:
         try:
             if image is None and error is None:  # the renderer ended before drawing it: draw it here
                 self._notice_inline((self._worker or shared_worker()).failed or "the renderer process ended")
-                image = draw(drawing)
-        except Exception as err:  # a panel never ends the fit
-            image, error = None, f"{type(err).__name__}: {err}"
+                image, error = _drawn(drawing)  # a builder's error is a warning: a panel never ends the fit
         finally:
             self._settle(tag, slot, image, error)
             with self._lock:

@@ -120,6 +120,14 @@ def draw(drawing: Drawing) -> Any:
         release(fig)
 
 
+def _drawn(drawing: Drawing) -> Tuple[Any, Optional[str]]:
+    """``(draw(drawing), None)``, or ``(None, the error as text)`` when its builder raised: what a ``done`` gets."""
+    try:
+        return draw(drawing), None
+    except Exception as err:  # reported to the sink as one warning, not a dead renderer
+        return None, f"{type(err).__name__}: {err}"
+
+
 # ---------------------------------------------------------------------------------- the pipe
 # A frame is the job number, the payload's length (8 bytes each, big-endian) and the pickled
 # ``(0, payload)``; the job number travels in the head so that a frame can be pickled before it
@@ -239,11 +247,7 @@ class FigureWorker:
                 done = self._jobs.pop(job, None) if proc is self._proc else None
             if done is None:  # answered already (the process died)
                 continue
-            try:
-                rendered, error = draw(drawing), None
-            except Exception as err:
-                rendered, error = None, f"{type(err).__name__}: {err}"
-            done(rendered, error)
+            done(*_drawn(drawing))
             drawn += 1
 
     def _write(self, proc: subprocess.Popen) -> None:
@@ -356,11 +360,7 @@ def main() -> None:
             job, drawing = _receive(inp)
         except EOFError:
             return
-        try:
-            result = (0, (draw(drawing), None))
-        except Exception as err:  # reported to the sink as one warning, not a dead renderer
-            result = (0, (None, f"{type(err).__name__}: {err}"))
-        _send(out, job, result)
+        _send(out, job, (0, _drawn(drawing)))
 
 
 if __name__ == "__main__":
