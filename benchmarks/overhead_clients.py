@@ -41,8 +41,10 @@ shared: read the ratios, which are measured side by side, not the absolute times
 ``--figures``: the cost of each panel figure kind alone (build, draw on Agg, PNG encode,
 release), the median of ``--repeats`` in ms; the figures are those of ``tests/panels``-like
 inputs of the sizes the callbacks draw (a 9-layer spectrum, an 8x8x4 zeta map, ...).
-``--baseline REF`` times the same figures with the panels code of git ``REF`` interleaved with
-the current code (before/after on a loaded machine).
+"Drawn again in place": the kinds the renderer process keeps per tag (``panels.worker.Kept``),
+the median ms of the next epoch's figure of the same tag (new values put into the kept figure,
+drawn, PNG-encoded). ``--baseline REF`` times the same figures with the panels code of git ``REF``
+interleaved with the current code (before/after on a loaded machine).
 
 Usage::
 
@@ -339,6 +341,48 @@ def figure_cases(PF: Any = None) -> Dict[str, Callable[[], Any]]:
     }
 
 
+def again_cases() -> Dict[str, Callable[[int], Any]]:
+    """The kinds the renderer draws again in place (``panels.worker.Kept``): repeat ``i``'s drawing,
+    the case of :func:`figure_cases` with its values scaled (new values, the same structure)."""
+    from nn_neuroimaging_lightning.panels import figures as PF
+    from nn_neuroimaging_lightning.panels.worker import Drawing
+
+    rng = np.random.default_rng(0)
+    zeta = rng.normal(size=(8, 8, 4))
+    power = rng.random((32, 33)) + 0.01
+    m = rng.random((8, 8))
+    m[0, 1] = np.nan
+    return {
+        "heatmap zeta 8x8x4": lambda i: Drawing.of(PF.heatmap_figure, zeta * (1 + i), "layer1: zeta (impact of each region)",
+                                                 "RdBu_r", np.abs(zeta) > 1.5, symmetric=True, colorbar_label="zeta"),
+        "heatmap significance 8x8x4": lambda i: Drawing.of(PF.heatmap_figure, (np.abs(zeta) > 1.5).astype(float),
+                                                         "layer1: significant regions (95 % CI excludes 0)", "Greys",
+                                                         colorbar_label="significant"),
+        "heatmap density (4,)": lambda i: Drawing.of(PF.heatmap_figure, power[0, :4] * (1 + i), "fc1: density phi",
+                                                   colorbar_label="phi"),
+        "matrix 8x8": lambda i: Drawing.of(PF.matrix_figure, m * (1 + i), "layer1 region (source)", "layer2 region (target)",
+                                         "C(layer1 -> layer2)"),
+    }
+
+
+def again_costs(repeats: int) -> Dict[str, float]:
+    """Median ms of a figure drawn again in place by the renderer's ``Kept`` (refill, draw, PNG), per kind."""
+    from nn_neuroimaging_lightning.panels.worker import Kept
+
+    out: Dict[str, float] = {}
+    for name, drawing in again_cases().items():
+        kept = Kept()
+        kept.draw(name, drawing(0))  # built and kept: the first epoch's figure
+        t = []
+        for i in range(1, repeats + 1):
+            t0 = time.perf_counter()
+            kept.draw(name, drawing(i))
+            t.append(time.perf_counter() - t0)
+        kept.clear()
+        out[name] = float(np.median(t)) * 1e3
+    return out
+
+
 def _module_at(ref: str, relpath: str, name: str) -> Any:
     """The module ``relpath`` as it was at git ``ref`` of this repository (for a before/after A/B)."""
     import subprocess
@@ -381,6 +425,7 @@ def figure_costs(repeats: int, baseline: str = "") -> Dict[str, Dict[str, Any]]:
         Rb = _module_at(baseline, "nn_neuroimaging_lightning/panels/rendering.py", "_baseline_rendering")
         variants["base"] = (figure_cases(PFb), Rb)
     out: Dict[str, Dict[str, Any]] = {}
+    again = again_costs(repeats)
     for name in variants["now"][0]:
         for cases, R_ in variants.values():
             R_.release(cases[name]())  # warm-up: font cache, first-use costs
@@ -400,21 +445,24 @@ def figure_costs(repeats: int, baseline: str = "") -> Dict[str, Dict[str, Any]]:
             row["base"]["px"] = px["base"]
             row["ratio"] = median_ci([a / b for a, b in zip(t["now"]["total"], t["base"]["total"])])
         out[name] = row
+        if name in again:
+            row["again"] = again[name]
         print(f"  {name}: " + " ".join(f"{k}={v:.1f}" for k, v in row.items() if isinstance(v, float)), file=sys.stderr, flush=True)
     return out
 
 
 def figure_table(costs: Dict[str, Dict[str, Any]], command: str) -> str:
     base = any("base" in c for c in costs.values())
-    head = "| figure | size (px) | build | render (draw + PNG) | of which PNG | release | total (ms) |"
-    rule = "|---|---|---:|---:|---:|---:|---:|"
+    head = "| figure | size (px) | build | render (draw + PNG) | of which PNG | release | total (ms) | drawn again in place (ms) |"
+    rule = "|---|---|---:|---:|---:|---:|---:|---:|"
     if base:
         head += " baseline total (ms) | now / baseline |"
         rule += "---:|---|"
     lines = [f"`{command}`", "", head, rule]
     for name, c in costs.items():
+        again = f"{c['again']:.1f}" if "again" in c else "—"
         line = (f"| {name} | {c['px'][0]}×{c['px'][1]} | {c['build']:.1f} | {c['render']:.1f} | {c['encode']:.1f} | "
-                f"{c['release']:.1f} | {c['total']:.1f} |")
+                f"{c['release']:.1f} | {c['total']:.1f} | {again} |")
         if base:
             line += f" {c['base']['total']:.1f} | {_ci(c['ratio'])} |"
         lines.append(line)

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import enum
 import math
+from dataclasses import dataclass
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -45,6 +46,7 @@ __all__ = [
     "heatmap_figure",
     "matrix_figure",
     "phase_timeline_figure",
+    "refill",
     "spectrogram_figure",
     "spectrum_figure",
 ]
@@ -74,6 +76,48 @@ _INK, _MUTED, _BAD = "#000000", "#555555", "#BBBBBB"
 _DPI = 100
 _MAX_PX = 4096  # per side: bounds the canvas memory (4096 x 4096 x 4 bytes = 64 MiB at most)
 _CHAR_EM = 0.62  # average glyph width of DejaVu Sans, in font sizes (for wrapping and shortening)
+
+
+# ------------------------------------------------------------------ drawn again in place
+
+_REFILL = "_nn_neuroimaging_refill"  # the figure attribute :func:`refill` reads
+
+
+def _keep(fig: Figure, builder: str, key: tuple, fill: Any, plan_of: Any) -> None:
+    """Let :func:`refill` redraw ``fig``: ``plan_of(*args, **kwargs)`` plans the builder's figure of new
+    arguments, ``fill(plan)`` puts its values into ``fig`` when the plan's ``key`` equals ``key``."""
+    setattr(fig, _REFILL, (builder, key, fill, plan_of))
+
+
+def refill(fig: Figure, builder: str, *args: Any, **kwargs: Any) -> bool:
+    """Make ``fig`` show ``builder(*args, **kwargs)`` in place; ``False`` (``fig`` unchanged) when it cannot.
+
+    A figure of :func:`heatmap_figure` or :func:`matrix_figure` keeps its artists and takes new
+    values, when everything but the values is the same as when it was built (shape, title, labels,
+    colour map, which cells are missing or significant ...): the renderer process draws a tag's
+    figure of the next validation epoch this way (:mod:`~nn_neuroimaging_lightning.panels.worker`).
+    Rendered, it has the pixels of a figure built anew from the same arguments
+    (``tests/panels/test_figures.py``), at 0.4 of the cost (``benchmarks/overhead_clients.py
+    --figures``): no figure, axes, ticks or colour bar is created again and nothing is released.
+
+    Raises:
+        The builder's own errors for invalid arguments (``fig`` is unchanged then).
+
+    Example::
+
+        >>> fig = heatmap_figure(np.zeros((2, 2)), "phi")
+        >>> refill(fig, "heatmap_figure", np.ones((2, 2)), "phi"), refill(fig, "heatmap_figure", np.ones((3, 2)), "phi")
+        (True, False)
+    """
+    kept = getattr(fig, _REFILL, None)
+    if kept is None or kept[0] != builder:
+        return False
+    _, key, fill, plan_of = kept
+    plan = plan_of(*args, **kwargs)
+    if plan.key != key:
+        return False
+    fill(plan)
+    return True
 
 
 # ------------------------------------------------------------------ helpers (layout only)
@@ -681,6 +725,121 @@ def heatmap_figure(
         >>> [t.get_text() for t in fig.axes[0].texts]  # 4 channel groups in 2 rows of 2
         ['c = 0', 'c = 1', 'c = 2', 'c = 3']
     """
+    plan = _heatmap_plan(grid, title, cmap, significance, symmetric, colorbar_label, max_cols, categories, figsize, dpi)
+    fig = _figure(plan.figsize, dpi)
+    _title(fig, title)
+    ax = fig.add_subplot()
+    _style(ax)
+    if plan.empty:
+        ax.set_xticks([])
+        ax.set_yticks([])
+        _no_data(ax)
+        _layout(fig, ax)
+        return fig
+    n, cols, origins = len(plan.names), plan.cols, plan.origins
+    g_rows, g_cols = plan.cell
+    height, width = plan.mosaic.shape
+    colours = _cmap(cmap)
+    if categories is not None:
+        colours = colours.resampled(len(categories))
+        norm = BoundaryNorm(np.arange(len(categories) + 1) - 0.5, len(categories))
+    else:
+        norm = Normalize(*plan.limits)
+    # cells as a quad mesh (no image resampling: drawing costs the cells, not the pixels); masked
+    # cells (gaps, NaN) are not drawn: a grey patch under each map shows its NaN cells
+    image = ax.pcolormesh(np.arange(width + 1) - 0.5, np.arange(height + 1) - 0.5, np.ma.masked_invalid(plan.mosaic),
+                          cmap=colours.with_extremes(bad=(0.0, 0.0, 0.0, 0.0)), norm=norm)
+    ax.set_xlim(-0.5, width - 0.5)
+    ax.set_ylim(height - 0.5, -0.5)  # row 0 at the top, as the grid's h index
+    if plan.ndim == 3:
+        ax.set_aspect("equal")
+    if plan.holes:
+        for y0, x0 in origins:
+            ax.add_patch(Rectangle((x0 - 0.5, y0 - 0.5), g_cols, g_rows, facecolor=_BAD, lw=0, zorder=0.5))
+    for spine in ax.spines.values():
+        spine.set_visible(n == 1)
+    for k, (y0, x0) in enumerate(origins):
+        if n > 1:
+            ax.add_patch(Rectangle((x0 - 0.5, y0 - 0.5), g_cols, g_rows, fill=False, edgecolor=_MUTED, lw=1))
+        if plan.names[k]:
+            ax.text(x0 + (g_cols - 1) / 2, y0 - 0.6, plan.names[k], ha="center", va="bottom", fontsize=_LABEL)
+    x_idx, y_idx = _tick_cells(g_cols), _tick_cells(g_rows)
+    ax.set_xticks([x0 + j for _, x0 in origins[:cols] for j in x_idx], [str(j) for _ in origins[:cols] for j in x_idx])
+    if plan.ndim == 1:
+        ax.set_yticks([])
+    else:
+        ax.set_yticks([y0 + i for y0, x0 in origins if x0 == 0 for i in y_idx],
+                      [str(i) for y0, x0 in origins if x0 == 0 for i in y_idx])
+    ax.set_xlabel(plan.col_label, fontsize=_LABEL)
+    if plan.row_label:
+        ax.set_ylabel(plan.row_label, fontsize=_LABEL)
+    dots = None
+    if plan.dots is not None:
+        dots = ax.scatter(plan.dots[:, 0], plan.dots[:, 1], s=_dot_size(fig, width, height, plan.ndim), c=_INK,
+                          edgecolors="white", linewidths=1.2, zorder=3)
+    bar = _colorbar(fig, image)
+    bar.set_label(colorbar_label, fontsize=_LABEL)
+    bar.ax.tick_params(labelsize=_TICK)
+
+    def bar_ticks() -> None:  # again after new values: the colour bar resets its locator when its mappable changes
+        if categories is not None:
+            bar.set_ticks(np.arange(len(categories)), labels=[str(c) for c in categories])
+            bar.ax.tick_params(length=0)
+        else:
+            bar.ax.yaxis.set_major_locator(MaxNLocator(nbins=3 if plan.ndim == 1 else 5))
+
+    bar_ticks()
+    dot = None
+    if plan.has_mask:
+        dot = Line2D([], [], ls="", marker="o", markersize=9, markerfacecolor=_INK, markeredgecolor="white",
+                     label="significant (95 % CI excludes 0)")
+    rows = _legend(fig, 1, handles=[dot], fontsize=_SMALL, frameon=False, handletextpad=0.3) if plan.has_mask else 0
+    place = dict(bar=bar, legend_rows=rows, top_extra_in=_pt(_LABEL * 1.3) if any(plan.names) else 0.0)
+    _layout(fig, ax, **place)
+
+    def fill(new: _HeatmapPlan) -> None:  # the same structure, new values (see `refill`)
+        image.set_array(np.ma.masked_invalid(new.mosaic))
+        if categories is None:
+            image.set_clim(*new.limits)
+        if dots is not None:
+            dots.set_offsets(new.dots)
+        bar_ticks()
+        _layout(fig, ax, **place)
+
+    _keep(fig, "heatmap_figure", plan.key, fill, lambda *a, **k: _heatmap_plan(*_heatmap_args(*a, **k)))
+    return fig
+
+
+@dataclass(frozen=True)
+class _HeatmapPlan:
+    """What :func:`heatmap_figure` draws, from its arguments: ``key`` is everything but the values."""
+
+    key: tuple
+    figsize: tuple
+    empty: bool
+    ndim: int = 0
+    names: tuple = ()
+    row_label: str = ""
+    col_label: str = ""
+    cols: int = 1
+    cell: tuple = (0, 0)
+    origins: tuple = ()
+    mosaic: Any = None
+    limits: tuple = (0.0, 1.0)
+    holes: bool = False
+    has_mask: bool = False
+    dots: Any = None  # (K, 2) x, y of the significant cells, or None for none
+
+
+def _heatmap_args(grid: Any, title: str = "", cmap: str = "viridis", significance: Any = None, *, symmetric: bool = False,
+                  colorbar_label: str = "", max_cols: int = 4, categories: Sequence[str] | None = None,
+                  figsize: tuple[float, float] | None = None, dpi: float = _DPI) -> tuple:
+    """:func:`heatmap_figure`'s arguments, positional (what :func:`refill` is given, in its order)."""
+    return grid, title, cmap, significance, symmetric, colorbar_label, max_cols, categories, figsize, dpi
+
+
+def _heatmap_plan(grid: Any, title: str, cmap: str, significance: Any, symmetric: bool, colorbar_label: str,
+                  max_cols: int, categories: Sequence[str] | None, figsize: Any, dpi: float) -> _HeatmapPlan:
     values = _np(grid, "grid", (1, 2, 3))
     mask = None
     if significance is not None:
@@ -691,24 +850,19 @@ def heatmap_figure(
             raise ValueError(f"`significance` must have the shape of `grid` {values.shape}, got {mask.shape}.")
     if isinstance(max_cols, bool) or not isinstance(max_cols, int) or max_cols < 1:
         raise ValueError(f"`max_cols` must be a positive int, got {max_cols!r}.")
-    colours = _cmap(cmap)
-    if categories is not None:
-        if isinstance(categories, str) or len(categories) < 2:
-            raise ValueError(f"`categories` must name at least 2 values, got {categories!r}.")
-        colours = colours.resampled(len(categories))
-        norm = BoundaryNorm(np.arange(len(categories) + 1) - 0.5, len(categories))
-    else:
-        norm = Normalize(*_limits(values, symmetric))
+    _cmap(cmap)  # a known name, before anything is drawn
+    if categories is not None and (isinstance(categories, str) or len(categories) < 2):
+        raise ValueError(f"`categories` must name at least 2 values, got {categories!r}.")
     if values.ndim == 3:
         slices = [values[..., k] for k in range(values.shape[2])]
         masks = [mask[..., k] for k in range(values.shape[2])] if mask is not None else None
-        names, row_label, col_label = [f"c = {k}" for k in range(values.shape[2])], "h (region row)", "w (region column)"
+        names, row_label, col_label = tuple(f"c = {k}" for k in range(values.shape[2])), "h (region row)", "w (region column)"
     elif values.ndim == 2:
         slices, masks = [values], ([mask] if mask is not None else None)
-        names, row_label, col_label = [""], "t (token group)", "d (hidden group)"
+        names, row_label, col_label = ("",), "t (token group)", "d (hidden group)"
     else:
         slices, masks = [values[None, :]], ([mask[None, :]] if mask is not None else None)
-        names, row_label, col_label = [""], "", "feature group"
+        names, row_label, col_label = ("",), "", "feature group"
     n = len(slices)
     cols = max(min(math.ceil(math.sqrt(n)), max_cols, n), 1)
     rows = max(math.ceil(n / cols), 1)
@@ -719,16 +873,11 @@ def heatmap_figure(
         else:  # the mosaic's aspect, within 6.4 x [3.6, 9] inches
             mosaic_aspect = (rows * (g_rows + 1)) / max(cols * (g_cols + 1), 1) if values.ndim == 3 else 0.75
             figsize = (6.4, float(np.clip(1.9 + 4.6 * mosaic_aspect, 3.6, 9.0)))
-    fig = _figure(figsize, dpi)
-    _title(fig, title)
-    ax = fig.add_subplot()
-    _style(ax)
+    cats = None if categories is None else tuple(str(c) for c in categories)
+    base = (values.shape, str(title), cmap, bool(symmetric), str(colorbar_label), max_cols, cats, tuple(figsize), dpi,
+            mask is not None)
     if n == 0 or values.size == 0:
-        ax.set_xticks([])
-        ax.set_yticks([])
-        _no_data(ax)
-        _layout(fig, ax)
-        return fig
+        return _HeatmapPlan(key=base + (True,), figsize=figsize, empty=True)
     gap = 1 if n > 1 else 0
     height, width = rows * g_rows + (rows - 1) * gap, cols * g_cols + (cols - 1) * gap
     mosaic = np.full((height, width), np.nan)  # (rows of maps, columns of maps) with gaps
@@ -740,54 +889,15 @@ def heatmap_figure(
         mosaic[y0:y0 + g_rows, x0:x0 + g_cols] = slices[k]
         is_cell[y0:y0 + g_rows, x0:x0 + g_cols] = True
         origins.append((y0, x0))
-    # cells as a quad mesh (no image resampling: drawing costs the cells, not the pixels); masked
-    # cells (gaps, NaN) are not drawn: a grey patch under each map shows its NaN cells
-    image = ax.pcolormesh(np.arange(width + 1) - 0.5, np.arange(height + 1) - 0.5, np.ma.masked_invalid(mosaic),
-                          cmap=colours.with_extremes(bad=(0.0, 0.0, 0.0, 0.0)), norm=norm)
-    ax.set_xlim(-0.5, width - 0.5)
-    ax.set_ylim(height - 0.5, -0.5)  # row 0 at the top, as the grid's h index
-    if values.ndim == 3:
-        ax.set_aspect("equal")
-    if not np.isfinite(mosaic[is_cell]).all():
-        for y0, x0 in origins:
-            ax.add_patch(Rectangle((x0 - 0.5, y0 - 0.5), g_cols, g_rows, facecolor=_BAD, lw=0, zorder=0.5))
-    for spine in ax.spines.values():
-        spine.set_visible(n == 1)
-    for k, (y0, x0) in enumerate(origins):
-        if n > 1:
-            ax.add_patch(Rectangle((x0 - 0.5, y0 - 0.5), g_cols, g_rows, fill=False, edgecolor=_MUTED, lw=1))
-        if names[k]:
-            ax.text(x0 + (g_cols - 1) / 2, y0 - 0.6, names[k], ha="center", va="bottom", fontsize=_LABEL)
-    x_idx, y_idx = _tick_cells(g_cols), _tick_cells(g_rows)
-    ax.set_xticks([x0 + j for _, x0 in origins[:cols] for j in x_idx], [str(j) for _ in origins[:cols] for j in x_idx])
-    if values.ndim == 1:
-        ax.set_yticks([])
-    else:
-        ax.set_yticks([y0 + i for y0, x0 in origins if x0 == 0 for i in y_idx],
-                      [str(i) for y0, x0 in origins if x0 == 0 for i in y_idx])
-    ax.set_xlabel(col_label, fontsize=_LABEL)
-    if row_label:
-        ax.set_ylabel(row_label, fontsize=_LABEL)
+    holes = not np.isfinite(mosaic[is_cell]).all()
+    dots = None
     if masks is not None and any(m.any() for m in masks):
-        pts = [(x0 + j, y0 + i) for k, (y0, x0) in enumerate(origins) for i, j in zip(*np.nonzero(masks[k]))]
-        xs, ys = zip(*pts)
-        ax.scatter(xs, ys, s=_dot_size(fig, width, height, values.ndim), c=_INK, edgecolors="white", linewidths=1.2,
-                   zorder=3)
-    bar = _colorbar(fig, image)
-    bar.set_label(colorbar_label, fontsize=_LABEL)
-    bar.ax.tick_params(labelsize=_TICK)
-    if categories is not None:
-        bar.set_ticks(np.arange(len(categories)), labels=[str(c) for c in categories])
-        bar.ax.tick_params(length=0)
-    else:
-        bar.ax.yaxis.set_major_locator(MaxNLocator(nbins=3 if values.ndim == 1 else 5))
-    dot = None
-    if mask is not None:
-        dot = Line2D([], [], ls="", marker="o", markersize=9, markerfacecolor=_INK, markeredgecolor="white",
-                     label="significant (95 % CI excludes 0)")
-    rows = _legend(fig, 1, handles=[dot], fontsize=_SMALL, frameon=False, handletextpad=0.3) if mask is not None else 0
-    _layout(fig, ax, bar=bar, legend_rows=rows, top_extra_in=_pt(_LABEL * 1.3) if any(names) else 0.0)
-    return fig
+        dots = np.array([(x0 + j, y0 + i) for k, (y0, x0) in enumerate(origins) for i, j in zip(*np.nonzero(masks[k]))],
+                        dtype=np.float64)
+    return _HeatmapPlan(key=base + (False, holes, dots is not None), figsize=figsize, empty=False, ndim=values.ndim,
+                        names=names, row_label=row_label, col_label=col_label, cols=cols, cell=(g_rows, g_cols),
+                        origins=tuple(origins), mosaic=mosaic, limits=_limits(values, symmetric), holes=holes,
+                        has_mask=mask is not None, dots=dots)
 
 
 def _tick_cells(count: int) -> list[int]:
@@ -844,18 +954,7 @@ def matrix_figure(
         >>> fig.axes[0].get_xlabel(), fig.axes[1].get_ylabel()
         ('target', 'connection strength')
     """
-    m = _np(matrix, "matrix", 2)
-    colours = _cmap(cmap)
-    untraced = ~np.isfinite(m)
-    finite = m[~untraced]
-    if log and np.any(finite > 0):
-        floor = float(finite[finite > 0].min())
-        shown = np.ma.masked_array(np.maximum(np.where(untraced, floor, m), floor), mask=untraced)
-        top = float(finite.max())
-        norm = LogNorm(floor, top if top > floor else floor * 10)
-    else:
-        shown = np.ma.masked_array(np.where(untraced, 0.0, m), mask=untraced)
-        norm = Normalize(*_limits(m, False))
+    plan = _matrix_plan(matrix, row_label, col_label, title, cmap, log, colorbar_label, figsize, dpi)
     fig = _figure(figsize, dpi)
     _title(fig, title)
     ax = fig.add_subplot()
@@ -863,19 +962,21 @@ def matrix_figure(
     width_chars = _chars(fig.get_figwidth() * fig.dpi * 0.75, _LABEL, fig.dpi)
     ax.set_xlabel(_elide(col_label, width_chars), fontsize=_LABEL)
     ax.set_ylabel(_elide(row_label, _chars(fig.get_figheight() * fig.dpi * 0.75, _LABEL, fig.dpi)), fontsize=_LABEL)
-    if m.size == 0:
+    if plan.shown is None:
         _no_data(ax)
         _layout(fig, ax)
         return fig
-    a, b = m.shape
-    image = ax.pcolormesh(np.arange(b + 1) - 0.5, np.arange(a + 1) - 0.5, shown, cmap=colours, norm=norm)
+    a, b = plan.shown.shape
+    norm = LogNorm(*plan.limits) if plan.log_norm else Normalize(*plan.limits)
+    image = ax.pcolormesh(np.arange(b + 1) - 0.5, np.arange(a + 1) - 0.5, plan.shown, cmap=_cmap(cmap), norm=norm)
     ax.set_xlim(-0.5, b - 0.5)
     ax.set_ylim(a - 0.5, -0.5)  # source region 0 at the top
     ax.xaxis.set_major_locator(MaxNLocator(nbins=min(b, 6), integer=True))
     ax.yaxis.set_major_locator(MaxNLocator(nbins=min(a, 6), integer=True))
     rows = 0
+    untraced = np.ma.getmaskarray(plan.shown)
     if untraced.any():
-        ax.pcolor(np.arange(b + 1) - 0.5, np.arange(a + 1) - 0.5, np.ma.masked_array(np.zeros_like(m), mask=~untraced),
+        ax.pcolor(np.arange(b + 1) - 0.5, np.arange(a + 1) - 0.5, np.ma.masked_array(np.zeros(untraced.shape), mask=~untraced),
                   hatch="///", facecolor="none", edgecolor="#666666", lw=0)
         swatch = Patch(facecolor=_BAD, edgecolor="#666666", hatch="///", label="not traced")
         rows = _legend(fig, 1, handles=[swatch], fontsize=_SMALL, frameon=False)
@@ -884,10 +985,59 @@ def matrix_figure(
         _log_axis(bar.ax.yaxis)
     bar.set_label(colorbar_label + (" (log scale)" if log else ""), fontsize=_LABEL)
     bar.ax.tick_params(labelsize=_TICK)
-    if not finite.size:
+    if plan.none_traced:
         _no_data(ax, "no pair traced")
     _layout(fig, ax, bar=bar, legend_rows=rows)
+
+    def fill(new: _MatrixPlan) -> None:  # the same structure, new values (see `refill`)
+        image.set_array(new.shown)
+        image.set_clim(*new.limits)
+        if log:  # again: the colour bar resets its locator and formatter when its mappable changes
+            _log_axis(bar.ax.yaxis)
+        _layout(fig, ax, bar=bar, legend_rows=rows)
+
+    _keep(fig, "matrix_figure", plan.key, fill, lambda *a, **k: _matrix_plan(*_matrix_args(*a, **k)))
     return fig
+
+
+@dataclass(frozen=True)
+class _MatrixPlan:
+    """What :func:`matrix_figure` draws, from its arguments: ``key`` is everything but the values."""
+
+    key: tuple
+    shown: Any = None  # masked (A, B) values (masked: not traced), None for no cell
+    limits: tuple = (0.0, 1.0)
+    log_norm: bool = False
+    none_traced: bool = False
+
+
+def _matrix_args(matrix: Any, row_label: str, col_label: str, title: str = "", *, cmap: str = "magma", log: bool = False,
+                 colorbar_label: str = "connection strength", figsize: tuple[float, float] = (6.4, 5.6),
+                 dpi: float = _DPI) -> tuple:
+    """:func:`matrix_figure`'s arguments, positional (what :func:`refill` is given, in its order)."""
+    return matrix, row_label, col_label, title, cmap, log, colorbar_label, figsize, dpi
+
+
+def _matrix_plan(matrix: Any, row_label: str, col_label: str, title: str, cmap: str, log: bool, colorbar_label: str,
+                 figsize: Any, dpi: float) -> _MatrixPlan:
+    m = _np(matrix, "matrix", 2)
+    _cmap(cmap)  # a known name, before anything is drawn
+    untraced = ~np.isfinite(m)
+    finite = m[~untraced]
+    base = (m.shape, str(row_label), str(col_label), str(title), cmap, bool(log), str(colorbar_label), tuple(figsize), dpi)
+    if m.size == 0:
+        return _MatrixPlan(key=base + (None,))
+    log_norm = bool(log and np.any(finite > 0))
+    if log_norm:
+        floor = float(finite[finite > 0].min())
+        shown = np.ma.masked_array(np.maximum(np.where(untraced, floor, m), floor), mask=untraced)
+        top = float(finite.max())
+        limits = (floor, top if top > floor else floor * 10)
+    else:
+        shown = np.ma.masked_array(np.where(untraced, 0.0, m), mask=untraced)
+        limits = _limits(m, False)
+    return _MatrixPlan(key=base + (np.packbits(untraced).tobytes(), log_norm, not finite.size), shown=shown,
+                       limits=limits, log_norm=log_norm, none_traced=not finite.size)
 
 
 # ------------------------------------------------------------------ cross-modal

@@ -94,7 +94,8 @@ def render(fig: Any) -> Rendered:
 
     if not isinstance(fig, Figure):
         raise TypeError(f"`fig` must be a matplotlib Figure or an (H, W, 3) uint8 array, got {type(fig).__name__}.")
-    canvas = FigureCanvasAgg(fig)
+    # a figure drawn before keeps its Agg canvas and the canvas its pixel buffer (panels.worker.Kept)
+    canvas = fig.canvas if isinstance(fig.canvas, FigureCanvasAgg) else FigureCanvasAgg(fig)
     canvas.draw()
     rgb = np.array(canvas.buffer_rgba())[..., :3]  # (H, W, 3) copy: the canvas buffer goes with the figure
     return Rendered(rgb, encode_png(rgb))
@@ -122,5 +123,6 @@ def release(fig: Any) -> None:
     if pyplot is not None:
         pyplot.close(fig)
     fig.clear()
+    fig.__dict__.pop("_nn_neuroimaging_refill", None)  # figures.refill's hold on the artists
     FigureCanvasBase(fig)  # replaces the Agg canvas (and its renderer) on the figure
     gc.collect(1)  # the cleared artists are young: collected here, not at the next full collection

@@ -396,7 +396,7 @@ class PanelSink:
                 self._queued.setdefault(tag, collections.deque()).append(slot)
             sent = False
             try:
-                sent = worker.submit(fig, lambda image, error: self._done(tag, slot, fig, image, error))
+                sent = worker.submit(fig, lambda image, error: self._done(tag, slot, fig, image, error), tag=tag)
             finally:
                 if not sent:  # inline below, or an interrupt: not pending
                     with self._lock:

@@ -33,6 +33,9 @@ Decisions:
   reference CNN or the ResNet with the three callbacks at defaults took 0.80-0.91 of its time
   before (``benchmarks/ab_commits.py``, ``benchmarks/README.md``). A tag's figures are still
   written in the order they were given (:class:`~nn_neuroimaging_lightning.panels.sink.PanelSink`).
+- **A tag's next figure is drawn in place.** The renderer keeps the figure of each density, zeta
+  and tract tag and puts the next epoch's values into it (:class:`Kept`), the same pixels as a new
+  figure at about half the cost; the thread that helps at teardown builds its share anew.
 """
 
 from __future__ import annotations
@@ -49,7 +52,7 @@ from dataclasses import dataclass, field
 from typing import Any, BinaryIO, Callable, Dict, Mapping, Optional, Tuple
 
 
-__all__ = ["Drawing", "FigureWorker", "IN_FLIGHT", "WAIT_S", "shared_worker", "shutdown"]
+__all__ = ["Drawing", "FigureWorker", "IN_FLIGHT", "Kept", "WAIT_S", "shared_worker", "shutdown"]
 
 #: Seconds :meth:`PanelSink.wait` waits for figures still being drawn before it gives up on them.
 WAIT_S = 300.0
@@ -97,9 +100,10 @@ class Drawing:
         from nn_neuroimaging_lightning.panels import figures
 
         name = getattr(inspect.unwrap(fn), "__name__", repr(fn))  # unwrap: a profiler's timed wrapper
-        known = getattr(figures, name, None) if name in figures.__all__ else None
+        known = getattr(figures, name, None) if name in figures.__all__ and name.endswith("_figure") else None
         if known is None or inspect.unwrap(known) is not inspect.unwrap(fn):
-            raise ValueError(f"`fn` must be a figure builder of panels.figures ({', '.join(figures.__all__)}), got {name}.")
+            builders = ", ".join(n for n in figures.__all__ if n.endswith("_figure"))
+            raise ValueError(f"`fn` must be a figure builder of panels.figures ({builders}), got {name}.")
         return cls(name, tuple(_host(a) for a in args), {k: _host(v) for k, v in kwargs.items()})
 
     def build(self) -> Any:
@@ -120,18 +124,91 @@ def draw(drawing: Drawing) -> Any:
         release(fig)
 
 
-def _drawn(drawing: Drawing) -> Tuple[Any, Optional[str]]:
-    """``(draw(drawing), None)``, or ``(None, the error as text)`` when its builder raised: what a ``done`` gets."""
+class Kept:
+    """The renderer process's latest figure of each tag, drawn again in place for the tag's next drawing.
+
+    A density, zeta or tract figure of the next validation epoch differs from the last one in its
+    values only, so :func:`~nn_neuroimaging_lightning.panels.figures.refill` puts them into the kept
+    figure instead of building, laying out and releasing a new one: the same pixels
+    (``tests/panels/test_worker.py``) at 0.35-0.55 of the cost (``benchmarks/overhead_clients.py
+    --figures``: an 8x8x4 zeta map 65 -> 35 ms, a tract matrix 61 -> 26 ms). A drawing that changes
+    more than the values (another shape, title, missing cells) is built anew and kept in its place.
+    At most ``most`` figures are kept, the first tags to come: 2.6 MiB each (artists and the Agg
+    canvas with its pixel buffer, measured on 32 zeta maps and tract matrices), so 16 hold 42 MiB
+    in the renderer process, never in the training process; the default covers every client of
+    ``demo/clients.py`` (11-14 such figures per epoch); a later tag is built anew each time.
+
+    Example::
+
+        >>> import numpy as np
+        >>> from nn_neuroimaging_lightning.panels import figures as PF
+        >>> kept = Kept()
+        >>> first = kept.draw("nn_fmri/fc1/density", Drawing.of(PF.heatmap_figure, np.zeros((2, 2)), "phi"))
+        >>> again = kept.draw("nn_fmri/fc1/density", Drawing.of(PF.heatmap_figure, np.ones((2, 2)), "phi"))
+        >>> first.size == again.size, len(kept)
+        (True, 1)
+    """
+
+    def __init__(self, most: int = 16) -> None:
+        self.most = most
+        self._figs: Dict[str, Any] = {}
+
+    def __len__(self) -> int:
+        return len(self._figs)
+
+    def draw(self, tag: Optional[str], drawing: Drawing) -> Any:
+        """``drawing`` rendered (a :class:`~nn_neuroimaging_lightning.panels.rendering.Rendered`); a builder's error propagates."""
+        from nn_neuroimaging_lightning.panels.figures import refill
+        from nn_neuroimaging_lightning.panels.rendering import release, render
+
+        if tag is None:
+            return draw(drawing)
+        fig = self._figs.pop(tag, None)
+        if fig is not None and not refill(fig, drawing.builder, *drawing.args, **drawing.kwargs):
+            release(fig)
+            fig = None
+        if fig is None:
+            fig = drawing.build()
+        try:
+            out = render(fig)
+        except BaseException:
+            release(fig)
+            raise
+        if len(self._figs) < self.most and _refillable(fig):
+            self._figs[tag] = fig
+        else:
+            release(fig)
+        return out
+
+    def clear(self) -> None:
+        """Release every kept figure."""
+        from nn_neuroimaging_lightning.panels.rendering import release
+
+        figs, self._figs = self._figs, {}
+        for fig in figs.values():
+            release(fig)
+
+
+def _refillable(fig: Any) -> bool:
+    from nn_neuroimaging_lightning.panels import figures
+
+    return hasattr(fig, figures._REFILL)
+
+
+def _drawn(drawing: Drawing, kept: Optional[Kept] = None, tag: Optional[str] = None) -> Tuple[Any, Optional[str]]:
+    """``(the drawing rendered, None)``, or ``(None, the error as text)`` when its builder raised: what a ``done`` gets.
+
+    With ``kept``, the tag's kept figure is drawn again in place where it can be (:class:`Kept`)."""
     try:
-        return draw(drawing), None
+        return (draw(drawing) if kept is None else kept.draw(tag, drawing)), None
     except Exception as err:  # reported to the sink as one warning, not a dead renderer
         return None, f"{type(err).__name__}: {err}"
 
 
 # ---------------------------------------------------------------------------------- the pipe
 # A frame is the job number, the payload's length (8 bytes each, big-endian) and the pickled
-# ``(0, payload)``; the job number travels in the head so that a frame can be pickled before it
-# has one.
+# ``(tag, payload)`` (the renderer's answers: ``(None, result)``); the job number travels in the
+# head so that a frame can be pickled before it has one.
 def _frame(obj: Any) -> bytes:
     data = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
     return struct.pack(">Q", len(data)) + data
@@ -142,7 +219,7 @@ def _send(out: BinaryIO, job: int, obj: Any) -> None:
     out.flush()
 
 
-def _receive(inp: BinaryIO) -> Tuple[int, Any]:
+def _receive(inp: BinaryIO) -> Tuple[int, Any, Any]:
     head = inp.read(16)
     if len(head) < 16:
         raise EOFError
@@ -150,7 +227,8 @@ def _receive(inp: BinaryIO) -> Tuple[int, Any]:
     data = inp.read(n)
     if len(data) < n:
         raise EOFError
-    return job, pickle.loads(data)[1]
+    tag, payload = pickle.loads(data)
+    return job, tag, payload
 
 
 class FigureWorker:
@@ -203,8 +281,10 @@ class FigureWorker:
         self._sender.start()
         return True
 
-    def submit(self, drawing: Drawing, done: Callable[[Any, Optional[str]], None]) -> bool:
+    def submit(self, drawing: Drawing, done: Callable[[Any, Optional[str]], None], tag: Optional[str] = None) -> bool:
         """Queue ``drawing``; ``False`` if there is no renderer (the caller draws it inline).
+
+        ``tag`` names the panel: the renderer keeps its figure and draws the tag's next one in place (:class:`Kept`).
 
         The training thread only pickles the drawing: a sender thread writes the frames to the
         renderer's stdin. Written here, a frame larger than the pipe's buffer (a tract matrix of
@@ -215,7 +295,7 @@ class FigureWorker:
         writer holding it would deadlock all three (seen on a ResNet fit's zeta panels).
         """
         try:
-            frame = _frame((0, drawing))  # pickled before anything is queued or written
+            frame = _frame((tag, drawing))  # pickled before anything is queued or written
         except Exception:  # not picklable (PicklingError, TypeError, AttributeError ...): drawn inline
             return False
         with self._lock:
@@ -292,7 +372,7 @@ class FigureWorker:
     def _read(self, proc: subprocess.Popen) -> None:
         while True:
             try:
-                job, (rendered, error) = _receive(proc.stdout)
+                job, _, (rendered, error) = _receive(proc.stdout)
             except Exception:  # EOF or a broken pipe: the process is gone
                 with self._lock:
                     if self._proc is proc:
@@ -355,12 +435,13 @@ def main() -> None:
         pass
     inp, out = sys.stdin.buffer, sys.stdout.buffer
     sys.stdout = sys.stderr  # a builder's print must not corrupt the pipe
+    kept = Kept()
     while True:
         try:
-            job, drawing = _receive(inp)
+            job, tag, drawing = _receive(inp)
         except EOFError:
             return
-        _send(out, job, (0, _drawn(drawing)))
+        _send(out, job, (None, _drawn(drawing, kept, tag)))
 
 
 if __name__ == "__main__":

@@ -381,3 +381,79 @@ def test_figures_bad_input():
         consistency_figure({"consistency": [0.1, 0.2], "rho": [0.3]})
     with pytest.raises(ValueError, match=r"`steps` must have one entry per evaluation \(2\)"):
         consistency_figure({"consistency": [0.1, 0.2]}, steps=[1])
+
+
+# ------------------------------------------------------------------ drawn again in place (figures.refill)
+
+
+def _series(kind: str, i: int):
+    """The ``i``-th epoch's arguments of one panel kind: new values of another range, the same structure."""
+    rng = np.random.default_rng(100 + i)
+    scale = 10.0 ** rng.uniform(-3, 3)
+    if kind == "zeta":
+        z = rng.normal(size=(8, 8, 4)) * scale
+        return heatmap_figure, (z, "model.conv1: zeta (impact of each region)", "RdBu_r", np.abs(z) > 1.2 * np.abs(z).mean()), \
+            {"symmetric": True, "colorbar_label": "zeta"}
+    if kind == "density":
+        return heatmap_figure, (rng.random((8, 8, 4)) * scale, "model.conv1: density phi"), {"colorbar_label": "phi"}
+    if kind == "strip":
+        return heatmap_figure, (rng.random(4) * scale + i, "model.fc1: density phi"), {"colorbar_label": "phi"}
+    if kind == "tokens":
+        return heatmap_figure, (torch.rand(4, 6, generator=torch.Generator().manual_seed(i)), "density"), {}
+    if kind == "holes":
+        g = rng.random((3, 3, 2)) * scale
+        g[0, 0, 0] = np.nan
+        return heatmap_figure, (g, "density"), {}
+    if kind == "categories":
+        return heatmap_figure, ((rng.random((4, 4)) > 0.5).astype(float), "significant", "Greys"), {"categories": ("no", "yes")}
+    if kind == "constant":
+        return heatmap_figure, (np.full((2, 2, 2), float(i)), "density"), {}
+    if kind == "tract":
+        m = rng.random((8, 16)) * scale
+        m[0, 1] = np.nan
+        return matrix_figure, (m, "model.conv1 region (source)", "model.conv2 region (target)", "C(conv1 -> conv2)"), {}
+    if kind == "tract_log":
+        return matrix_figure, (rng.random((5, 5)) * scale, "source", "target", "C"), {"log": True}
+    raise KeyError(kind)
+
+
+@pytest.mark.parametrize("kind", ["zeta", "density", "strip", "tokens", "holes", "categories", "constant", "tract", "tract_log"])
+def test_a_figure_refilled_with_new_values_has_the_pixels_of_one_built_anew(kind):
+    from nn_neuroimaging_lightning.panels.figures import refill
+
+    build, args, kwargs = _series(kind, 0)
+    kept = build(*args, **kwargs)
+    render(kept)
+    def artists(fig):  # what a builder adds (ticks come and go with the colour bar's range)
+        return [(len(ax.collections), len(ax.patches), len(ax.texts), len(ax.lines)) for ax in fig.axes], len(fig.legends)
+
+    structure = artists(kept)
+    for i in range(1, 5):  # value ranges over 6 decades: colour-bar ticks, their widths and the margins change
+        build, args, kwargs = _series(kind, i)
+        fresh = build(*args, **kwargs)
+        expected = render(fresh).rgb
+        release(fresh)
+        assert refill(kept, build.__name__, *args, **kwargs)
+        np.testing.assert_array_equal(render(kept).rgb, expected)
+    assert artists(kept) == structure  # values replaced, no artist added
+
+
+def test_refill_declines_what_changes_more_than_the_values():
+    from nn_neuroimaging_lightning.panels.figures import refill
+
+    z = np.ones((2, 2, 2))
+    fig = heatmap_figure(z, "zeta", "RdBu_r", z > 2, symmetric=True)  # no significant cell
+    before = render(fig).rgb
+    assert not refill(fig, "heatmap_figure", np.ones((2, 2, 3)), "zeta", "RdBu_r", np.ones((2, 2, 3)) > 2, symmetric=True)
+    assert not refill(fig, "heatmap_figure", z, "another title", "RdBu_r", z > 2, symmetric=True)
+    assert not refill(fig, "heatmap_figure", z, "zeta", "RdBu_r", z > 0, symmetric=True)  # significant cells appear
+    holes = z.copy()
+    holes[0, 0, 0] = np.nan
+    assert not refill(fig, "heatmap_figure", holes, "zeta", "RdBu_r", z > 2, symmetric=True)  # a missing cell appears
+    assert not refill(fig, "matrix_figure", np.ones((2, 2)), "a", "b")  # another builder's arguments
+    assert not refill(spectrum_figure(FREQS, {"a": 1.0 / (1.0 + FREQS)}), "spectrum_figure", FREQS, {"a": FREQS})  # not kept
+    with pytest.raises(ValueError, match="`significance` must have the shape"):
+        refill(fig, "heatmap_figure", z, "zeta", "RdBu_r", np.ones((3, 3), dtype=bool), symmetric=True)
+    np.testing.assert_array_equal(render(fig).rgb, before)  # declined or refused: the figure is unchanged
+    release(fig)
+    assert not refill(fig, "heatmap_figure", z, "zeta", "RdBu_r", z > 2, symmetric=True)  # released: nothing kept

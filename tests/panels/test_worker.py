@@ -193,3 +193,37 @@ def test_a_waiting_thread_draws_the_figures_not_sent_yet_and_each_tag_stays_in_o
     got = _images(tb.log_dir)["a/x"]
     assert [s for s, _ in got] == list(range(7))
     assert all(png == draw(_zeta(s)).png for s, png in got)  # the same pixels whoever drew them
+
+
+def test_kept_figures_are_drawn_again_in_place_with_the_pixels_of_new_ones():
+    from nn_neuroimaging_lightning.panels.worker import Kept
+
+    kept = Kept(most=2)
+    for step in range(4):
+        for tag in ("a/zeta", "b/zeta", "c/zeta"):  # c comes third: not kept, built anew each time
+            d = _zeta(step * 10 + len(tag))
+            assert kept.draw(tag, d).png == draw(d).png
+    assert len(kept) == 2 and set(kept._figs) == {"a/zeta", "b/zeta"}
+    other = Drawing.of(PF.heatmap_figure, np.zeros((3, 3)), "density")  # another shape under a kept tag: built anew
+    assert kept.draw("a/zeta", other).png == draw(other).png
+    with pytest.raises(TypeError, match="no_such_argument"):  # a builder's error propagates; the tag's figure is dropped
+        kept.draw("b/zeta", Drawing("heatmap_figure", (np.zeros(3),), {"no_such_argument": 1}))
+    assert set(kept._figs) == {"a/zeta"}
+    kept.clear()
+    assert len(kept) == 0
+
+
+def test_the_renderer_draws_a_tags_later_figures_in_place_with_the_same_pngs(tmp_path):
+    worker = FigureWorker()
+    tb = TensorBoardLogger(str(tmp_path), name="tb")
+    sink = PanelSink([tb], worker=worker)
+    drawings = {step: _zeta(step) for step in range(1, 6)}
+    for step, d in drawings.items():
+        sink.figure("nn_fmri/x/zeta", d, step)
+        assert sink.wait(timeout=120)  # one at a time: every one is drawn by the renderer, the later ones in place
+    assert worker.failed is None
+    got = _images(tb.log_dir)["nn_fmri/x/zeta"]
+    assert [s for s, _ in got] == list(drawings)
+    for step, png in got:
+        assert png == draw(drawings[step]).png
+    worker.close()
