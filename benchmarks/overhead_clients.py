@@ -6,7 +6,9 @@ at random per round, so machine-load drift hits every arm alike. Arms:
 
 - ``plain``: no callback (a ``TensorBoardLogger``, as a user has);
 - ``all``: ``NNEEGCallback()``, ``NNfMRICallback()``, ``CrossModalCallback()`` at their defaults
-  (figures drawn by the renderer process, ``panels/worker.py``);
+  (figures drawn by the renderer process, ``panels/worker.py``; each fit that draws gets a new
+  renderer, started and warmed up before its timed fit, so that no figure kept from an earlier
+  fit is drawn in place: as in a user's process, the first epoch's figures are built anew);
 - ``all_inline``: the same with ``NN_NEUROIMAGING_RENDER=inline`` (figures drawn in the training
   thread, as before the renderer process): what the renderer saves;
 - ``all_nopanels``: the three with ``panels=False`` (no figure, table or spectrum): what the
@@ -28,6 +30,8 @@ median over rounds and its percentile-bootstrap 95 % interval (``_clientfit.medi
 - ``figure wait``: ms per fit that ``teardown`` waited for figures still in the renderer process
   (the last validation's; earlier ones are drawn while training goes on), drawing those not sent to
   the renderer yet itself (``FigureWorker.help``: not counted under ``figures``);
+- ``renderer CPU``: the renderer process's user + system CPU time (``/proc/<pid>/stat``) during
+  the ``all`` fits, per epoch: what the figures cost on the other core (NaN off Linux);
 - ``analysis``: the rest of the callbacks' epoch hooks (``on_train_epoch_*``,
   ``on_validation_*``, ``on_validation_epoch_*``);
 
@@ -215,8 +219,30 @@ def _start_renderer() -> None:
         done.wait(120)
 
 
+def _renderer_cpu_s() -> float:
+    """CPU seconds (user + system) the renderer process of this one has used so far; NaN where unknown."""
+    from nn_neuroimaging_lightning.panels.worker import shared_worker
+
+    proc = shared_worker()._proc
+    try:
+        fields = Path(f"/proc/{proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime (proc(5))
+    except (AttributeError, OSError, ValueError, IndexError):
+        return float("nan")
+
+
+#: arms whose figures the renderer process draws
+RENDERED = ("all", "eeg", "fmri", "eeg+fmri")
+
+
 def fit_arm(client: str, arm: str, steps: int, epochs: int, seed: int) -> Dict[str, Any]:
     clock = Clock()
+    if arm in RENDERED:  # a renderer of its own, as in a user's process: nothing kept from an earlier fit (panels.worker.Kept)
+        from nn_neuroimaging_lightning.panels.worker import shutdown
+
+        shutdown()
+        _start_renderer()  # started and warm before the fit: its start-up is not timed
+    cpu0 = _renderer_cpu_s()
     inline = arm == "all_inline"  # figures drawn in the training thread (panels.worker's opt-out)
     before = os.environ.get(RENDER_ENV)
     if inline:
@@ -229,7 +255,8 @@ def fit_arm(client: str, arm: str, steps: int, epochs: int, seed: int) -> Dict[s
     finally:
         if inline:
             os.environ.pop(RENDER_ENV) if before is None else os.environ.__setitem__(RENDER_ENV, before)
-    out = {"seconds": seconds, "steps": int(trainer.global_step), "epochs": int(trainer.current_epoch)}
+    out = {"seconds": seconds, "steps": int(trainer.global_step), "epochs": int(trainer.current_epoch),
+           "renderer_cpu": _renderer_cpu_s() - cpu0}
     out.update({k: v for k, v in clock.s.items()})
     out["figure_calls"] = clock.n.get("figure_writes", 0)
     return out
@@ -238,8 +265,6 @@ def fit_arm(client: str, arm: str, steps: int, epochs: int, seed: int) -> Dict[s
 def run_case(client: str, steps: int, epochs: int, repeats: int, arms: Sequence[str], seed: int) -> Dict[str, Any]:
     rng = random.Random(f"{client}-{steps}-{seed}")
     fit_arm(client, "plain", steps, 1, seed)  # warm-up (imports, allocator, first-use costs), discarded
-    if set(arms) - {"plain", "floor", "all_nopanels", "all_inline"}:  # an arm that draws in the renderer
-        _start_renderer()  # the process lives as long as this one: no arm pays its start
     rounds: List[Dict[str, Dict[str, Any]]] = []
     for r in range(repeats):
         order = list(arms)
@@ -266,6 +291,7 @@ def run_case(client: str, steps: int, epochs: int, repeats: int, arms: Sequence[
         res["per_epoch_ms"] = per_epoch
         res["figures_per_epoch"] = float(np.median([x["figure_calls"] for x in a])) / n_ep
         res["figure_wait_ms"] = float(np.median([x.get("figure_wait", 0.0) for x in a])) * 1e3  # per fit, at teardown
+        res["renderer_cpu_ms"] = float(np.median([x.get("renderer_cpu", float("nan")) for x in a])) * 1e3 / n_ep
         res["per_fit_ms"] = float(np.median([x.get("fit_hooks", 0.0) for x in a])) * 1e3  # setup .. teardown
         res["per_step_us"] = float(np.median([
             (rd["all"]["seconds"] - rd["plain"]["seconds"] - rd["all"].get("epoch_hooks", 0.0) - rd["all"].get("fit_hooks", 0.0))
@@ -285,8 +311,8 @@ def table(results: Sequence[Dict[str, Any]], command: str) -> str:
     lines = [f"`{command}`", "",
              "| client | steps × epochs | plain step (ms) | all three | all three, figures inline | all three, no panels | EEG | fMRI | "
              "cross-modal (vs EEG+fMRI) | EEG floor `abs().sum()` | zeta | tract | figures (n/epoch) | analysis | "
-             "per fit (ms) | of which figure wait | per step (µs) |",
-             "|---|---|---:|---|---|---|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+             "renderer CPU (ms/epoch) | per fit (ms) | of which figure wait | per step (µs) |",
+             "|---|---|---:|---|---|---|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in results:
         pe = r.get("per_epoch_ms", {})
         ms = lambda k: f"{pe[k]:.0f}" if k in pe else "—"  # noqa: E731
@@ -296,12 +322,14 @@ def table(results: Sequence[Dict[str, Any]], command: str) -> str:
             f"{_ci(r['ratio'].get('eeg'))} | "
             f"{_ci(r['ratio'].get('fmri'))} | {_ci(r['ratio'].get('cross'))} | {_ci(r['ratio'].get('floor'))} | "
             f"{ms('zeta')} | {ms('tract')} | {ms('figures')} ({r.get('figures_per_epoch', 0):.0f}) | "
-            f"{ms('analysis')} | {r.get('per_fit_ms', float('nan')):.0f} | {r.get('figure_wait_ms', float('nan')):.0f} | "
+            f"{ms('analysis')} | {r.get('renderer_cpu_ms', float('nan')):.0f} | "
+            f"{r.get('per_fit_ms', float('nan')):.0f} | {r.get('figure_wait_ms', float('nan')):.0f} | "
             f"{r.get('per_step_us', float('nan')):.0f} |")
     lines += ["", "Ratios: fit time / plain fit time in the same round, median [bootstrap 95 % CI] over rounds. "
               "zeta / tract / figures / analysis: ms per epoch in the `all` arm (figures: build + render + write of "
               "every panel in the training thread, n = figures per epoch); per fit: the once-per-fit hooks (setup to teardown), "
               "of which figure wait: teardown waiting for the figures still in the renderer process. "
+              "Renderer CPU: the renderer process's user + system CPU time during the `all` fits, per epoch. "
               "Per step: (T(all) − T(plain) − epoch hooks − per-fit hooks) / training steps."]
     return "\n".join(lines)
 

@@ -92,13 +92,14 @@ def _keep(fig: Figure, builder: str, key: tuple, fill: Any, plan_of: Any) -> Non
 def refill(fig: Figure, builder: str, *args: Any, **kwargs: Any) -> bool:
     """Make ``fig`` show ``builder(*args, **kwargs)`` in place; ``False`` (``fig`` unchanged) when it cannot.
 
-    A figure of :func:`heatmap_figure` or :func:`matrix_figure` keeps its artists and takes new
-    values, when everything but the values is the same as when it was built (shape, title, labels,
-    colour map, which cells are missing or significant ...): the renderer process draws a tag's
-    figure of the next validation epoch this way (:mod:`~nn_neuroimaging_lightning.panels.worker`).
-    Rendered, it has the pixels of a figure built anew from the same arguments
-    (``tests/panels/test_figures.py``), at 0.4 of the cost (``benchmarks/overhead_clients.py
-    --figures``): no figure, axes, ticks or colour bar is created again and nothing is released.
+    A figure of :func:`heatmap_figure`, :func:`matrix_figure` or :func:`spectrogram_figure` keeps
+    its artists and takes new values (a spectrogram: new cells at new times), when everything else
+    is the same as when it was built (shape, title, labels, colour map, which cells are missing or
+    significant ...): the renderer process draws a tag's figure of the next validation epoch this
+    way (:mod:`~nn_neuroimaging_lightning.panels.worker`). Rendered, it has the pixels of a figure
+    built anew from the same arguments (``tests/panels/test_figures.py``), at about half the cost
+    (``benchmarks/overhead_clients.py --figures``): no figure, axes or colour bar is created again
+    and nothing is released.
 
     Raises:
         The builder's own errors for invalid arguments (``fig`` is unchanged then).
@@ -504,49 +505,101 @@ def spectrogram_figure(
         >>> [int(v) for v in fig.get_size_inches() * fig.dpi]
         [640, 440]
     """
-    t = _np(times, "times", 1)
-    f = _np(freqs, "freqs", 1)
-    p = _np(power, "power", 2)
-    if p.shape != (t.size, f.size):
-        raise ValueError(f"`power` must have shape (len(times), len(freqs)) = {(t.size, f.size)}, got {p.shape}.")
-    colours = _cmap(cmap)
-    ok = np.isfinite(p) & (p > 0) if log else np.isfinite(p)
-    shown = np.ma.masked_array(np.where(ok, p, 1.0), mask=~ok).T  # (F, T)
+    plan = _spectrogram_plan(times, freqs, power, log, title, time_label, cmap, figsize, dpi)
     fig = _figure(figsize, dpi)
     _title(fig, title)
     ax = fig.add_subplot()
     _style(ax)
     ax.set_xlabel(time_label, fontsize=_LABEL)
     ax.set_ylabel("frequency (Hz, nominal)", fontsize=_LABEL)
-    if p.size == 0:
+    if plan.shown is None:
         _no_data(ax)
         _layout(fig, ax)
         return fig
+    colours = _cmap(cmap)
+    held: dict[str, Any] = {}
+
+    def put(new: _SpectrogramPlan) -> None:  # the cells, their axes and the colour bar; again for new values (`refill`)
+        if "mesh" in held:
+            held["mesh"].remove()
+        norm = LogNorm(*new.limits) if log else Normalize(*new.limits)
+        mesh = held["mesh"] = ax.pcolormesh(new.x, new.y, new.shown, cmap=colours, norm=norm, shading="flat", rasterized=True)
+        ax.set_xlim(new.x[0], new.x[-1])  # where autoscaling puts a mesh's edges; explicit: a removed mesh leaves its limits
+        ax.set_ylim(new.y[0], new.y[-1])
+        for axis, uniform, values in ((ax.xaxis, new.t_cells, new.t), (ax.yaxis, new.f_cells, new.f)):
+            if not uniform:  # cells at their index: ticks where the value changes, labelled with it
+                axis.set_major_locator(FixedLocator(_change_ticks(values)))
+                axis.set_major_formatter(_index_formatter(values))
+            else:
+                axis.set_major_locator(MaxNLocator(nbins=6))
+        if "bar" in held:
+            held["bar"].update_normal(mesh)
+        else:
+            held["bar"] = _colorbar(fig, mesh)
+        if log:  # again after new values: the colour bar resets its locator and formatter with a new norm
+            _log_axis(held["bar"].ax.yaxis)
+
+    put(plan)
+    bar = held["bar"]
+    bar.set_label("power spectral density" + (" (log scale)" if log else ""), fontsize=_LABEL)
+    bar.ax.tick_params(labelsize=_TICK)
+    if plan.no_valid:
+        _no_data(ax, "no finite power")
+    _layout(fig, ax, bar=bar)
+
+    def fill(new: _SpectrogramPlan) -> None:
+        put(new)
+        _layout(fig, ax, bar=bar)
+
+    _keep(fig, "spectrogram_figure", plan.key, fill, lambda *a, **k: _spectrogram_plan(*_spectrogram_args(*a, **k)))
+    return fig
+
+
+@dataclass(frozen=True)
+class _SpectrogramPlan:
+    """What :func:`spectrogram_figure` draws, from its arguments: ``key`` is everything but the values."""
+
+    key: tuple
+    shown: Any = None  # masked (F, T) power, None for no cell
+    t: Any = None
+    f: Any = None
+    x: Any = None  # (T + 1,) and (F + 1,) cell edges
+    y: Any = None
+    t_cells: bool = False  # True: cells at their times (strictly increasing), else at their index
+    f_cells: bool = False
+    limits: tuple = (1.0, 10.0)
+    no_valid: bool = False
+
+
+def _spectrogram_args(times: Any, freqs: Any, power: Any, *, log: bool = True, title: str = "Spectrogram",
+                      time_label: str = "step", cmap: str = "magma", figsize: tuple[float, float] = (6.4, 4.4),
+                      dpi: float = _DPI) -> tuple:
+    """:func:`spectrogram_figure`'s arguments, positional (what :func:`refill` is given, in its order)."""
+    return times, freqs, power, log, title, time_label, cmap, figsize, dpi
+
+
+def _spectrogram_plan(times: Any, freqs: Any, power: Any, log: bool, title: str, time_label: str, cmap: str, figsize: Any,
+                      dpi: float) -> _SpectrogramPlan:
+    t = _np(times, "times", 1)
+    f = _np(freqs, "freqs", 1)
+    p = _np(power, "power", 2)
+    if p.shape != (t.size, f.size):
+        raise ValueError(f"`power` must have shape (len(times), len(freqs)) = {(t.size, f.size)}, got {p.shape}.")
+    _cmap(cmap)  # a known name, before anything is drawn
+    base = (p.shape, bool(log), str(title), str(time_label), cmap, tuple(figsize), dpi)
+    if p.size == 0:
+        return _SpectrogramPlan(key=base + (None,))
+    ok = np.isfinite(p) & (p > 0) if log else np.isfinite(p)
+    shown = np.ma.masked_array(np.where(ok, p, 1.0), mask=~ok).T  # (F, T)
     valid = p[ok]
     lo, hi = (float(valid.min()), float(valid.max())) if valid.size else (1.0, 10.0)
-    if log:
-        norm = LogNorm(lo, hi if hi > lo else lo * 10)
-    else:
-        norm = Normalize(*_limits(valid, False))
+    limits = (lo, hi if hi > lo else lo * 10) if log else _limits(valid, False)
     t_edges, f_edges = _edges(t), _edges(f)
     x = t_edges if t_edges is not None else np.arange(t.size + 1) - 0.5
     y = f_edges if f_edges is not None else np.arange(f.size + 1) - 0.5
-    mesh = ax.pcolormesh(x, y, shown, cmap=colours, norm=norm, shading="flat", rasterized=True)
-    for axis, edges, values in ((ax.xaxis, t_edges, t), (ax.yaxis, f_edges, f)):
-        if edges is None:  # cells at their index: ticks where the value changes, labelled with it
-            axis.set_major_locator(FixedLocator(_change_ticks(values)))
-            axis.set_major_formatter(_index_formatter(values))
-        else:
-            axis.set_major_locator(MaxNLocator(nbins=6))
-    bar = _colorbar(fig, mesh)
-    if log:
-        _log_axis(bar.ax.yaxis)
-    bar.set_label("power spectral density" + (" (log scale)" if log else ""), fontsize=_LABEL)
-    bar.ax.tick_params(labelsize=_TICK)
-    if not valid.size:
-        _no_data(ax, "no finite power")
-    _layout(fig, ax, bar=bar)
-    return fig
+    return _SpectrogramPlan(key=base + (t_edges is not None, f_edges is not None, not valid.size), shown=shown, t=t, f=f,
+                            x=x, y=y, t_cells=t_edges is not None, f_cells=f_edges is not None, limits=limits,
+                            no_valid=not valid.size)
 
 
 # ------------------------------------------------------------------ phases

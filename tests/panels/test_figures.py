@@ -412,12 +412,23 @@ def _series(kind: str, i: int):
         m = rng.random((8, 16)) * scale
         m[0, 1] = np.nan
         return matrix_figure, (m, "model.conv1 region (source)", "model.conv2 region (target)", "C(conv1 -> conv2)"), {}
+    if kind == "spectrogram":  # segment centres move on by a window each epoch
+        return spectrogram_figure, (np.arange(10) * 32 + 64 * i, FREQS, rng.random((10, 33)) * scale), \
+            {"title": "Spectrogram model.conv1"}
+    if kind == "spectrogram_shared_steps":  # validation forwards share a step: cells at their index
+        t = np.repeat(np.arange(5) * 7 + i, 2)
+        power = rng.random((10, 33)) * scale
+        power[0, :3] = np.nan
+        return spectrogram_figure, (t, FREQS, power), {"log": bool(i >= 0)}
+    if kind == "spectrogram_linear":
+        return spectrogram_figure, (np.arange(6.0) + i, FREQS[:9], rng.normal(size=(6, 9)) * scale), {"log": False}
     if kind == "tract_log":
         return matrix_figure, (rng.random((5, 5)) * scale, "source", "target", "C"), {"log": True}
     raise KeyError(kind)
 
 
-@pytest.mark.parametrize("kind", ["zeta", "density", "strip", "tokens", "holes", "categories", "constant", "tract", "tract_log"])
+@pytest.mark.parametrize("kind", ["zeta", "density", "strip", "tokens", "holes", "categories", "constant", "tract", "tract_log",
+                                  "spectrogram", "spectrogram_shared_steps", "spectrogram_linear"])
 def test_a_figure_refilled_with_new_values_has_the_pixels_of_one_built_anew(kind):
     from nn_neuroimaging_lightning.panels.figures import refill
 
