@@ -371,7 +371,8 @@ def figure_cases(PF: Any = None) -> Dict[str, Callable[[], Any]]:
 
 def again_cases() -> Dict[str, Callable[[int], Any]]:
     """The kinds the renderer draws again in place (``panels.worker.Kept``): repeat ``i``'s drawing,
-    the case of :func:`figure_cases` with its values scaled (new values, the same structure)."""
+    the case of :func:`figure_cases` with its values scaled (new values, the same structure; a
+    spectrogram's segments at later steps)."""
     from nn_neuroimaging_lightning.panels import figures as PF
     from nn_neuroimaging_lightning.panels.worker import Drawing
 
@@ -380,7 +381,10 @@ def again_cases() -> Dict[str, Callable[[int], Any]]:
     power = rng.random((32, 33)) + 0.01
     m = rng.random((8, 8))
     m[0, 1] = np.nan
+    freqs = np.arange(33) * 3.125
     return {
+        "spectrogram (32 x 33)": lambda i: Drawing.of(PF.spectrogram_figure, np.arange(32) * 4 + 128 * i, freqs, power * (1 + i),
+                                                    title="Spectrogram layer1.conv"),
         "heatmap zeta 8x8x4": lambda i: Drawing.of(PF.heatmap_figure, zeta * (1 + i), "layer1: zeta (impact of each region)",
                                                  "RdBu_r", np.abs(zeta) > 1.5, symmetric=True, colorbar_label="zeta"),
         "heatmap significance 8x8x4": lambda i: Drawing.of(PF.heatmap_figure, (np.abs(zeta) > 1.5).astype(float),
