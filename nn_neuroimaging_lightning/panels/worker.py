@@ -164,9 +164,15 @@ class Kept:
         if tag is None:
             return draw(drawing)
         fig = self._figs.pop(tag, None)
-        if fig is not None and not refill(fig, drawing.builder, *drawing.args, **drawing.kwargs):
-            release(fig)
-            fig = None
+        if fig is not None:
+            try:
+                again = refill(fig, drawing.builder, *drawing.args, **drawing.kwargs)
+            except BaseException:  # invalid arguments: the builder's error, reported like a new figure's
+                release(fig)
+                raise
+            if not again:
+                release(fig)
+                fig = None
         if fig is None:
             fig = drawing.build()
         try:
