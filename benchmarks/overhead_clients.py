@@ -372,7 +372,7 @@ def figure_cases(PF: Any = None) -> Dict[str, Callable[[], Any]]:
 def again_cases() -> Dict[str, Callable[[int], Any]]:
     """The kinds the renderer draws again in place (``panels.worker.Kept``): repeat ``i``'s drawing,
     the case of :func:`figure_cases` with its values scaled (new values, the same structure; a
-    spectrogram's segments at later steps)."""
+    spectrogram's segments at later steps; the consistency chart with one more evaluation per repeat)."""
     from nn_neuroimaging_lightning.panels import figures as PF
     from nn_neuroimaging_lightning.panels.worker import Drawing
 
@@ -382,7 +382,13 @@ def again_cases() -> Dict[str, Callable[[int], Any]]:
     m = rng.random((8, 8))
     m[0, 1] = np.nan
     freqs = np.arange(33) * 3.125
+    bands = {"delta": (0.5, 4.0), "theta": (4.0, 8.0), "alpha": (8.0, 13.0), "beta": (13.0, 30.0), "gamma": (30.0, 100.0)}
+    psd = {f"layer{i}.conv": 1.0 / (1.0 + freqs) ** (1 + i / 8) for i in range(9)}
+    scores = {"consistency": [0.5, 0.6, 0.7], "rho": [0.1, 0.2, 0.3], "agreement": [0.4, 0.5, 0.6], "coherence": [0.2, 0.3, 0.2]}
     return {
+        "spectrum (9 layers)": lambda i: Drawing.of(PF.spectrum_figure, freqs, {k: v * (1 + i) for k, v in psd.items()}, bands),
+        "consistency": lambda i: Drawing.of(PF.consistency_figure, {k: v + [0.5] * i for k, v in scores.items()},
+                                          steps=[10 * (j + 1) for j in range(3 + i)]),
         "spectrogram (32 x 33)": lambda i: Drawing.of(PF.spectrogram_figure, np.arange(32) * 4 + 128 * i, freqs, power * (1 + i),
                                                     title="Spectrogram layer1.conv"),
         "heatmap zeta 8x8x4": lambda i: Drawing.of(PF.heatmap_figure, zeta * (1 + i), "layer1: zeta (impact of each region)",

@@ -92,10 +92,12 @@ def _keep(fig: Figure, builder: str, key: tuple, fill: Any, plan_of: Any) -> Non
 def refill(fig: Figure, builder: str, *args: Any, **kwargs: Any) -> bool:
     """Make ``fig`` show ``builder(*args, **kwargs)`` in place; ``False`` (``fig`` unchanged) when it cannot.
 
-    A figure of :func:`heatmap_figure`, :func:`matrix_figure` or :func:`spectrogram_figure` keeps
-    its artists and takes new values (a spectrogram: new cells at new times), when everything else
-    is the same as when it was built (shape, title, labels, colour map, which cells are missing or
-    significant ...): the renderer process draws a tag's figure of the next validation epoch this
+    A figure of :func:`heatmap_figure`, :func:`matrix_figure`, :func:`spectrogram_figure`,
+    :func:`spectrum_figure` or :func:`consistency_figure` keeps its artists and takes new values (a
+    spectrogram: new cells at new times; the consistency chart: one more evaluation), when
+    everything else is the same as when it was built (shape, title, labels, colour map, layers,
+    which cells are missing or significant, which steps are joint anomalies ...; the phase timeline
+    is always built anew): the renderer process draws a tag's figure of the next validation epoch this
     way (:mod:`~nn_neuroimaging_lightning.panels.worker`). Rendered, it has the pixels of a figure
     built anew from the same arguments (``tests/panels/test_figures.py``), at about half the cost
     (``benchmarks/overhead_clients.py --figures``): no figure, axes or colour bar is created again
@@ -417,19 +419,12 @@ def spectrum_figure(
         >>> [int(v) for v in fig.get_size_inches() * fig.dpi], fig.axes[0].get_yscale()
         ([640, 480], 'log')
     """
-    f = _np(freqs, "freqs", 1)
-    series = {}
-    for layer, psd in psd_by_layer.items():
-        p = _np(psd, f"psd_by_layer[{layer!r}]", 1)
-        if p.shape != f.shape:
-            raise ValueError(f"`psd_by_layer[{layer!r}]` must have shape {f.shape} like `freqs`, got {p.shape}.")
-        series[_label(layer)] = np.where(np.isfinite(p) & (p > 0), p, np.nan)  # gaps on the log axis
+    f, series, drawable, key = _spectrum_plan(freqs, psd_by_layer, bands, title, figsize, dpi)
     fig = _figure(figsize, dpi)
     _title(fig, title)
     ax = fig.add_subplot()
     _style(ax)
     finite_f = f[np.isfinite(f)]
-    drawable = finite_f.size > 0 and any(np.isfinite(v).any() for v in series.values())
     lo_f, hi_f = (float(finite_f.min()), float(finite_f.max())) if finite_f.size else (0.0, 1.0)
     if hi_f <= lo_f:
         lo_f, hi_f = lo_f - 0.5, hi_f + 0.5
@@ -443,9 +438,10 @@ def spectrum_figure(
         ax.text((a + b) / 2, 1.01, glyph, transform=ax.get_xaxis_transform(), ha="center", va="bottom",
                 fontsize=_LABEL, color=_INK)
     max_chars = _legend_chars(fig, _legend_cols(len(series)))
+    lines = []
     for i, (name, p) in enumerate(series.items()):
         colour, dash = _line_style(i)
-        ax.plot(f, p, color=colour, ls=dash, lw=2.2, label=_short(name, max_chars))
+        lines += ax.plot(f, p, color=colour, ls=dash, lw=2.2, label=_short(name, max_chars))
     if drawable:
         ax.set_yscale("log")
         _log_axis(ax.yaxis)
@@ -460,8 +456,49 @@ def spectrum_figure(
         ncols = _legend_cols(len(series))
         rows = _legend(fig, math.ceil(len(series) / ncols), ncols=ncols, fontsize=_SMALL, frameon=False,
                        handlelength=2.2, columnspacing=1.2)
-    _layout(fig, ax, legend_rows=rows, top_extra_in=_pt(_LABEL * 1.3) if bands else 0.0)
+    place = dict(legend_rows=rows, top_extra_in=_pt(_LABEL * 1.3) if bands else 0.0)
+    _layout(fig, ax, **place)
+
+    def fill(new: tuple) -> None:  # the same frequencies, layers and bands, new powers (see `refill`)
+        for line, p in zip(lines, new[1].values()):
+            line.set_ydata(p)
+        ax.relim()  # the data limits of the lines (and the bands' x extent), as when they were plotted
+        ax.autoscale_view()
+        _layout(fig, ax, **place)
+
+    _keep(fig, "spectrum_figure", key, fill, lambda *a, **k: _Planned(_spectrum_plan(*_spectrum_args(*a, **k))))
     return fig
+
+
+class _Planned(tuple):
+    """A plan that is a plain tuple ``(..., key)``: its ``key`` is the last item (for :func:`refill`)."""
+
+    @property
+    def key(self) -> Any:
+        return self[-1]
+
+
+def _spectrum_args(freqs: Any, psd_by_layer: Mapping[str, Any], bands: Mapping[str, tuple[float, float]] | None = None, *,
+                   title: str = "Power spectrum per layer", figsize: tuple[float, float] = (6.4, 4.8),
+                   dpi: float = _DPI) -> tuple:
+    """:func:`spectrum_figure`'s arguments, positional (what :func:`refill` is given, in its order)."""
+    return freqs, psd_by_layer, bands, title, figsize, dpi
+
+
+def _spectrum_plan(freqs: Any, psd_by_layer: Mapping[str, Any], bands: Any, title: str, figsize: Any, dpi: float) -> tuple:
+    """``(f, {layer: power with gaps}, drawable, key)`` of :func:`spectrum_figure`; ``key``: all but the powers."""
+    f = _np(freqs, "freqs", 1)
+    series = {}
+    for layer, psd in psd_by_layer.items():
+        p = _np(psd, f"psd_by_layer[{layer!r}]", 1)
+        if p.shape != f.shape:
+            raise ValueError(f"`psd_by_layer[{layer!r}]` must have shape {f.shape} like `freqs`, got {p.shape}.")
+        series[_label(layer)] = np.where(np.isfinite(p) & (p > 0), p, np.nan)  # gaps on the log axis
+    finite_f = f[np.isfinite(f)]
+    drawable = finite_f.size > 0 and any(np.isfinite(v).any() for v in series.values())
+    band_items = tuple((str(k), float(a), float(b)) for k, (a, b) in (bands or {}).items())
+    key = (f.tobytes(), tuple(series), band_items, bool(bands), str(title), tuple(figsize), dpi, drawable)
+    return f, series, drawable, key
 
 
 def spectrogram_figure(
@@ -1096,6 +1133,36 @@ def _matrix_plan(matrix: Any, row_label: str, col_label: str, title: str, cmap: 
 # ------------------------------------------------------------------ cross-modal
 
 
+def _consistency_args(history: Mapping[str, Sequence[float]], steps: Any = None, *, title: str = "Cross-modal consistency",
+                      figsize: tuple[float, float] = (6.4, 4.4), dpi: float = _DPI) -> tuple:
+    """:func:`consistency_figure`'s arguments, positional (what :func:`refill` is given, in its order)."""
+    return history, steps, title, figsize, dpi
+
+
+def _consistency_plan(history: Mapping[str, Sequence[float]], steps: Any, title: str, figsize: Any, dpi: float) -> _Planned:
+    """``(series, x, flags, n, steps, key)`` of :func:`consistency_figure`; ``key``: all but the scores and steps."""
+    series = {k: _np(v, f"history[{k!r}]", 1) for k, v in history.items() if k not in ("step", "joint_anomaly")}
+    lengths = {len(v) for v in series.values()}
+    if len(lengths) > 1:
+        raise ValueError(f"`history` series must have the same length, got lengths {sorted(lengths)}.")
+    n = lengths.pop() if lengths else 0
+    if steps is None:
+        steps = history.get("step")
+    x = np.arange(n, dtype=np.float64) if steps is None else _np(steps, "steps", 1)
+    if x.shape != (n,):
+        raise ValueError(f"`steps` must have one entry per evaluation ({n}), got shape {x.shape}.")
+    flags = None
+    joint = history.get("joint_anomaly")
+    if joint is not None:
+        flags = np.asarray(joint, dtype=bool)
+        if flags.shape != x.shape:
+            raise ValueError(f"`history['joint_anomaly']` must have {n} entries, got shape {flags.shape}.")
+    flagged = () if flags is None else tuple(float(v) for v in x[flags & np.isfinite(x)])
+    key = (tuple(series), steps is None, n == 0, n < 30, flagged, bool(np.isfinite(x).any()), str(title), tuple(figsize), dpi)
+    return _Planned((series, x, flags, n, steps, key))
+
+
+
 def consistency_figure(
     history: Mapping[str, Sequence[float]],
     steps: Any = None,
@@ -1129,22 +1196,9 @@ def consistency_figure(
         >>> fig.legends[0].texts[0].get_text(), fig.legends[0].texts[1].get_text()
         ('rho', 'consistency')
     """
-    series = {k: _np(v, f"history[{k!r}]", 1) for k, v in history.items() if k not in ("step", "joint_anomaly")}
-    lengths = {len(v) for v in series.values()}
-    if len(lengths) > 1:
-        raise ValueError(f"`history` series must have the same length, got lengths {sorted(lengths)}.")
-    n = lengths.pop() if lengths else 0
-    if steps is None:
-        steps = history.get("step")
-    x = np.arange(n, dtype=np.float64) if steps is None else _np(steps, "steps", 1)
-    if x.shape != (n,):
-        raise ValueError(f"`steps` must have one entry per evaluation ({n}), got shape {x.shape}.")
-    flags = None
-    joint = history.get("joint_anomaly")
-    if joint is not None:
-        flags = np.asarray(joint, dtype=bool)
-        if flags.shape != x.shape:
-            raise ValueError(f"`history['joint_anomaly']` must have {n} entries, got shape {flags.shape}.")
+    plan = _consistency_plan(history, steps, title, figsize, dpi)
+    series, x, flags, n = plan[0], plan[1], plan[2], plan[3]
+    steps = plan[4]
     fig = _figure(figsize, dpi)
     _title(fig, title)
     ax = fig.add_subplot()
@@ -1156,20 +1210,26 @@ def consistency_figure(
     ax.set_xlabel("step" if steps is not None else "evaluation", fontsize=_LABEL)
     ax.set_ylabel("score", fontsize=_LABEL)
     ax.xaxis.set_major_locator(MaxNLocator(nbins=6, integer=True))
-    fx = x[np.isfinite(x)]
-    if fx.size and fx.max() > fx.min():
-        pad = 0.03 * (fx.max() - fx.min())
-        ax.set_xlim(fx.min() - pad, fx.max() + pad)
-    elif fx.size:
-        ax.set_xlim(fx[0] - 0.5, fx[0] + 0.5)
+
+    def x_limits(x: np.ndarray) -> None:
+        fx = x[np.isfinite(x)]
+        if fx.size and fx.max() > fx.min():
+            pad = 0.03 * (fx.max() - fx.min())
+            ax.set_xlim(fx.min() - pad, fx.max() + pad)
+        elif fx.size:
+            ax.set_xlim(fx[0] - 0.5, fx[0] + 0.5)
+
+    x_limits(x)
     marks = "o" if n < 30 else None
     others = [k for k in series if k != "consistency"]
+    lines = {}
     for i, name in enumerate(others):  # consistency drawn last, on top
         colour, _ = _line_style(i)
-        ax.plot(x, series[name], color=colour, ls=_LINE_STYLES[(i + 1) % len(_LINE_STYLES)], lw=2.0, marker=marks,
-                markersize=5, label=_short(name, _legend_chars(fig, 3, 2.4)))
+        lines[name], = ax.plot(x, series[name], color=colour, ls=_LINE_STYLES[(i + 1) % len(_LINE_STYLES)], lw=2.0,
+                               marker=marks, markersize=5, label=_short(name, _legend_chars(fig, 3, 2.4)))
     if "consistency" in series:
-        ax.plot(x, series["consistency"], color=_INK, lw=3.0, marker=marks, markersize=6, label="consistency")
+        lines["consistency"], = ax.plot(x, series["consistency"], color=_INK, lw=3.0, marker=marks, markersize=6,
+                                        label="consistency")
     if flags is not None and flags.any():
         for k, xi in enumerate(x[flags & np.isfinite(x)]):
             ax.axvline(xi, color="#D55E00", lw=2.0, ls=(0, (2, 1.5)), label="joint anomaly" if k == 0 else None)
@@ -1181,5 +1241,15 @@ def consistency_figure(
         ncols = _legend_cols(len(handles))
         rows = _legend(fig, math.ceil(len(handles) / ncols), handles=handles, labels=labels, ncols=ncols,
                        fontsize=_SMALL, frameon=False, handlelength=2.4, columnspacing=1.2)
+
+    def fill(new: tuple) -> None:  # the same series, marks and flagged steps, new scores (see `refill`)
+        for name, line in lines.items():
+            line.set_data(new[1], new[0][name])
+        x_limits(new[1])
+        ax.relim()  # only where no x limit was set (no finite step): the lines' own extent
+        ax.autoscale_view()
+        _layout(fig, ax, legend_rows=rows)
+
+    _keep(fig, "consistency_figure", plan.key, fill, lambda *a, **k: _consistency_plan(*_consistency_args(*a, **k)))
     _layout(fig, ax, legend_rows=rows)
     return fig

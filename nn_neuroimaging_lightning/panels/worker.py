@@ -33,9 +33,9 @@ Decisions:
   reference CNN or the ResNet with the three callbacks at defaults took 0.80-0.91 of its time
   before (``benchmarks/ab_commits.py``, ``benchmarks/README.md``). A tag's figures are still
   written in the order they were given (:class:`~nn_neuroimaging_lightning.panels.sink.PanelSink`).
-- **A tag's next figure is drawn in place.** The renderer keeps the figure of each density, zeta
-  and tract tag and puts the next epoch's values into it (:class:`Kept`), the same pixels as a new
-  figure at about half the cost; the thread that helps at teardown builds its share anew.
+- **A tag's next figure is drawn in place.** The renderer keeps the figure of each tag (all kinds
+  but the phase timeline) and puts the next epoch's values into it (:class:`Kept`), the same pixels
+  as a new figure at about half the cost; the thread that helps at teardown builds its share anew.
 """
 
 from __future__ import annotations
@@ -127,16 +127,17 @@ def draw(drawing: Drawing) -> Any:
 class Kept:
     """The renderer process's latest figure of each tag, drawn again in place for the tag's next drawing.
 
-    A density, zeta or tract figure of the next validation epoch differs from the last one in its
-    values only, so :func:`~nn_neuroimaging_lightning.panels.figures.refill` puts them into the kept
-    figure instead of building, laying out and releasing a new one: the same pixels
-    (``tests/panels/test_worker.py``) at 0.35-0.55 of the cost (``benchmarks/overhead_clients.py
-    --figures``: an 8x8x4 zeta map 65 -> 35 ms, a tract matrix 61 -> 26 ms). A drawing that changes
+    A density, zeta, tract, spectrogram, spectrum or consistency figure of the next validation epoch
+    differs from the last one in its values only, so
+    :func:`~nn_neuroimaging_lightning.panels.figures.refill` puts them into the kept figure instead
+    of building, laying out and releasing a new one: the same pixels (``tests/panels/test_worker.py``,
+    ``tests/panels/test_figures.py``) at about half the cost (``benchmarks/overhead_clients.py
+    --figures``: an 8x8x4 zeta map 60 -> 31 ms, a tract matrix 46 -> 23 ms). A drawing that changes
     more than the values (another shape, title, missing cells) is built anew and kept in its place.
     At most ``most`` figures are kept, the first tags to come: 2.6 MiB each (artists and the Agg
-    canvas with its pixel buffer, measured on 32 zeta maps and tract matrices), so 16 hold 42 MiB
+    canvas with its pixel buffer, measured on 32 zeta maps and tract matrices), so 24 hold 62 MiB
     in the renderer process, never in the training process; the default covers every client of
-    ``demo/clients.py`` (11-14 such figures per epoch); a later tag is built anew each time.
+    ``demo/clients.py`` (8-18 such figures per epoch); a later tag is built anew each time.
 
     Example::
 
@@ -149,7 +150,7 @@ class Kept:
         (True, 1)
     """
 
-    def __init__(self, most: int = 16) -> None:
+    def __init__(self, most: int = 24) -> None:
         self.most = most
         self._figs: Dict[str, Any] = {}
 

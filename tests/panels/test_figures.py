@@ -422,13 +422,29 @@ def _series(kind: str, i: int):
         return spectrogram_figure, (t, FREQS, power), {"log": bool(i >= 0)}
     if kind == "spectrogram_linear":
         return spectrogram_figure, (np.arange(6.0) + i, FREQS[:9], rng.normal(size=(6, 9)) * scale), {"log": False}
+    if kind == "spectrum":  # powers over 6 decades: the log axis's decades and its tick widths change
+        psd = {f"model.layer{k}": np.r_[0.0, rng.random(32) * scale * 10.0 ** k] for k in range(3)}
+        psd["model.layer1"][5] = np.nan
+        return spectrum_figure, (FREQS, psd, BANDS), {}
+    if kind == "spectrum_no_bands":
+        return spectrum_figure, (FREQS, {"a": rng.random(33) * scale}), {"title": "spectrum"}
+    if kind == "consistency":  # one more evaluation each epoch, rho undefined at some
+        k = 2 + i
+        rho = rng.uniform(-1, 1, k)
+        rho[0] = np.nan
+        return consistency_figure, ({"consistency": rng.uniform(0, 1, k), "rho": rho, "agreement": rng.uniform(0, 1, k),
+                                     "coherence": rng.uniform(0, 1, k), "joint_anomaly": [False] * k},), \
+            {"steps": list(range(50, 50 * (k + 1), 50))}
+    if kind == "consistency_one":  # a single evaluation: the x range is the step +- 0.5
+        return consistency_figure, ({"consistency": [rng.uniform()], "rho": [np.nan]},), {"steps": [10 * (i + 1)]}
     if kind == "tract_log":
         return matrix_figure, (rng.random((5, 5)) * scale, "source", "target", "C"), {"log": True}
     raise KeyError(kind)
 
 
 @pytest.mark.parametrize("kind", ["zeta", "density", "strip", "tokens", "holes", "categories", "constant", "tract", "tract_log",
-                                  "spectrogram", "spectrogram_shared_steps", "spectrogram_linear"])
+                                  "spectrogram", "spectrogram_shared_steps", "spectrogram_linear", "spectrum", "spectrum_no_bands",
+                                  "consistency", "consistency_one"])
 def test_a_figure_refilled_with_new_values_has_the_pixels_of_one_built_anew(kind):
     from nn_neuroimaging_lightning.panels.figures import refill
 
@@ -462,7 +478,14 @@ def test_refill_declines_what_changes_more_than_the_values():
     holes[0, 0, 0] = np.nan
     assert not refill(fig, "heatmap_figure", holes, "zeta", "RdBu_r", z > 2, symmetric=True)  # a missing cell appears
     assert not refill(fig, "matrix_figure", np.ones((2, 2)), "a", "b")  # another builder's arguments
-    assert not refill(spectrum_figure(FREQS, {"a": 1.0 / (1.0 + FREQS)}), "spectrum_figure", FREQS, {"a": FREQS})  # not kept
+    spectrum = spectrum_figure(FREQS, {"a": 1.0 / (1.0 + FREQS)})
+    assert not refill(spectrum, "spectrum_figure", FREQS, {"a": FREQS, "b": FREQS})  # another layer
+    assert not refill(spectrum, "spectrum_figure", FREQS, {"a": FREQS}, BANDS)  # bands added
+    chart = consistency_figure({"consistency": [0.5, 0.6], "joint_anomaly": [False, False]}, steps=[1, 2])
+    assert not refill(chart, "consistency_figure", {"consistency": [0.5, 0.6], "joint_anomaly": [False, True]}, steps=[1, 2])
+    assert not refill(chart, "consistency_figure", {"consistency": [0.5] * 30, "joint_anomaly": [False] * 30},
+                      steps=list(range(30)))  # 30 evaluations: lines without point marks
+    assert not refill(phase_timeline_figure(["train"] * 3), "phase_timeline_figure", ["train"] * 4)  # not kept
     with pytest.raises(ValueError, match="`significance` must have the shape"):
         refill(fig, "heatmap_figure", z, "zeta", "RdBu_r", np.ones((3, 3), dtype=bool), symmetric=True)
     np.testing.assert_array_equal(render(fig).rgb, before)  # declined or refused: the figure is unchanged
