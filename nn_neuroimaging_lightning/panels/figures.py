@@ -96,15 +96,15 @@ def refill(fig: Figure, builder: str, *args: Any, **kwargs: Any) -> bool:
     :func:`spectrum_figure` or :func:`consistency_figure` keeps its artists and takes new values (a
     spectrogram: new cells at new times; the consistency chart: one more evaluation), when
     everything else is the same as when it was built (shape, title, labels, colour map, layers,
-    which cells are missing or significant, which steps are joint anomalies ...; the phase timeline
+    whether any cell is missing or significant (a matrix: which are missing), which steps are
+    joint anomalies ...; the phase timeline
     is always built anew): the renderer process draws a tag's figure of the next validation epoch this
     way (:mod:`~nn_neuroimaging_lightning.panels.worker`). Rendered, it has the pixels of a figure
     built anew from the same arguments (``tests/panels/test_figures.py``), at about half the cost
     (``benchmarks/overhead_clients.py --figures``): no figure, axes or colour bar is created again
     and nothing is released.
 
-    Raises:
-        The builder's own errors for invalid arguments (``fig`` is unchanged then).
+    Invalid arguments give ``False`` too: built anew, the builder raises its own error.
 
     Example::
 
@@ -116,7 +116,10 @@ def refill(fig: Figure, builder: str, *args: Any, **kwargs: Any) -> bool:
     if kept is None or kept[0] != builder:
         return False
     _, key, fill, plan_of = kept
-    plan = plan_of(*args, **kwargs)
+    try:
+        plan = plan_of(*args, **kwargs)
+    except Exception:  # invalid arguments: built anew, the builder raises its own error (named after it)
+        return False
     if plan.key != key:
         return False
     fill(plan)
@@ -143,8 +146,8 @@ def _label(value: Any) -> str:
     return str(value.value if isinstance(value, enum.Enum) else value)
 
 
-def _figure(figsize: Any, dpi: Any) -> Figure:
-    """A white figure, ``figsize`` inches at ``dpi`` (each side at most 4096 px), laid out by :func:`_layout`."""
+def _size(figsize: Any, dpi: Any) -> tuple[float, float]:
+    """``figsize`` as ``(width, height)`` inches, checked with ``dpi`` (each side at most 4096 px)."""
     try:
         w_in, h_in = (float(v) for v in figsize)
     except (TypeError, ValueError) as err:
@@ -153,8 +156,24 @@ def _figure(figsize: Any, dpi: Any) -> Figure:
         raise ValueError(f"`figsize` must be a (width, height) pair of positive numbers, got {figsize!r}.")
     if isinstance(dpi, bool) or not isinstance(dpi, (int, float, np.number)) or not dpi > 0 or not math.isfinite(dpi):
         raise ValueError(f"`dpi` must be a positive number, got {dpi!r}.")
-    w_in, h_in = min(w_in, _MAX_PX / dpi), min(h_in, _MAX_PX / dpi)
-    return Figure(figsize=(w_in, h_in), dpi=dpi, facecolor="white")
+    return min(w_in, _MAX_PX / dpi), min(h_in, _MAX_PX / dpi)
+
+
+def _figure(figsize: Any, dpi: Any) -> Figure:
+    """A white figure, ``figsize`` inches at ``dpi`` (each side at most 4096 px), laid out by :func:`_layout`."""
+    return Figure(figsize=_size(figsize, dpi), dpi=dpi, facecolor="white")
+
+
+def _set_limits(mappable: Any, lo: float, hi: float) -> None:
+    """``mappable``'s colour limits set to ``(lo, hi)`` at once, then one "changed" (its colour bar follows).
+
+    ``set_clim`` set ``vmin`` and ``vmax`` one after the other before matplotlib 3.10.1 (issue
+    #29522), and a colour bar redrawn in between reordered and kept limits like ``(old vmax, new
+    vmax)`` when the range moved above the old one."""
+    norm = mappable.norm
+    with norm.callbacks.blocked(signal="changed"):
+        norm.vmin, norm.vmax = lo, hi
+    norm.callbacks.process("changed")
 
 
 # Fixed margins (decision, issue 17): matplotlib's constrained layout measured every text twice
@@ -497,7 +516,7 @@ def _spectrum_plan(freqs: Any, psd_by_layer: Mapping[str, Any], bands: Any, titl
     finite_f = f[np.isfinite(f)]
     drawable = finite_f.size > 0 and any(np.isfinite(v).any() for v in series.values())
     band_items = tuple((str(k), float(a), float(b)) for k, (a, b) in (bands or {}).items())
-    key = (f.tobytes(), tuple(series), band_items, bool(bands), str(title), tuple(figsize), dpi, drawable)
+    key = (f.tobytes(), tuple(series), band_items, bool(bands), str(title), _size(figsize, dpi), dpi, drawable)
     return f, series, drawable, key
 
 
@@ -623,7 +642,7 @@ def _spectrogram_plan(times: Any, freqs: Any, power: Any, log: bool, title: str,
     if p.shape != (t.size, f.size):
         raise ValueError(f"`power` must have shape (len(times), len(freqs)) = {(t.size, f.size)}, got {p.shape}.")
     _cmap(cmap)  # a known name, before anything is drawn
-    base = (p.shape, bool(log), str(title), str(time_label), cmap, tuple(figsize), dpi)
+    base = (p.shape, bool(log), str(title), str(time_label), cmap, _size(figsize, dpi), dpi)
     if p.size == 0:
         return _SpectrogramPlan(key=base + (None,))
     ok = np.isfinite(p) & (p > 0) if log else np.isfinite(p)
@@ -890,7 +909,7 @@ def heatmap_figure(
     def fill(new: _HeatmapPlan) -> None:  # the same structure, new values (see `refill`)
         image.set_array(np.ma.masked_invalid(new.mosaic))
         if categories is None:
-            image.set_clim(*new.limits)
+            _set_limits(image, *new.limits)
         if dots is not None:
             dots.set_offsets(new.dots)
         bar_ticks()
@@ -964,7 +983,7 @@ def _heatmap_plan(grid: Any, title: str, cmap: str, significance: Any, symmetric
             mosaic_aspect = (rows * (g_rows + 1)) / max(cols * (g_cols + 1), 1) if values.ndim == 3 else 0.75
             figsize = (6.4, float(np.clip(1.9 + 4.6 * mosaic_aspect, 3.6, 9.0)))
     cats = None if categories is None else tuple(str(c) for c in categories)
-    base = (values.shape, str(title), cmap, bool(symmetric), str(colorbar_label), max_cols, cats, tuple(figsize), dpi,
+    base = (values.shape, str(title), cmap, bool(symmetric), str(colorbar_label), max_cols, cats, _size(figsize, dpi), dpi,
             mask is not None)
     if n == 0 or values.size == 0:
         return _HeatmapPlan(key=base + (True,), figsize=figsize, empty=True)
@@ -1081,7 +1100,7 @@ def matrix_figure(
 
     def fill(new: _MatrixPlan) -> None:  # the same structure, new values (see `refill`)
         image.set_array(new.shown)
-        image.set_clim(*new.limits)
+        _set_limits(image, *new.limits)
         if log:  # again: the colour bar resets its locator and formatter when its mappable changes
             _log_axis(bar.ax.yaxis)
         _layout(fig, ax, bar=bar, legend_rows=rows)
@@ -1114,7 +1133,7 @@ def _matrix_plan(matrix: Any, row_label: str, col_label: str, title: str, cmap: 
     _cmap(cmap)  # a known name, before anything is drawn
     untraced = ~np.isfinite(m)
     finite = m[~untraced]
-    base = (m.shape, str(row_label), str(col_label), str(title), cmap, bool(log), str(colorbar_label), tuple(figsize), dpi)
+    base = (m.shape, str(row_label), str(col_label), str(title), cmap, bool(log), str(colorbar_label), _size(figsize, dpi), dpi)
     if m.size == 0:
         return _MatrixPlan(key=base + (None,))
     log_norm = bool(log and np.any(finite > 0))
@@ -1158,7 +1177,7 @@ def _consistency_plan(history: Mapping[str, Sequence[float]], steps: Any, title:
         if flags.shape != x.shape:
             raise ValueError(f"`history['joint_anomaly']` must have {n} entries, got shape {flags.shape}.")
     flagged = () if flags is None else tuple(float(v) for v in x[flags & np.isfinite(x)])
-    key = (tuple(series), steps is None, n == 0, n < 30, flagged, bool(np.isfinite(x).any()), str(title), tuple(figsize), dpi)
+    key = (tuple(series), steps is None, n == 0, n < 30, flagged, bool(np.isfinite(x).any()), str(title), _size(figsize, dpi), dpi)
     return _Planned((series, x, flags, n, steps, key))
 
 

@@ -95,7 +95,7 @@ def render(fig: Any) -> Rendered:
     if not isinstance(fig, Figure):
         raise TypeError(f"`fig` must be a matplotlib Figure or an (H, W, 3) uint8 array, got {type(fig).__name__}.")
     # a figure drawn before keeps its Agg canvas and the canvas its pixel buffer (panels.worker.Kept)
-    canvas = fig.canvas if isinstance(fig.canvas, FigureCanvasAgg) else FigureCanvasAgg(fig)
+    canvas = fig.canvas if type(fig.canvas) is FigureCanvasAgg else FigureCanvasAgg(fig)  # not a GUI canvas's draw
     canvas.draw()
     rgb = np.array(canvas.buffer_rgba())[..., :3]  # (H, W, 3) copy: the canvas buffer goes with the figure
     return Rendered(rgb, encode_png(rgb))
@@ -123,6 +123,8 @@ def release(fig: Any) -> None:
     if pyplot is not None:
         pyplot.close(fig)
     fig.clear()
-    fig.__dict__.pop("_nn_neuroimaging_refill", None)  # figures.refill's hold on the artists
+    from nn_neuroimaging_lightning.panels.figures import _REFILL
+
+    fig.__dict__.pop(_REFILL, None)  # figures.refill's hold on the artists
     FigureCanvasBase(fig)  # replaces the Agg canvas (and its renderer) on the figure
     gc.collect(1)  # the cleared artists are young: collected here, not at the next full collection

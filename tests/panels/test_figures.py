@@ -406,6 +406,8 @@ def _series(kind: str, i: int):
         return heatmap_figure, (g, "density"), {}
     if kind == "categories":
         return heatmap_figure, ((rng.random((4, 4)) > 0.5).astype(float), "significant", "Greys"), {"categories": ("no", "yes")}
+    if kind == "above":  # the range moves wholly above the last one (matplotlib < 3.10.1 reordered the limits)
+        return heatmap_figure, (np.linspace(0, 1, 8).reshape(2, 2, 2) + 10.0 * i, "density"), {}
     if kind == "constant":
         return heatmap_figure, (np.full((2, 2, 2), float(i)), "density"), {}
     if kind == "tract":
@@ -442,7 +444,7 @@ def _series(kind: str, i: int):
     raise KeyError(kind)
 
 
-@pytest.mark.parametrize("kind", ["zeta", "density", "strip", "tokens", "holes", "categories", "constant", "tract", "tract_log",
+@pytest.mark.parametrize("kind", ["zeta", "density", "above", "strip", "tokens", "holes", "categories", "constant", "tract", "tract_log",
                                   "spectrogram", "spectrogram_shared_steps", "spectrogram_linear", "spectrum", "spectrum_no_bands",
                                   "consistency", "consistency_one"])
 def test_a_figure_refilled_with_new_values_has_the_pixels_of_one_built_anew(kind):
@@ -486,8 +488,8 @@ def test_refill_declines_what_changes_more_than_the_values():
     assert not refill(chart, "consistency_figure", {"consistency": [0.5] * 30, "joint_anomaly": [False] * 30},
                       steps=list(range(30)))  # 30 evaluations: lines without point marks
     assert not refill(phase_timeline_figure(["train"] * 3), "phase_timeline_figure", ["train"] * 4)  # not kept
-    with pytest.raises(ValueError, match="`significance` must have the shape"):
-        refill(fig, "heatmap_figure", z, "zeta", "RdBu_r", np.ones((3, 3), dtype=bool), symmetric=True)
-    np.testing.assert_array_equal(render(fig).rgb, before)  # declined or refused: the figure is unchanged
+    assert not refill(fig, "heatmap_figure", z, "zeta", "RdBu_r", np.ones((3, 3), dtype=bool), symmetric=True)  # invalid
+    assert not refill(fig, "heatmap_figure", z, no_such_argument=1)
+    np.testing.assert_array_equal(render(fig).rgb, before)  # declined: the figure is unchanged
     release(fig)
     assert not refill(fig, "heatmap_figure", z, "zeta", "RdBu_r", z > 2, symmetric=True)  # released: nothing kept
