@@ -26,6 +26,7 @@ grey cells in maps; a constant map gets the middle colour of its map (scale ``va
 from __future__ import annotations
 
 import enum
+import inspect
 import math
 from dataclasses import dataclass
 from collections.abc import Mapping, Sequence
@@ -83,9 +84,10 @@ _CHAR_EM = 0.62  # average glyph width of DejaVu Sans, in font sizes (for wrappi
 _REFILL = "_nn_neuroimaging_refill"  # the figure attribute :func:`refill` reads
 
 
-def _keep(fig: Figure, builder: str, key: tuple, fill: Any, plan_of: Any) -> None:
-    """Let :func:`refill` redraw ``fig``: ``plan_of(*args, **kwargs)`` plans the builder's figure of new
-    arguments, ``fill(plan)`` puts its values into ``fig`` when the plan's ``key`` equals ``key``."""
+def _keep(fig: Figure, builder: Any, key: tuple, fill: Any, plan_of: Any) -> None:
+    """Let :func:`refill` redraw ``fig`` of ``builder``: ``plan_of`` takes the builder's arguments by
+    name (its defaults applied) and plans its figure; ``fill(plan)`` puts the plan's values into
+    ``fig`` when the plan's ``key`` equals ``key``."""
     setattr(fig, _REFILL, (builder, key, fill, plan_of))
 
 
@@ -113,11 +115,13 @@ def refill(fig: Figure, builder: str, *args: Any, **kwargs: Any) -> bool:
         (True, False)
     """
     kept = getattr(fig, _REFILL, None)
-    if kept is None or kept[0] != builder:
+    if kept is None or kept[0].__name__ != builder:
         return False
-    _, key, fill, plan_of = kept
+    build, key, fill, plan_of = kept
     try:
-        plan = plan_of(*args, **kwargs)
+        bound = inspect.signature(build).bind(*args, **kwargs)  # the builder's own defaults, written once
+        bound.apply_defaults()
+        plan = plan_of(**bound.arguments)
     except Exception:  # invalid arguments: built anew, the builder raises its own error (named after it)
         return False
     if plan.key != key:
@@ -438,7 +442,8 @@ def spectrum_figure(
         >>> [int(v) for v in fig.get_size_inches() * fig.dpi], fig.axes[0].get_yscale()
         ([640, 480], 'log')
     """
-    f, series, drawable, key = _spectrum_plan(freqs, psd_by_layer, bands, title, figsize, dpi)
+    plan = _spectrum_plan(freqs, psd_by_layer, bands, title, figsize, dpi)
+    f, series, drawable = plan.f, plan.series, plan.drawable
     fig = _figure(figsize, dpi)
     _title(fig, title)
     ax = fig.add_subplot()
@@ -478,34 +483,28 @@ def spectrum_figure(
     place = dict(legend_rows=rows, top_extra_in=_pt(_LABEL * 1.3) if bands else 0.0)
     _layout(fig, ax, **place)
 
-    def fill(new: tuple) -> None:  # the same frequencies, layers and bands, new powers (see `refill`)
-        for line, p in zip(lines, new[1].values()):
+    def fill(new: _SpectrumPlan) -> None:  # the same frequencies, layers and bands, new powers (see `refill`)
+        for line, p in zip(lines, new.series.values()):
             line.set_ydata(p)
         ax.relim()  # the data limits of the lines (and the bands' x extent), as when they were plotted
         ax.autoscale_view()
         _layout(fig, ax, **place)
 
-    _keep(fig, "spectrum_figure", key, fill, lambda *a, **k: _Planned(_spectrum_plan(*_spectrum_args(*a, **k))))
+    _keep(fig, spectrum_figure, plan.key, fill, _spectrum_plan)
     return fig
 
 
-class _Planned(tuple):
-    """A plan that is a plain tuple ``(..., key)``: its ``key`` is the last item (for :func:`refill`)."""
+@dataclass(frozen=True)
+class _SpectrumPlan:
+    """What :func:`spectrum_figure` draws, from its arguments: ``key`` is everything but the powers."""
 
-    @property
-    def key(self) -> Any:
-        return self[-1]
-
-
-def _spectrum_args(freqs: Any, psd_by_layer: Mapping[str, Any], bands: Mapping[str, tuple[float, float]] | None = None, *,
-                   title: str = "Power spectrum per layer", figsize: tuple[float, float] = (6.4, 4.8),
-                   dpi: float = _DPI) -> tuple:
-    """:func:`spectrum_figure`'s arguments, positional (what :func:`refill` is given, in its order)."""
-    return freqs, psd_by_layer, bands, title, figsize, dpi
+    key: tuple
+    f: Any  # (F,) frequencies
+    series: dict  # layer -> (F,) power, NaN gaps where it cannot be drawn on a log axis
+    drawable: bool
 
 
-def _spectrum_plan(freqs: Any, psd_by_layer: Mapping[str, Any], bands: Any, title: str, figsize: Any, dpi: float) -> tuple:
-    """``(f, {layer: power with gaps}, drawable, key)`` of :func:`spectrum_figure`; ``key``: all but the powers."""
+def _spectrum_plan(freqs: Any, psd_by_layer: Mapping[str, Any], bands: Any, title: str, figsize: Any, dpi: float) -> _SpectrumPlan:
     f = _np(freqs, "freqs", 1)
     series = {}
     for layer, psd in psd_by_layer.items():
@@ -517,7 +516,7 @@ def _spectrum_plan(freqs: Any, psd_by_layer: Mapping[str, Any], bands: Any, titl
     drawable = finite_f.size > 0 and any(np.isfinite(v).any() for v in series.values())
     band_items = tuple((str(k), float(a), float(b)) for k, (a, b) in (bands or {}).items())
     key = (f.tobytes(), tuple(series), band_items, bool(bands), str(title), _size(figsize, dpi), dpi, drawable)
-    return f, series, drawable, key
+    return _SpectrumPlan(key, f, series, drawable)
 
 
 def spectrogram_figure(
@@ -607,7 +606,7 @@ def spectrogram_figure(
         put(new)
         _layout(fig, ax, bar=bar)
 
-    _keep(fig, "spectrogram_figure", plan.key, fill, lambda *a, **k: _spectrogram_plan(*_spectrogram_args(*a, **k)))
+    _keep(fig, spectrogram_figure, plan.key, fill, _spectrogram_plan)
     return fig
 
 
@@ -625,13 +624,6 @@ class _SpectrogramPlan:
     f_cells: bool = False
     limits: tuple = (1.0, 10.0)
     no_valid: bool = False
-
-
-def _spectrogram_args(times: Any, freqs: Any, power: Any, *, log: bool = True, title: str = "Spectrogram",
-                      time_label: str = "step", cmap: str = "magma", figsize: tuple[float, float] = (6.4, 4.4),
-                      dpi: float = _DPI) -> tuple:
-    """:func:`spectrogram_figure`'s arguments, positional (what :func:`refill` is given, in its order)."""
-    return times, freqs, power, log, title, time_label, cmap, figsize, dpi
 
 
 def _spectrogram_plan(times: Any, freqs: Any, power: Any, log: bool, title: str, time_label: str, cmap: str, figsize: Any,
@@ -915,7 +907,7 @@ def heatmap_figure(
         bar_ticks()
         _layout(fig, ax, **place)
 
-    _keep(fig, "heatmap_figure", plan.key, fill, lambda *a, **k: _heatmap_plan(*_heatmap_args(*a, **k)))
+    _keep(fig, heatmap_figure, plan.key, fill, _heatmap_plan)
     return fig
 
 
@@ -938,13 +930,6 @@ class _HeatmapPlan:
     holes: bool = False
     has_mask: bool = False
     dots: Any = None  # (K, 2) x, y of the significant cells, or None for none
-
-
-def _heatmap_args(grid: Any, title: str = "", cmap: str = "viridis", significance: Any = None, *, symmetric: bool = False,
-                  colorbar_label: str = "", max_cols: int = 4, categories: Sequence[str] | None = None,
-                  figsize: tuple[float, float] | None = None, dpi: float = _DPI) -> tuple:
-    """:func:`heatmap_figure`'s arguments, positional (what :func:`refill` is given, in its order)."""
-    return grid, title, cmap, significance, symmetric, colorbar_label, max_cols, categories, figsize, dpi
 
 
 def _heatmap_plan(grid: Any, title: str, cmap: str, significance: Any, symmetric: bool, colorbar_label: str,
@@ -1105,7 +1090,7 @@ def matrix_figure(
             _log_axis(bar.ax.yaxis)
         _layout(fig, ax, bar=bar, legend_rows=rows)
 
-    _keep(fig, "matrix_figure", plan.key, fill, lambda *a, **k: _matrix_plan(*_matrix_args(*a, **k)))
+    _keep(fig, matrix_figure, plan.key, fill, _matrix_plan)
     return fig
 
 
@@ -1118,13 +1103,6 @@ class _MatrixPlan:
     limits: tuple = (0.0, 1.0)
     log_norm: bool = False
     none_traced: bool = False
-
-
-def _matrix_args(matrix: Any, row_label: str, col_label: str, title: str = "", *, cmap: str = "magma", log: bool = False,
-                 colorbar_label: str = "connection strength", figsize: tuple[float, float] = (6.4, 5.6),
-                 dpi: float = _DPI) -> tuple:
-    """:func:`matrix_figure`'s arguments, positional (what :func:`refill` is given, in its order)."""
-    return matrix, row_label, col_label, title, cmap, log, colorbar_label, figsize, dpi
 
 
 def _matrix_plan(matrix: Any, row_label: str, col_label: str, title: str, cmap: str, log: bool, colorbar_label: str,
@@ -1152,14 +1130,20 @@ def _matrix_plan(matrix: Any, row_label: str, col_label: str, title: str, cmap: 
 # ------------------------------------------------------------------ cross-modal
 
 
-def _consistency_args(history: Mapping[str, Sequence[float]], steps: Any = None, *, title: str = "Cross-modal consistency",
-                      figsize: tuple[float, float] = (6.4, 4.4), dpi: float = _DPI) -> tuple:
-    """:func:`consistency_figure`'s arguments, positional (what :func:`refill` is given, in its order)."""
-    return history, steps, title, figsize, dpi
+@dataclass(frozen=True)
+class _ConsistencyPlan:
+    """What :func:`consistency_figure` draws, from its arguments: ``key`` is everything but the scores and steps."""
+
+    key: tuple
+    series: dict  # score name -> (n,) values
+    x: Any  # (n,) step (or index) of each evaluation
+    flags: Any  # (n,) joint anomaly, or None
+    n: int
+    steps: Any  # the steps given (``steps`` or ``history["step"]``), None for evaluation indices
 
 
-def _consistency_plan(history: Mapping[str, Sequence[float]], steps: Any, title: str, figsize: Any, dpi: float) -> _Planned:
-    """``(series, x, flags, n, steps, key)`` of :func:`consistency_figure`; ``key``: all but the scores and steps."""
+def _consistency_plan(history: Mapping[str, Sequence[float]], steps: Any, title: str, figsize: Any,
+                      dpi: float) -> _ConsistencyPlan:
     series = {k: _np(v, f"history[{k!r}]", 1) for k, v in history.items() if k not in ("step", "joint_anomaly")}
     lengths = {len(v) for v in series.values()}
     if len(lengths) > 1:
@@ -1178,7 +1162,7 @@ def _consistency_plan(history: Mapping[str, Sequence[float]], steps: Any, title:
             raise ValueError(f"`history['joint_anomaly']` must have {n} entries, got shape {flags.shape}.")
     flagged = () if flags is None else tuple(float(v) for v in x[flags & np.isfinite(x)])
     key = (tuple(series), steps is None, n == 0, n < 30, flagged, bool(np.isfinite(x).any()), str(title), _size(figsize, dpi), dpi)
-    return _Planned((series, x, flags, n, steps, key))
+    return _ConsistencyPlan(key, series, x, flags, n, steps)
 
 
 
@@ -1216,8 +1200,7 @@ def consistency_figure(
         ('rho', 'consistency')
     """
     plan = _consistency_plan(history, steps, title, figsize, dpi)
-    series, x, flags, n = plan[0], plan[1], plan[2], plan[3]
-    steps = plan[4]
+    series, x, flags, n, steps = plan.series, plan.x, plan.flags, plan.n, plan.steps
     fig = _figure(figsize, dpi)
     _title(fig, title)
     ax = fig.add_subplot()
@@ -1261,14 +1244,14 @@ def consistency_figure(
         rows = _legend(fig, math.ceil(len(handles) / ncols), handles=handles, labels=labels, ncols=ncols,
                        fontsize=_SMALL, frameon=False, handlelength=2.4, columnspacing=1.2)
 
-    def fill(new: tuple) -> None:  # the same series, marks and flagged steps, new scores (see `refill`)
+    def fill(new: _ConsistencyPlan) -> None:  # the same series, marks and flagged steps, new scores (see `refill`)
         for name, line in lines.items():
-            line.set_data(new[1], new[0][name])
-        x_limits(new[1])
+            line.set_data(new.x, new.series[name])
+        x_limits(new.x)
         ax.relim()  # only where no x limit was set (no finite step): the lines' own extent
         ax.autoscale_view()
         _layout(fig, ax, legend_rows=rows)
 
-    _keep(fig, "consistency_figure", plan.key, fill, lambda *a, **k: _consistency_plan(*_consistency_args(*a, **k)))
+    _keep(fig, consistency_figure, plan.key, fill, _consistency_plan)
     _layout(fig, ax, legend_rows=rows)
     return fig
