@@ -337,70 +337,62 @@ def table(results: Sequence[Dict[str, Any]], command: str) -> str:
 # ------------------------------------------------------------------ --figures
 
 
-def figure_cases(PF: Any = None) -> Dict[str, Callable[[], Any]]:
-    """One builder per figure kind, with inputs of the sizes the callbacks draw (``PF``: the figures module)."""
-    if PF is None:
-        from nn_neuroimaging_lightning.panels import figures as PF
+#: kinds :func:`again_cases` leaves out: the phase timeline is always built anew, the trivial figure is a reference
+_NOT_AGAIN = ("phase timeline", "trivial (one line)")
 
+
+def _cases(i: int = 0) -> Dict[str, tuple]:
+    """Per figure kind ``(builder name, args, kwargs)`` with inputs of the sizes the callbacks draw;
+    ``i`` > 0: the ``i``-th later epoch's (values scaled by ``1 + i``, the same structure; a
+    spectrogram's segments at later steps; the consistency chart with ``i`` more evaluations)."""
     rng = np.random.default_rng(0)
     freqs = np.arange(33) * 3.125
     bands = {"delta": (0.5, 4.0), "theta": (4.0, 8.0), "alpha": (8.0, 13.0), "beta": (13.0, 30.0), "gamma": (30.0, 100.0)}
-    psd = {f"layer{i}.conv": 1.0 / (1.0 + freqs) ** (1 + i / 8) for i in range(9)}
+    psd = {f"layer{k}.conv": (1 + i) / (1.0 + freqs) ** (1 + k / 8) for k in range(9)}
     zeta = rng.normal(size=(8, 8, 4))
     power = rng.random((32, 33)) + 0.01
     m = rng.random((8, 8))
     m[0, 1] = np.nan
     phases = ["train"] * 40 + ["validate"] * 10 + ["train"] * 40
+    scores = {"consistency": [0.5, 0.6, 0.7], "rho": [0.1, 0.2, 0.3], "agreement": [0.4, 0.5, 0.6], "coherence": [0.2, 0.3, 0.2]}
     return {
-        "spectrum (9 layers)": lambda: PF.spectrum_figure(freqs, psd, bands),
-        "spectrogram (32 x 33)": lambda: PF.spectrogram_figure(np.arange(32) * 4, freqs, power, title="Spectrogram layer1.conv"),
-        "heatmap zeta 8x8x4": lambda: PF.heatmap_figure(zeta, "layer1: zeta (impact of each region)", "RdBu_r",
-                                                       np.abs(zeta) > 1.5, symmetric=True, colorbar_label="zeta"),
-        "heatmap significance 8x8x4": lambda: PF.heatmap_figure((np.abs(zeta) > 1.5).astype(float),
-                                                               "layer1: significant regions (95 % CI excludes 0)",
-                                                               "Greys", colorbar_label="significant"),
-        "heatmap density (4,)": lambda: PF.heatmap_figure(power[0, :4], "fc1: density phi", colorbar_label="phi"),
-        "matrix 8x8": lambda: PF.matrix_figure(m, "layer1 region (source)", "layer2 region (target)", "C(layer1 -> layer2)"),
-        "phase timeline": lambda: PF.phase_timeline_figure(phases, np.arange(90) * 0.1, {"train": 8.0, "validate": 1.0}),
-        "consistency": lambda: PF.consistency_figure({"consistency": [0.5, 0.6, 0.7], "rho": [0.1, 0.2, 0.3],
-                                                      "agreement": [0.4, 0.5, 0.6], "coherence": [0.2, 0.3, 0.2]},
-                                                     steps=[10, 20, 30]),
-        "trivial (one line)": lambda: PF.consistency_figure({"consistency": [0.5, 0.6]}),
+        "spectrum (9 layers)": ("spectrum_figure", (freqs, psd, bands), {}),
+        "spectrogram (32 x 33)": ("spectrogram_figure", (np.arange(32) * 4 + 128 * i, freqs, power * (1 + i)),
+                                  {"title": "Spectrogram layer1.conv"}),
+        "heatmap zeta 8x8x4": ("heatmap_figure", (zeta * (1 + i), "layer1: zeta (impact of each region)", "RdBu_r",
+                                                  np.abs(zeta) > 1.5), {"symmetric": True, "colorbar_label": "zeta"}),
+        "heatmap significance 8x8x4": ("heatmap_figure", ((np.abs(zeta) > 1.5).astype(float),
+                                                          "layer1: significant regions (95 % CI excludes 0)", "Greys"),
+                                       {"colorbar_label": "significant"}),
+        "heatmap density (4,)": ("heatmap_figure", (power[0, :4] * (1 + i), "fc1: density phi"), {"colorbar_label": "phi"}),
+        "matrix 8x8": ("matrix_figure", (m * (1 + i), "layer1 region (source)", "layer2 region (target)", "C(layer1 -> layer2)"),
+                       {}),
+        "phase timeline": ("phase_timeline_figure", (phases, np.arange(90) * 0.1, {"train": 8.0, "validate": 1.0}), {}),
+        "consistency": ("consistency_figure", ({k: v + [0.5] * i for k, v in scores.items()},),
+                        {"steps": [10 * (j + 1) for j in range(3 + i)]}),
+        "trivial (one line)": ("consistency_figure", ({"consistency": [0.5, 0.6]},), {}),
     }
+
+
+def figure_cases(PF: Any = None) -> Dict[str, Callable[[], Any]]:
+    """One builder per figure kind, with inputs of the sizes the callbacks draw (``PF``: the figures module)."""
+    if PF is None:
+        from nn_neuroimaging_lightning.panels import figures as PF
+
+    return {name: (lambda b=b, a=a, k=k: getattr(PF, b)(*a, **k)) for name, (b, a, k) in _cases().items()}
 
 
 def again_cases() -> Dict[str, Callable[[int], Any]]:
     """The kinds the renderer draws again in place (``panels.worker.Kept``): repeat ``i``'s drawing,
-    the case of :func:`figure_cases` with its values scaled (new values, the same structure; a
-    spectrogram's segments at later steps; the consistency chart with one more evaluation per repeat)."""
+    the case of :func:`figure_cases` of the ``i``-th later epoch (:func:`_cases`)."""
     from nn_neuroimaging_lightning.panels import figures as PF
     from nn_neuroimaging_lightning.panels.worker import Drawing
 
-    rng = np.random.default_rng(0)
-    zeta = rng.normal(size=(8, 8, 4))
-    power = rng.random((32, 33)) + 0.01
-    m = rng.random((8, 8))
-    m[0, 1] = np.nan
-    freqs = np.arange(33) * 3.125
-    bands = {"delta": (0.5, 4.0), "theta": (4.0, 8.0), "alpha": (8.0, 13.0), "beta": (13.0, 30.0), "gamma": (30.0, 100.0)}
-    psd = {f"layer{i}.conv": 1.0 / (1.0 + freqs) ** (1 + i / 8) for i in range(9)}
-    scores = {"consistency": [0.5, 0.6, 0.7], "rho": [0.1, 0.2, 0.3], "agreement": [0.4, 0.5, 0.6], "coherence": [0.2, 0.3, 0.2]}
-    return {
-        "spectrum (9 layers)": lambda i: Drawing.of(PF.spectrum_figure, freqs, {k: v * (1 + i) for k, v in psd.items()}, bands),
-        "consistency": lambda i: Drawing.of(PF.consistency_figure, {k: v + [0.5] * i for k, v in scores.items()},
-                                          steps=[10 * (j + 1) for j in range(3 + i)]),
-        "spectrogram (32 x 33)": lambda i: Drawing.of(PF.spectrogram_figure, np.arange(32) * 4 + 128 * i, freqs, power * (1 + i),
-                                                    title="Spectrogram layer1.conv"),
-        "heatmap zeta 8x8x4": lambda i: Drawing.of(PF.heatmap_figure, zeta * (1 + i), "layer1: zeta (impact of each region)",
-                                                 "RdBu_r", np.abs(zeta) > 1.5, symmetric=True, colorbar_label="zeta"),
-        "heatmap significance 8x8x4": lambda i: Drawing.of(PF.heatmap_figure, (np.abs(zeta) > 1.5).astype(float),
-                                                         "layer1: significant regions (95 % CI excludes 0)", "Greys",
-                                                         colorbar_label="significant"),
-        "heatmap density (4,)": lambda i: Drawing.of(PF.heatmap_figure, power[0, :4] * (1 + i), "fc1: density phi",
-                                                   colorbar_label="phi"),
-        "matrix 8x8": lambda i: Drawing.of(PF.matrix_figure, m * (1 + i), "layer1 region (source)", "layer2 region (target)",
-                                         "C(layer1 -> layer2)"),
-    }
+    def drawing(name: str, i: int) -> Any:
+        b, a, k = _cases(i)[name]
+        return Drawing.of(getattr(PF, b), *a, **k)
+
+    return {name: (lambda i, name=name: drawing(name, i)) for name in _cases() if name not in _NOT_AGAIN}
 
 
 def again_costs(repeats: int) -> Dict[str, float]:
@@ -413,8 +405,9 @@ def again_costs(repeats: int) -> Dict[str, float]:
         kept.draw(name, drawing(0))  # built and kept: the first epoch's figure
         t = []
         for i in range(1, repeats + 1):
+            d = drawing(i)  # its inputs made outside the timing
             t0 = time.perf_counter()
-            kept.draw(name, drawing(i))
+            kept.draw(name, d)
             t.append(time.perf_counter() - t0)
         kept.clear()
         out[name] = float(np.median(t)) * 1e3
