@@ -80,3 +80,45 @@ def test_spectra_band_powers_equal_functional_and_state_windows_refuse_another_l
     saved = StateWindows(64, 8, 100.0, 32, BANDS).state_dict()
     other = StateWindows(64, 8, 100.0, 32, {"all": (0.0, 50.0)})
     assert "num_bands" in other.load_state_dict(saved) and int(other.label_counts.sum()) == 0
+
+
+def _states_run(loops):
+    """Train windows, then inference loops of 4 windows each (``"infer"``: inference-like activity,
+    ``"train"``: training-like activity under the validation label); the state_mismatch events per loop."""
+    states = StateWindows(64, 8, 100.0, 8, BANDS)
+    rec = SampleRecorder(2, 64, states, idle_threshold=1.0, idle_max_samples=0)
+    g = torch.Generator().manual_seed(0)
+    step = 0
+
+    def window(kind, phase):
+        nonlocal step
+        for t in range(8):
+            x = (1.0 + torch.rand(2, generator=g)) * (1 + (t % 2)) if kind == "train" else 0.2 + 0.01 * torch.rand(2, generator=g)
+            rec.commit(x, phase, step)
+            step += phase is Phase.TRAIN
+        if states.due():
+            return states.classify(rec.ring, step, Phase.VALIDATE)
+        return []
+
+    states.loop_start()
+    for _ in range(8):
+        window("train", Phase.TRAIN)
+    out = []
+    for kind in loops:
+        states.loop_start()
+        out.append([e for _ in range(4) for e in window(kind, Phase.VALIDATE)])
+    return states, out
+
+
+def test_a_mismatch_needs_a_classifier_trusted_on_earlier_inference_loops():
+    # calibrated on loop 1, right on loops 2 and 3 (8 inference windows): its confident calls of loop 4 count
+    states, events = _states_run(["infer", "infer", "infer", "train"])
+    assert [len(e) for e in events] == [0, 0, 0, 1] and states.record == [8, 8]
+    assert events[3][0].kind == "state_mismatch" and events[3][0].value >= 0.95
+    # the same confident calls with no record yet (loop 2 is the classifier's first prediction): no alarm,
+    # and a loop it got wrong keeps it untrusted
+    states, events = _states_run(["infer", "train", "infer", "train"])
+    assert [len(e) for e in events] == [0, 0, 0, 0] and states.record[0] == 8 and states.record[1] < 0.9 * 8
+    restored = StateWindows(64, 8, 100.0, 8, BANDS)
+    restored.load_state_dict(states.state_dict())
+    assert restored.record == states.record and not restored.trusted
