@@ -37,7 +37,10 @@ median over rounds and its percentile-bootstrap 95 % interval (``_clientfit.medi
 
 each in ms per epoch. The per-step cost in µs is what is left of the fit-time difference:
 ``(T(all) - T(plain) - epoch hooks) / training steps`` (the median over rounds; validation
-batches' share included, so it is an upper bound of the training step's own cost).
+batches' share included, so it is an upper bound of the training step's own cost); of it, the
+callbacks' own time in their batch hooks (those they override) and in their forward hooks
+(``LayerTaps`` hooks and the EEG's per-forward commit), training and validation batches together,
+per training step.
 
 One torch thread (``torch.set_num_threads(1)``, ``OMP_NUM_THREADS=1``). The machine may be
 shared: read the ratios, which are measured side by side, not the absolute times.
@@ -93,6 +96,9 @@ EPOCH_HOOKS = ("on_train_epoch_start", "on_train_epoch_end", "on_validation_star
 #: once-per-fit hooks (their time, the teardown's figure wait included, is the per-fit fixed cost)
 FIT_HOOKS = ("setup", "on_fit_start", "on_train_start", "on_train_end", "on_fit_end", "teardown",
              "on_sanity_check_start", "on_sanity_check_end")
+#: per-batch hooks (training and validation); timed where a callback overrides them (self time per step)
+BATCH_HOOKS = ("on_train_batch_start", "on_train_batch_end", "on_before_backward", "on_after_backward",
+               "on_before_optimizer_step", "on_before_zero_grad", "on_validation_batch_start", "on_validation_batch_end")
 SINK_METHODS = ("figure", "table", "text", "spectrum", "layout", "flush")
 FIGURE_BUILDERS = ("spectrum_figure", "spectrogram_figure", "heatmap_figure", "matrix_figure",
                    "phase_timeline_figure", "consistency_figure")
@@ -147,6 +153,13 @@ class _Patched:
                 self._set(PS.PanelSink, name, self.clock.wrap("figures", fn))
         # the wait at teardown for figures still in the renderer process (not in an epoch hook)
         self._set(PS.PanelSink, "wait", self.clock.wrap("figure_wait", PS.PanelSink.wait))
+        # the forward hooks of every LayerTaps (EEG, fMRI), and the EEG's per-forward commit, timed
+        from nn_neuroimaging_lightning.taps import LayerTaps
+
+        clock, make_hook, attach = self.clock, LayerTaps._make_hook, LayerTaps.attach
+        self._set(LayerTaps, "_make_hook", lambda taps, index: clock.wrap("forward_hooks", make_hook(taps, index)))
+        self._set(LayerTaps, "attach", lambda taps, root=None, on_forward_end=None: attach(
+            taps, root, None if on_forward_end is None else clock.wrap("forward_hooks", on_forward_end)))
         return self
 
     def _set(self, owner: Any, name: str, value: Any) -> None:
@@ -199,7 +212,12 @@ def _timed_callbacks(arm: str, clock: Clock) -> List[Any]:
         cbs.append(fmri)
     if arm in three:
         cbs.append(CrossModalCallback(**kw))
+    from lightning.pytorch import Callback
+
     for cb in cbs:  # Lightning calls hooks as getattr(callback, name): instance wrappers are seen
+        for hook in BATCH_HOOKS:
+            if getattr(type(cb), hook) is not getattr(Callback, hook):  # the base's no-ops: not timed (no wrapper cost)
+                setattr(cb, hook, clock.wrap("batch_hooks", getattr(cb, hook)))
         for hook in EPOCH_HOOKS:
             setattr(cb, hook, clock.wrap("epoch_hooks", getattr(cb, hook)))
         for hook in FIT_HOOKS:
@@ -293,6 +311,9 @@ def run_case(client: str, steps: int, epochs: int, repeats: int, arms: Sequence[
         res["figure_wait_ms"] = float(np.median([x.get("figure_wait", 0.0) for x in a])) * 1e3  # per fit, at teardown
         res["renderer_cpu_ms"] = float(np.median([x.get("renderer_cpu", float("nan")) for x in a])) * 1e3 / n_ep
         res["per_fit_ms"] = float(np.median([x.get("fit_hooks", 0.0) for x in a])) * 1e3  # setup .. teardown
+        steps_all = [max(x["steps"], 1) for x in a]
+        res["batch_hooks_us"] = float(np.median([x.get("batch_hooks", 0.0) / n for x, n in zip(a, steps_all)])) * 1e6
+        res["forward_hooks_us"] = float(np.median([x.get("forward_hooks", 0.0) / n for x, n in zip(a, steps_all)])) * 1e6
         res["per_step_us"] = float(np.median([
             (rd["all"]["seconds"] - rd["plain"]["seconds"] - rd["all"].get("epoch_hooks", 0.0) - rd["all"].get("fit_hooks", 0.0))
             / max(rd["all"]["steps"], 1) for rd in rounds])) * 1e6
@@ -311,8 +332,9 @@ def table(results: Sequence[Dict[str, Any]], command: str) -> str:
     lines = [f"`{command}`", "",
              "| client | steps × epochs | plain step (ms) | all three | all three, figures inline | all three, no panels | EEG | fMRI | "
              "cross-modal (vs EEG+fMRI) | EEG floor `abs().sum()` | zeta | tract | figures (n/epoch) | analysis | "
-             "renderer CPU (ms/epoch) | per fit (ms) | of which figure wait | per step (µs) |",
-             "|---|---|---:|---|---|---|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "renderer CPU (ms/epoch) | per fit (ms) | of which figure wait | per step (µs) | "
+             "of which batch hooks | forward hooks |",
+             "|---|---|---:|---|---|---|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in results:
         pe = r.get("per_epoch_ms", {})
         ms = lambda k: f"{pe[k]:.0f}" if k in pe else "—"  # noqa: E731
@@ -324,13 +346,17 @@ def table(results: Sequence[Dict[str, Any]], command: str) -> str:
             f"{ms('zeta')} | {ms('tract')} | {ms('figures')} ({r.get('figures_per_epoch', 0):.0f}) | "
             f"{ms('analysis')} | {r.get('renderer_cpu_ms', float('nan')):.0f} | "
             f"{r.get('per_fit_ms', float('nan')):.0f} | {r.get('figure_wait_ms', float('nan')):.0f} | "
-            f"{r.get('per_step_us', float('nan')):.0f} |")
+            f"{r.get('per_step_us', float('nan')):.0f} | {r.get('batch_hooks_us', float('nan')):.0f} | "
+            f"{r.get('forward_hooks_us', float('nan')):.0f} |")
     lines += ["", "Ratios: fit time / plain fit time in the same round, median [bootstrap 95 % CI] over rounds. "
               "zeta / tract / figures / analysis: ms per epoch in the `all` arm (figures: build + render + write of "
               "every panel in the training thread, n = figures per epoch); per fit: the once-per-fit hooks (setup to teardown), "
               "of which figure wait: teardown waiting for the figures still in the renderer process. "
               "Renderer CPU: the renderer process's user + system CPU time during the `all` fits, per epoch. "
-              "Per step: (T(all) − T(plain) − epoch hooks − per-fit hooks) / training steps."]
+              "Per step: (T(all) − T(plain) − epoch hooks − per-fit hooks) / training steps; of which the "
+              "callbacks' own time in their batch hooks and in their forward hooks (the taps' reductions and "
+              "the EEG's per-forward commit), training and validation batches, per training step: the rest is "
+              "Lightning's calls of the hooks, the validation loop's share and the renderer's competition."]
     return "\n".join(lines)
 
 
